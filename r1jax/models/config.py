@@ -1,0 +1,154 @@
+"""One config for the decoder-only transformer families r1jax trains: Llama and Qwen2."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 style frequency-dependent RoPE scaling (HF `rope_type="llama3"`)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shapes and numerics of a Llama/Qwen2 decoder.
+
+    The dtype policy lives here and nowhere else: parameters are stored in
+    `param_dtype` (float32 master weights by default) and every matmul runs in
+    `dtype` (bfloat16 on TPU/GPU; float32 on CPU, where bf16 is emulated and slow).
+    Normalisation statistics, softmax and RoPE are always computed in float32.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int = 0  # 0 means hidden_size // num_heads
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    rms_norm_eps: float = 1e-6
+    qkv_bias: bool = False  # Qwen2 has biases on q/k/v, Llama does not
+    tie_embeddings: bool = False
+    max_position_embeddings: int = 4096
+    architecture: str = "llama"  # "llama" or "qwen2": only matters for export
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    remat: bool = False  # recompute each block's activations in the backward pass
+
+    def __post_init__(self):
+        if self.head_dim == 0:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads} "
+                "for grouped-query attention")
+        if self.architecture not in ARCHITECTURES.values():
+            raise ValueError(f"architecture={self.architecture!r}; expected one of {sorted(ARCHITECTURES.values())}")
+        for field in ("param_dtype", "dtype"):
+            jnp.dtype(getattr(self, field))  # fail early on a typo such as "bfloat"
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def num_params(self) -> int:
+        attn = self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+        if self.qkv_bias:
+            attn += self.head_dim * (self.num_heads + 2 * self.num_kv_heads)
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        per_layer = attn + mlp + 2 * self.hidden_size
+        embed = self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2)
+        return self.num_layers * per_layer + embed + self.hidden_size
+
+    def flops_per_token(self, context: int = 0) -> int:
+        """Forward matmul FLOPs per token (2 per multiply-add), attention over `context` keys."""
+        # the input embedding is a gather, not a matmul; the LM head is one even when tied
+        matmul_params = self.num_params - (0 if self.tie_embeddings else self.vocab_size * self.hidden_size)
+        attention = 2 * self.num_layers * self.num_heads * self.head_dim * context
+        return 2 * matmul_params + 2 * attention
+
+    # ---- Hugging Face config.json <-> ModelConfig -------------------------------------
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], **overrides) -> "ModelConfig":
+        archs = hf.get("architectures") or []
+        arch = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
+        if arch is None:
+            raise ValueError(
+                f"unsupported architecture {archs or hf.get('model_type')!r}; r1jax loads "
+                f"{sorted(ARCHITECTURES)}")
+        if hf.get("mlp_bias"):
+            raise ValueError("mlp_bias=True is not supported (no Llama/Qwen2 release uses it)")
+        rope = hf.get("rope_scaling") or hf.get("rope_parameters")
+        scaling = None
+        if rope and rope.get("rope_type", rope.get("type")) == "llama3":
+            scaling = RopeScaling(float(rope["factor"]), float(rope["low_freq_factor"]),
+                                  float(rope["high_freq_factor"]),
+                                  int(rope["original_max_position_embeddings"]))
+        elif rope and rope.get("rope_type", rope.get("type")) not in (None, "default"):
+            raise ValueError(f"unsupported rope_scaling {rope!r}; r1jax implements 'default' and 'llama3'")
+        theta = hf.get("rope_theta") or (rope or {}).get("rope_theta") or 10000.0
+        eos = hf.get("eos_token_id")
+        cfg = dict(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"],
+            num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+            head_dim=hf.get("head_dim") or 0,
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            qkv_bias=bool(hf.get("attention_bias", arch == "qwen2")),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+            architecture=arch,
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+        )
+        cfg.update(overrides)
+        return cls(**cfg)
+
+    def to_hf(self) -> dict[str, Any]:
+        arch = {v: k for k, v in ARCHITECTURES.items()}[self.architecture]
+        hf = {
+            "architectures": [arch],
+            "model_type": self.architecture,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "torch_dtype": self.param_dtype,
+        }
+        if self.architecture == "llama":
+            hf["attention_bias"] = self.qkv_bias
+            hf["mlp_bias"] = False
+        elif not self.qkv_bias:
+            raise ValueError("Qwen2 checkpoints always carry q/k/v biases; set qkv_bias=True")
+        if self.rope_scaling is not None:
+            hf["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
+        return hf

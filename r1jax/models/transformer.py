@@ -1,0 +1,233 @@
+"""Decoder-only transformer in Flax NNX covering Llama (2, 3.x, SmolLM2) and Qwen2/2.5.
+
+RMSNorm, RoPE (with Llama-3 scaling), grouped-query attention with an optional KV
+cache, SwiGLU MLP, optional q/k/v biases, tied or untied embeddings. Parameters carry
+logical axis names in their `axes` metadata; `r1jax.sharding` maps them to a mesh.
+
+Shapes use these letters: B batch, T query time, S key time (cache length), D model
+width, H query heads, K key/value heads, G = H // K heads per group, E head dim,
+F MLP width, V vocabulary, L layers.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r1jax.models.config import ModelConfig
+from r1jax.sharding import constrain
+
+
+class KVCache(NamedTuple):
+    """Per-layer keys and values, [B, S, K, E] each; `index` is the next slot to write."""
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    index: jax.Array  # int32 scalar
+
+    @classmethod
+    def zeros(cls, config: ModelConfig, batch: int, length: int) -> "KVCache":
+        shape = (batch, length, config.num_kv_heads, config.head_dim)
+        zeros = tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
+        return cls(zeros, zeros, jnp.zeros((), jnp.int32))
+
+
+def _param(rngs: nnx.Rngs, shape, axes, config: ModelConfig, std: float | None = 0.02) -> nnx.Param:
+    dtype = jnp.dtype(config.param_dtype)
+    if std is None:
+        value = jnp.ones(shape, dtype)
+    elif std == 0:
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = std * jax.random.truncated_normal(rngs.params(), -2, 2, shape, dtype)
+    return nnx.Param(value, axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.scale = _param(rngs, (config.hidden_size,), ("act_embed",), config, std=None)
+        self.eps = config.rms_norm_eps
+        self.dtype = jnp.dtype(config.dtype)
+
+    def __call__(self, x):
+        x = x.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        return (x * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+def rope_frequencies(config: ModelConfig) -> jax.Array:
+    """Inverse frequencies [E/2], with the Llama-3 long-context rescaling when configured."""
+    e = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, e, 2, dtype=jnp.float32) / e))
+    s = config.rope_scaling
+    if s is None:
+        return inv_freq
+    # Llama 3.1: keep high frequencies, divide low ones by `factor`, blend in between.
+    wavelen = 2 * jnp.pi / inv_freq
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor)
+    blended = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(is_medium, blended, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate [B, T, N, E] by positions [B, T] (the HF 'rotate_half' layout)."""
+    angles = positions[:, :, None].astype(jnp.float32) * inv_freq  # [B, T, E/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d, h, k, e = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+        self.config = config
+        self.q = _param(rngs, (d, h, e), ("embed", "heads", "head_dim"), config)
+        self.k = _param(rngs, (d, k, e), ("embed", "kv_heads", "head_dim"), config)
+        self.v = _param(rngs, (d, k, e), ("embed", "kv_heads", "head_dim"), config)
+        self.o = _param(rngs, (h, e, d), ("heads", "head_dim", "embed"), config)
+        if config.qkv_bias:
+            self.q_bias = _param(rngs, (h, e), ("heads", "head_dim"), config, std=0)
+            self.k_bias = _param(rngs, (k, e), ("kv_heads", "head_dim"), config, std=0)
+            self.v_bias = _param(rngs, (k, e), ("kv_heads", "head_dim"), config, std=0)
+
+    def _project(self, x, name):
+        dtype = jnp.dtype(self.config.dtype)
+        y = jnp.einsum("btd,dne->btne", x, getattr(self, name)[...].astype(dtype))
+        if self.config.qkv_bias:
+            y = y + getattr(self, name + "_bias")[...].astype(dtype)
+        return y
+
+    def __call__(self, x, positions, key_mask, inv_freq, cache_kv=None, cache_index=None):
+        """x [B, T, D]; key_mask [B, S] marks real (non-padding) keys; returns ([B, T, D], (k, v))."""
+        cfg = self.config
+        q = apply_rope(self._project(x, "q"), positions, inv_freq)
+        k = apply_rope(self._project(x, "k"), positions, inv_freq)
+        v = self._project(x, "v")
+        q = constrain(q, ("batch", "seq", "heads", "head_dim"))
+        batch, time = x.shape[:2]
+        if cache_kv is None:
+            # a query at slot t sees keys at slots <= t: left padding keeps slot order = time order
+            query_slot = jnp.arange(time)
+        else:
+            # write this chunk into the cache at [index, index + T) and attend to the whole cache
+            k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k.astype(cache_kv[0].dtype), cache_index, 1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache_kv[1], v.astype(cache_kv[1].dtype), cache_index, 1)
+            query_slot = cache_index + jnp.arange(time)
+        k = constrain(k, ("batch", "cache_seq", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "cache_seq", "kv_heads", "head_dim"))
+        key_slot = jnp.arange(k.shape[1])
+        allowed = (key_slot[None, :] <= query_slot[:, None])[None] & key_mask[:, None, :]  # [B, T, S]
+
+        groups = cfg.num_heads // cfg.num_kv_heads
+        q = q.reshape(batch, time, cfg.num_kv_heads, groups, cfg.head_dim)
+        scores = jnp.einsum("btkge,bske->bkgts", q, k.astype(q.dtype)).astype(jnp.float32)
+        scores = scores * (cfg.head_dim ** -0.5)
+        # a finite floor (not -inf) keeps fully padded query rows finite instead of NaN
+        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+        out = jnp.einsum("bkgts,bske->btkge", probs, v.astype(q.dtype))
+        out = out.reshape(batch, time, cfg.num_heads, cfg.head_dim)
+        y = jnp.einsum("bthe,hed->btd", out, self.o[...].astype(q.dtype))
+        return y, (k, v)
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d, f = config.hidden_size, config.intermediate_size
+        self.dtype = jnp.dtype(config.dtype)
+        self.gate = _param(rngs, (d, f), ("embed", "mlp"), config)
+        self.up = _param(rngs, (d, f), ("embed", "mlp"), config)
+        self.down = _param(rngs, (f, d), ("mlp", "embed"), config)
+
+    def __call__(self, x):
+        gate = x @ self.gate[...].astype(self.dtype)
+        up = x @ self.up[...].astype(self.dtype)
+        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "seq", "mlp"))
+        return hidden @ self.down[...].astype(self.dtype)
+
+
+class Block(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(config, rngs=rngs)
+        self.attn = Attention(config, rngs=rngs)
+        self.mlp_norm = RMSNorm(config, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, positions, key_mask, inv_freq, cache_kv=None, cache_index=None):
+        y, kv = self.attn(self.attn_norm(x), positions, key_mask, inv_freq, cache_kv, cache_index)
+        x = x + y
+        x = x + self.mlp(self.mlp_norm(x))
+        return constrain(x, ("batch", "seq", "act_embed")), kv
+
+
+def _run_block(block, x, positions, key_mask, inv_freq, cache_kv, cache_index):
+    return block(x, positions, key_mask, inv_freq, cache_kv, cache_index)
+
+
+class Transformer(nnx.Module):
+    """`model(tokens)` -> logits [B, T, V]; see `__call__` for padding and the KV cache."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed = _param(rngs, (config.vocab_size, config.hidden_size), ("vocab", "embed"), config)
+        self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.final_norm = RMSNorm(config, rngs=rngs)
+        if not config.tie_embeddings:
+            self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), config)
+
+    def __call__(self, tokens, *, attention_mask=None, positions=None, cache: KVCache | None = None):
+        """Logits for int32 tokens [B, T].
+
+        attention_mask: [B, T] (or [B, S] over the cache slots when `cache` is given),
+            1 for real tokens and 0 for padding. Pad on the left so that every row's last
+            token is its newest one. Defaults to all ones.
+        positions: [B, T] RoPE positions. Defaults to the count of real tokens before each
+            one (`cumsum(attention_mask) - 1`), so a left-padded row gets the same
+            positions as it would unpadded.
+        cache: a `KVCache`; the tokens are written at `cache.index` and the call returns
+            `(logits, new_cache)` instead of logits alone.
+        """
+        cfg = self.config
+        tokens = jnp.asarray(tokens)
+        if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be an integer array [batch, time], got {tokens.dtype}{tokens.shape}")
+        batch, time = tokens.shape
+        key_len = time if cache is None else cache.keys[0].shape[1]
+        if attention_mask is None:
+            attention_mask = jnp.ones((batch, key_len), jnp.int32)
+        if attention_mask.shape != (batch, key_len):
+            raise ValueError(f"attention_mask must be [batch, {'time' if cache is None else 'cache length'}] = "
+                             f"{(batch, key_len)}, got {attention_mask.shape}")
+        key_mask = attention_mask.astype(bool)
+        if positions is None:
+            if cache is not None:
+                raise ValueError("pass positions explicitly when decoding with a cache")
+            positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.dtype)
+        x = constrain(x, ("batch", "seq", "act_embed"))
+        inv_freq = rope_frequencies(cfg)
+        run = nnx.remat(_run_block) if cfg.remat else _run_block
+        new_keys, new_values = [], []
+        for i, block in enumerate(self.layers):
+            cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
+            x, (k, v) = run(block, x, positions, key_mask, inv_freq, cache_kv,
+                            None if cache is None else cache.index)
+            new_keys.append(k)
+            new_values.append(v)
+        x = self.final_norm(x)
+        head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
+        logits = x @ head.astype(cfg.dtype)
+        logits = constrain(logits, ("batch", "seq", "vocab"))
+        if cache is None:
+            return logits
+        return logits, KVCache(tuple(new_keys), tuple(new_values), cache.index + time)
