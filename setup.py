@@ -29,6 +29,7 @@ setup(
         "sentencepiece>=0.2",
         "tensorflow-datasets>=4.9.7",
         "array-record>=0.5",
+        "importlib_resources",  # TFDS 4.9.10 cannot build a dataset without it on Python 3.11
         "ml-collections>=0.1",
         "numpy",
         "tqdm",

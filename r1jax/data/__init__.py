@@ -1,0 +1,29 @@
+"""Data: synthetic TFDS tasks, GSM8K/MATH loaders, prompt templates, batches.
+
+    from r1jax import data
+    train = data.load_task("countdown", "train", data_dir="/data/tfds")
+    batches = data.PromptIterator(train, batch_size=64, seed=0)
+    prompts = [data.format_prompt(data.question_text(ex, "countdown"))
+               for ex in next(batches)]
+"""
+from r1jax.data.arithmetic import Arithmetic, ArithmeticConfig, sample_arithmetic
+from r1jax.data.countdown import Countdown, CountdownConfig, sample_countdown
+from r1jax.data.pipeline import PromptIterator
+from r1jax.data.prompts import (CHAT_TEMPLATES, R1_SYSTEM_PROMPT, R1_ZERO_TEMPLATE,
+                                TEXT_TEMPLATES, chat_messages, format_prompt,
+                                question_text)
+from r1jax.data.real import (HendrycksMath, gsm8k_gold_answer, last_boxed_answer,
+                             load_gsm8k, load_math)
+from r1jax.data.sources import DatasetNotPreparedError, ExampleSource
+from r1jax.data.tasks import TASK_BUILDERS, load_task
+
+__all__ = [
+    "Arithmetic", "ArithmeticConfig", "sample_arithmetic",
+    "Countdown", "CountdownConfig", "sample_countdown",
+    "PromptIterator",
+    "CHAT_TEMPLATES", "R1_SYSTEM_PROMPT", "R1_ZERO_TEMPLATE", "TEXT_TEMPLATES",
+    "chat_messages", "format_prompt", "question_text",
+    "HendrycksMath", "gsm8k_gold_answer", "last_boxed_answer", "load_gsm8k", "load_math",
+    "DatasetNotPreparedError", "ExampleSource",
+    "TASK_BUILDERS", "load_task",
+]

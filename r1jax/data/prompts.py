@@ -1,0 +1,102 @@
+"""Prompt templates: the R1-Zero text template, chat messages, task questions.
+
+Two kinds of template, each selectable by name:
+
+* text templates (`format_prompt`) wrap a question into the single string a
+  base model continues, e.g. the paper's R1-Zero template;
+* chat templates (`chat_messages`) return a `messages` list for instruct
+  models. We only produce messages: the tokenizer applies its own chat format.
+
+`question_text(example, task)` turns one example of each task into the
+question put in the `{prompt}` slot.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+# DeepSeek-R1 paper (arXiv:2501.12948), Table 1, word for word; "prompt" is
+# replaced with the question during training.
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and "
+    "the Assistant solves it. The assistant first thinks about the reasoning "
+    "process in the mind and then provides the user with the answer. The "
+    "reasoning process and answer are enclosed within <think> </think> and "
+    "<answer> </answer> tags, respectively, i.e., <think> reasoning process "
+    "here </think> <answer> answer here </answer>. User: {prompt}. Assistant:"
+)
+
+# The same format instruction as a system prompt, for instruct models.
+R1_SYSTEM_PROMPT = (
+    "You are a helpful assistant. You first think about the reasoning process "
+    "in the mind and then provide the user with the answer. "
+    "The reasoning process and answer are enclosed within <think> </think> and "
+    "<answer> </answer> tags, respectively, i.e., <think> reasoning process "
+    "here </think> <answer> answer here </answer>."
+)
+
+TEXT_TEMPLATES: dict[str, str] = {
+    "r1_zero": R1_ZERO_TEMPLATE,
+    "plain": "{prompt}",
+}
+
+# name -> system prompt (None: the conversation has only the user turn).
+CHAT_TEMPLATES: dict[str, str | None] = {
+    "r1_chat": R1_SYSTEM_PROMPT,
+    "plain_chat": None,
+}
+
+TASKS = ("countdown", "arithmetic", "gsm8k", "math")
+
+
+def _lookup(table: Mapping[str, Any], name: str, kind: str):
+    if name not in table:
+        raise ValueError(
+            f"Unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(table))}.")
+    return table[name]
+
+
+def format_prompt(question: str, template: str = "r1_zero") -> str:
+    """The text a base model continues: `question` inside a named text template.
+
+    The R1-Zero template already ends the question with ". Assistant:", so one
+    trailing period of the question is dropped to avoid "..".
+    """
+    text = _lookup(TEXT_TEMPLATES, template, "text template")
+    question = question.strip()
+    if "{prompt}." in text and question.endswith("."):
+        question = question[:-1]
+    return text.replace("{prompt}", question)
+
+
+def chat_messages(question: str, template: str = "r1_chat") -> list[dict[str, str]]:
+    """A `messages` list (role/content dicts) for a tokenizer's chat template."""
+    system_prompt = _lookup(CHAT_TEMPLATES, template, "chat template")
+    messages = [{"role": "user", "content": question.strip()}]
+    if system_prompt is not None:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def countdown_question(numbers, target) -> str:
+    numbers = [int(n) for n in numbers]
+    return (
+        f"Using the numbers {numbers}, create an equation that equals {int(target)}. "
+        "You can use basic arithmetic operations (+, -, *, /) and each number can "
+        "be used at most once. Give the equation without '=' as the final answer, "
+        "for example (1 + 2) / 3.")
+
+
+def arithmetic_question(expression: str) -> str:
+    return (f"Compute the value of {expression}. "
+            "Give the exact integer result as the final answer.")
+
+
+def question_text(example: Mapping[str, Any], task: str) -> str:
+    """The question of one example of `task` (one of `TASKS`)."""
+    if task == "countdown":
+        return countdown_question(example["numbers"], example["target"])
+    if task == "arithmetic":
+        return arithmetic_question(example["expression"])
+    if task in ("gsm8k", "math"):
+        return example["question"]
+    raise ValueError(f"Unknown task {task!r}; known tasks: {', '.join(TASKS)}.")

@@ -1,0 +1,72 @@
+"""`load_task`: the synthetic tasks by name, built on first use.
+
+    train = load_task("countdown", "train", data_dir="/data/tfds")
+    train[0]  # {'numbers': [85, 64, 51], 'target': 72, 'solution': '(85 - 64) + 51'}
+"""
+from __future__ import annotations
+
+import json
+
+import tensorflow_datasets as tfds
+
+from r1jax.data.arithmetic import Arithmetic, ArithmeticConfig
+from r1jax.data.countdown import Countdown, CountdownConfig
+from r1jax.data.sources import ExampleSource, open_split
+from r1jax.data.synthetic import SyntheticConfig
+
+TASK_BUILDERS = {"countdown": Countdown, "arithmetic": Arithmetic}
+TASK_CONFIGS = {"countdown": CountdownConfig, "arithmetic": ArithmeticConfig}
+
+
+def _builder(name: str, config, data_dir) -> tfds.core.GeneratorBasedBuilder:
+    if name not in TASK_BUILDERS:
+        raise ValueError(f"Unknown task {name!r}; known tasks: {', '.join(TASK_BUILDERS)}.")
+    builder_cls = TASK_BUILDERS[name]
+    if isinstance(config, str) and config not in builder_cls.builder_configs:
+        raise ValueError(
+            f"Task {name!r} has no config {config!r}; its configs are "
+            f"{list(builder_cls.builder_configs)}, or pass a "
+            f"{TASK_CONFIGS[name].__name__}(name=..., ...) of your own.")
+    if config is not None and not isinstance(config, (str, SyntheticConfig)):
+        raise TypeError(f"config must be a config name or a {TASK_CONFIGS[name].__name__}, "
+                        f"got {type(config).__name__}.")
+    return builder_cls(config=config, data_dir=data_dir, file_format="array_record")
+
+
+def _check_same_generation(builder) -> None:
+    """Data already on disk under this config name must come from the same params."""
+    wanted = json.loads(json.dumps(builder.builder_config.generation_params()))
+    # The builder's info was restored from disk, so its metadata is what was stored.
+    stored = builder.info.metadata.get("generation")
+    if stored != wanted:
+        raise ValueError(
+            f"{builder.data_dir} holds {builder.name}/{builder.builder_config.name} "
+            f"generated with {stored}, not the requested {wanted}. Give the config "
+            "another name, or delete that folder to generate it again.")
+
+
+def load_task(name: str, split: str, *, data_dir, config=None) -> ExampleSource:
+    """A random-access sequence of the examples of a synthetic task.
+
+    The data is generated into `data_dir` the first time (no download) and
+    read back from its array_record files afterwards.
+
+    Args:
+      name: 'countdown' or 'arithmetic'.
+      split: 'train' or 'test' (TFDS slicing allowed: 'train[:1000]').
+      data_dir: the TFDS data folder.
+      config: a config name (default: the first of the builder's configs) or a
+        `CountdownConfig` / `ArithmeticConfig` with its own name, sizes and seed.
+
+    Returns:
+      Examples as dicts of plain Python values (str, int, list[int]).
+    """
+    builder = _builder(name, config, data_dir)
+    if builder.is_prepared():
+        _check_same_generation(builder)
+    else:
+        builder.download_and_prepare(
+            # The data is made here; never ask GCS for a prepared copy.
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return open_split(builder, split,
+                      how_to_prepare=f"load_task({name!r}, ...) should have generated it.")
