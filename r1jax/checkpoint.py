@@ -1,0 +1,271 @@
+"""Checkpoints for long RL runs: periodic saves, resume, preemption, and a model guard.
+
+One `Checkpointer` per run, built on `orbax.checkpoint.CheckpointManager`. Each saved
+step directory holds three items:
+
+    state      the array pytree (params, optimizer state, rng key, ...), possibly sharded
+    host       a JSON dict of host-side state (data iterator position, metric tail, ...)
+    signature  the JSON `model_signature` of the model that wrote it
+
+Typical loop:
+
+    ckpt = Checkpointer(workdir, save_every=100, model_signature=model_signature(cfg, params))
+    restored = ckpt.restore_latest(abstract_state)     # pytree of ShapeDtypeStruct + .sharding
+    step, state, host = restored if restored else (0, init_state(), {})
+    with Preemption() as preemption:
+        for step in range(step + 1, total_steps + 1):
+            state, metrics = train_step(state, ...)
+            ckpt.save(step, state, {"data_position": ...})
+            if preemption.should_stop(step):
+                ckpt.save(step, state, {...}, force=True)   # blocks until on disk
+                break
+    ckpt.close()
+
+Crash safety comes from Orbax: a step is written to `<step>.orbax-checkpoint-tmp` and
+renamed to `<step>` only once complete, and only renamed directories are ever listed,
+so a save cut short by a kill is never loaded (its leftover is deleted when the next
+`Checkpointer` opens the directory, after the model check passes).
+
+Multi-host: every process constructs the `Checkpointer` and calls `save` and
+`restore_latest` with the same arguments; Orbax writes each process's shards and lets
+the primary process write JSON and rename the directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+CHECKPOINT_SUBDIR = "checkpoints"  # checkpoints live in workdir/checkpoints, beside metrics
+_MAX_LISTED_DIFFERENCES = 12
+
+
+class IncompatibleCheckpointError(RuntimeError):
+    """The workdir holds checkpoints written by a different model."""
+
+
+def model_signature(config: Any, params: Any = None, *, ignore: tuple[str, ...] = ()) -> dict:
+    """A JSON dict identifying a model: its config fields and, if given, its param shapes.
+
+    `config` is a dataclass (e.g. `ModelConfig`) or a mapping; `params` any pytree of
+    arrays or `jax.ShapeDtypeStruct` (e.g. `nnx.state(model, nnx.Param)` or its
+    `jax.eval_shape`). Fields in `ignore` are left out, for settings that may change on
+    resume without changing the weights (e.g. `ignore=("remat", "dtype")`).
+    """
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        fields = dataclasses.asdict(config)
+    elif isinstance(config, Mapping):
+        fields = dict(config)
+    else:
+        raise TypeError(f"model_signature needs a dataclass or a dict config, got {type(config).__name__}")
+    signature = {"config": {k: v for k, v in fields.items() if k not in ignore}}
+    if params is not None:
+        leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+        signature["param_shapes"] = {
+            jax.tree_util.keystr(path, simple=True, separator="/"): [list(leaf.shape), str(leaf.dtype)]
+            for path, leaf in leaves
+        }
+    return _as_json(signature, "model_signature")
+
+
+class Checkpointer:
+    """Saves every `save_every` steps into `workdir/checkpoints`, keeping the last `keep`.
+
+    Construction refuses (with `IncompatibleCheckpointError`, touching nothing) a
+    workdir whose latest checkpoint was written by a model with another signature.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, save_every: int, keep: int = 3,
+                 model_signature: dict):
+        if save_every < 1 or keep < 1:
+            raise ValueError(f"save_every={save_every} and keep={keep} must both be >= 1")
+        self.save_every = save_every
+        self.workdir = os.path.abspath(os.fspath(workdir))
+        self.directory = os.path.join(self.workdir, CHECKPOINT_SUBDIR)
+        self.model_signature = _as_json(model_signature, "model_signature")
+        # Check before the writable manager exists: it deletes stale tmp directories.
+        if os.path.isdir(self.directory):
+            with ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+                    read_only=True, create=False, save_interval_steps=0,
+                    enable_async_checkpointing=False)) as reader:
+                latest = reader.latest_step()
+                if latest is not None:
+                    self._check_signature(reader, latest)
+        self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            cleanup_tmp_directories=True,
+            # Async: `save` returns once arrays are copied to host memory (so the
+            # caller may donate or overwrite the state); files are written by a
+            # background thread, which the next save, `wait` or `close` joins.
+            enable_async_checkpointing=True,
+        ))
+
+    @property
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    @property
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, train_state: Any, host_state: dict, *, force: bool = False) -> bool:
+        """Saves if `step % save_every == 0` or `force`; returns whether a save started.
+
+        Asynchronous unless `force`: a forced save (preemption, end of training) blocks
+        until the checkpoint is on disk, so the process may exit right after. Saving a
+        step that is already saved is a no-op returning False.
+        """
+        step = int(step)
+        if step in self._manager.all_steps():
+            if force:
+                self._manager.wait_until_finished()
+            return False
+        if not force and step % self.save_every:
+            return False
+        # Our rule above is the only one: Orbax's own policy would also save the first
+        # step it sees, whatever save_every says.
+        saved = self._manager.save(step, force=True, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(train_state),
+            host=ocp.args.JsonSave(_as_json(host_state, "host_state")),
+            signature=ocp.args.JsonSave(self.model_signature),
+        ))
+        if force:
+            self._manager.wait_until_finished()
+        return saved
+
+    def restore_latest(self, abstract_train_state: Any) -> tuple[int, Any, dict] | None:
+        """(step, train_state, host_state) of the newest complete checkpoint, or None.
+
+        `abstract_train_state` is a pytree of `jax.ShapeDtypeStruct` with `.sharding`
+        set (e.g. `jax.eval_shape(init)` mapped to the run's shardings); arrays are
+        read straight into those shardings, whatever mesh the checkpoint was saved from.
+        """
+        self._manager.wait_until_finished()
+        self._manager.reload()
+        step = self._manager.latest_step()
+        if step is None:
+            return None
+        self._check_signature(self._manager, step)
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_train_state),
+            host=ocp.args.JsonRestore(),
+        ))
+        return step, restored.state, dict(restored.host)
+
+    def wait(self):
+        """Blocks until every pending save is on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self):
+        """Waits for pending saves and deletions, then releases Orbax's threads."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def _check_signature(self, manager: ocp.CheckpointManager, step: int):
+        try:
+            saved = manager.restore(step, args=ocp.args.Composite(signature=ocp.args.JsonRestore())).signature
+        except (FileNotFoundError, KeyError, ValueError) as error:
+            raise IncompatibleCheckpointError(
+                f"checkpoint step {step} in {self.directory} has no readable model signature "
+                f"({type(error).__name__}: {error}); it was not written by r1jax.checkpoint. Nothing "
+                f"was changed: use a new workdir, or delete {self.directory} to start over.") from error
+        differences = _differences(dict(saved), self.model_signature)
+        if differences:
+            listed = "\n  ".join(differences[:_MAX_LISTED_DIFFERENCES])
+            more = len(differences) - _MAX_LISTED_DIFFERENCES
+            raise IncompatibleCheckpointError(
+                f"workdir {self.workdir} holds a checkpoint (step {step}) of a different model; "
+                f"{len(differences)} signature field(s) differ (checkpoint vs this run):\n  {listed}"
+                + (f"\n  ... and {more} more" if more > 0 else "")
+                + f"\nNothing was changed. Use a new workdir for this model, or delete "
+                  f"{self.directory} if that run is no longer needed.")
+
+
+class Preemption:
+    """Turns SIGTERM (a scheduler's preemption notice) into a flag the loop polls.
+
+    Use as a context manager (the previous handler comes back on exit) or call
+    `install()`. The loop calls `should_stop(step)` after each step and, when True,
+    saves with `force=True` and leaves the loop; the process then exits normally.
+
+    Single process: the Python handler sets `preempted`. Multi-process: JAX's
+    coordination service already watches SIGTERM and agrees on a step that every host
+    reaches (`multihost_utils.reached_preemption_sync_point`), so no Python handler is
+    installed (it would replace JAX's) and `should_stop` asks JAX; every process must
+    then call `should_stop` at every step.
+    """
+
+    def __init__(self):
+        self.preempted = False
+        self._previous_handler = None
+
+    def install(self) -> Preemption:
+        if jax.process_count() == 1:
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def uninstall(self):
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() == 1:
+            return self.preempted
+        try:
+            self.preempted = self.preempted or multihost_utils.reached_preemption_sync_point(int(step))
+        except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)
+            pass
+        return self.preempted
+
+    def __enter__(self) -> Preemption:
+        return self.install()
+
+    def __exit__(self, *exc_info):
+        self.uninstall()
+
+    def _on_sigterm(self, signum, frame):
+        self.preempted = True
+
+
+def install_sigterm_handler() -> Preemption:
+    """`Preemption().install()`: for loops that cannot use the context manager."""
+    return Preemption().install()
+
+
+def _as_json(value: dict, what: str) -> dict:
+    """A JSON round trip: checks serialisability and turns tuples into lists up front."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a dict, got {type(value).__name__}")
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{what} must be JSON-serialisable ({error}); convert arrays and numpy "
+                        "scalars with .tolist() / int() / float(), or put arrays in the train state") from error
+
+
+def _differences(saved: Any, current: Any, path: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in list(saved) + [k for k in current if k not in saved]:
+            where = f"{path}.{key}" if path else str(key)
+            if key not in current:
+                out.append(f"{where}: {saved[key]!r} vs (absent)")
+            elif key not in saved:
+                out.append(f"{where}: (absent) vs {current[key]!r}")
+            else:
+                out.extend(_differences(saved[key], current[key], where))
+        return out
+    return [] if saved == current else [f"{path or '(root)'}: {saved!r} vs {current!r}"]
