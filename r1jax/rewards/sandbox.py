@@ -1,0 +1,641 @@
+"""Run one untrusted program in a throwaway Linux sandbox.
+
+`run_sandboxed(argv, files=..., stdin=..., limits=...)` runs `argv` in a child
+process that is confined before it execs, and returns its exit status and
+(bounded) output. What confines it, in the order the child sets it up:
+
+  * a new session (own process group) and an empty environment;
+  * a private mount namespace in which the whole file system is re-mounted
+    read-only (no writing or deleting anywhere), directories the sandbox user
+    may not enter are hidden behind empty tmpfs mounts (except the interpreter's
+    own, bound back read-only), and the working directory is a fresh,
+    size-capped tmpfs that vanishes with the namespace (its empty mount point
+    is removed afterwards);
+  * a new network namespace with no interface up: no network, not even
+    localhost;
+  * an unprivileged user id of its own (1<<30 + a per-owner slot, no groups,
+    no capabilities, PR_SET_NO_NEW_PRIVS so set-uid binaries gain nothing), so
+    it cannot read other processes' /proc/<pid>/environ or signal them;
+  * resource limits (setrlimit): CPU seconds, address space, file size, open
+    files, no core dumps, and a process count that the kernel enforces because
+    the user is not root (RLIMIT_NPROC is ignored for root);
+  * PR_SET_PDEATHSIG, so it dies with the process that started it.
+
+Children are started by a small launcher process (this file run as a script,
+stdlib only), one per calling process: forking it costs a millisecond where
+forking a trainer or a worker with sympy loaded costs ten, it is single-threaded
+(so the pre-exec setup is safe even when the caller runs JAX threads), and as a
+child subreaper it adopts every orphan of a sandboxed program. Once the program
+exits or hits the wall-clock limit, any process of the sandbox user still alive
+is killed at once (`kill(-1, SIGKILL)` issued as that user, applied by the kernel
+atomically, so a fork bomb cannot outrun it) and reaped. Output goes to memory
+files capped by the file-size limit, so a program that prints forever cannot
+fill the caller's memory.
+
+Where the kernel does not allow it: the namespaces and the user switch need
+root (CAP_SYS_ADMIN, CAP_SETUID), probed once per process at run time
+(`sandbox_capabilities()`). Without them the program still runs in its own
+session with an empty environment, a fresh temporary directory (deleted
+afterwards) and all rlimits, but WITHOUT network isolation, file-system
+read-only protection or its own user id (as a non-root user RLIMIT_NPROC then
+counts all of that user's processes), and a logged warning says so.
+`isolation="required"` turns that into an error; `isolation="off"` asks for the
+weaker mode on purpose.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import dataclasses
+import functools
+import itertools
+import logging
+import math
+import os
+import pickle
+import resource
+import select
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Mapping, Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+SANDBOX_UID_BASE = 1 << 30
+_UID_SLOTS_PER_PROCESS = 64  # uids per owner, used in turn so none is reused at once
+_WORKDIR_PREFIX = "r1jax-sandbox-"
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWNET = 0x40000000
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+_AT_FDCWD, _AT_RECURSIVE = -100, 0x8000
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID = 0x1, 0x2
+_SYS_MOUNT_SETATTR = 442  # same number on x86_64 and aarch64 (unified syscall table)
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_SET_CHILD_SUBREAPER = 1, 38, 36
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxLimits:
+    """Per-run limits. Defaults suit short test programs."""
+    wall_seconds: float = 5.0
+    cpu_seconds: float = 2.0
+    memory_bytes: int = 512 * 2**20   # address space (RLIMIT_AS)
+    max_processes: int = 16           # processes + threads of the sandbox user
+    max_file_bytes: int = 16 * 2**20  # any one file, stdout and stderr included
+    disk_bytes: int = 64 * 2**20      # the working directory's tmpfs
+    max_open_files: int = 64
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not value > 0:
+                raise ValueError(f"SandboxLimits.{field.name} must be positive, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxResult:
+    returncode: Optional[int]  # negative: killed by that signal (SIGXCPU = CPU limit)
+    stdout: bytes
+    stderr: bytes
+    wall_seconds: float
+    timed_out: bool            # the wall-clock limit was hit and the program killed
+    isolated: bool             # namespaces and user switch were in force
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxCapabilities:
+    namespaces: bool   # mount + network namespaces with a read-only root
+    switch_user: bool  # can run as an unprivileged uid of its own
+
+    @property
+    def isolated(self) -> bool:
+        return self.namespaces and self.switch_user
+
+
+@functools.lru_cache(maxsize=None)
+def sandbox_capabilities() -> SandboxCapabilities:
+    """What this kernel and user allow, probed once in a throwaway child."""
+    switch_user = os.geteuid() == 0
+    pid = os.fork()
+    if pid == 0:  # only raw syscalls here: this child may come from a threaded parent
+        ok = (_libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET) == 0
+              and _libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
+              and _mount_setattr_readonly(b"/") == 0)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    capabilities = SandboxCapabilities(namespaces=os.waitstatus_to_exitcode(status) == 0,
+                                       switch_user=switch_user)
+    if not capabilities.isolated:
+        log.warning("sandbox isolation unavailable (%s): untrusted code runs without network "
+                    "or file-system isolation and, unless root, without its own user id; "
+                    "see r1jax.rewards.sandbox", capabilities)
+    return capabilities
+
+
+ISOLATION_MODES = ("auto", "required", "off")
+
+
+def run_sandboxed(
+    argv: Sequence[str],
+    *,
+    files: Mapping[str, str | bytes] = {},
+    stdin: bytes = b"",
+    limits: SandboxLimits = SandboxLimits(),
+    exposed_paths: Sequence[str] = (),
+    isolation: str = "auto",
+) -> SandboxResult:
+    """Run `argv` (absolute program path) confined, in a fresh working directory.
+
+    files: name -> content written into the working directory first (owned by the
+      sandbox user); names are plain file names.
+    exposed_paths: directories the program needs to read (its interpreter's
+      prefix) that the sandbox user could not otherwise reach.
+    isolation: "auto" (all this machine allows, warning if that is less than
+      full isolation), "required" (raise instead), "off" (rlimits only).
+    """
+    if not argv or not os.path.isabs(argv[0]):
+        raise ValueError(f"argv[0] must be an absolute path to the program, got {argv!r}")
+    for name in files:
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"sandbox file names must be plain names, got {name!r}")
+    if isolation not in ISOLATION_MODES:
+        raise ValueError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
+    if not isinstance(limits, SandboxLimits):
+        raise TypeError(f"limits must be a SandboxLimits, got {type(limits).__name__}")
+    request = dict(
+        argv=[str(arg) for arg in argv],
+        files={name: content.encode() if isinstance(content, str) else bytes(content)
+               for name, content in files.items()},
+        stdin=bytes(stdin), limits=dataclasses.asdict(limits),
+        exposed_paths=tuple(str(path) for path in exposed_paths), isolation=isolation)
+    return SandboxResult(**_launcher_call(request))
+
+
+def _run_here(argv, files, stdin, limits, exposed_paths, isolation, owner_pid) -> dict:
+    """The sandboxed run itself; executes inside the launcher process."""
+    limits = SandboxLimits(**limits)
+    capabilities = sandbox_capabilities()
+    if isolation == "required" and not capabilities.isolated:
+        raise RuntimeError(f"sandbox isolation required but unavailable: {capabilities}")
+    if isolation == "off":
+        capabilities = SandboxCapabilities(namespaces=False, switch_user=False)
+    hidden_mounts = _hidden_mounts(tuple(exposed_paths))
+    # Without a mount namespace, a user switch would lock the program out of an
+    # interpreter that lives in, say, /root.
+    can_switch = capabilities.switch_user and (capabilities.namespaces or not hidden_mounts)
+    uid = _next_sandbox_uid(owner_pid) if can_switch else None
+    if capabilities.namespaces:
+        # Each run mounts a fresh tmpfs here, visible only in its own namespace,
+        # so one empty mount point serves every run (creating and removing a
+        # directory per run costs milliseconds on some disks).
+        workdir = _shared_mount_point(owner_pid)
+        if not os.path.isdir(workdir):  # removed under us by reap_sandbox_processes
+            _shared_mount_point.cache_clear()
+            workdir = _shared_mount_point(owner_pid)
+    else:
+        workdir = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{owner_pid}-")
+        _write_files(workdir, files)
+        if uid is not None:
+            for path in [workdir] + [os.path.join(workdir, name) for name in files]:
+                os.chown(path, uid, uid)
+    confine = _Confinement(workdir, uid, files if capabilities.namespaces else {},
+                           limits, capabilities.namespaces, hidden_mounts)
+    streams = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("stdin", "stdout", "stderr")]
+    try:
+        os.pwrite(streams[0], stdin, 0)
+        start = time.monotonic()
+        process = subprocess.Popen(
+            list(argv), stdin=streams[0], stdout=streams[1], stderr=streams[2], env={},
+            close_fds=True, start_new_session=True, preexec_fn=confine)
+        timed_out = not _wait(process, limits.wall_seconds)
+        wall_seconds = time.monotonic() - start
+        if timed_out:
+            process.kill()
+        process.wait()
+        _kill_leftovers(uid, process.pid)
+        stdout, stderr = (os.pread(fd, limits.max_file_bytes, 0) for fd in streams[1:])
+    finally:
+        for fd in streams:
+            os.close(fd)
+        if not capabilities.namespaces:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return dict(returncode=process.returncode, stdout=stdout, stderr=stderr,
+                wall_seconds=wall_seconds, timed_out=timed_out,
+                isolated=capabilities.isolated and uid is not None)
+
+
+def reap_sandbox_processes(owner_pid: int, timeout: float = 1.0) -> int:
+    """Kill every sandboxed process that process `owner_pid` started, and remove
+    its sandbox directories. Returns how many processes were still around.
+
+    For an owner stuck in a run: call this *before* killing the owner, so its
+    still-living launcher reaps the killed processes (the evaluator does this
+    when it replaces a hung worker). Orphans of a dead owner go to init, which
+    in some containers never reaps them. Waits up to `timeout` seconds for them
+    to disappear.
+    """
+    low = SANDBOX_UID_BASE + owner_pid * _UID_SLOTS_PER_PROCESS
+    deadline = time.monotonic() + timeout
+    found = set()
+    while True:
+        victims = [pid for pid, uid in _process_uids() if low <= uid < low + _UID_SLOTS_PER_PROCESS]
+        found.update(victims)
+        if not victims or time.monotonic() > deadline:
+            break
+        for pid in victims:  # survivors of a fork bomb may fork between scans: repeat
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.005)
+    for path in _glob_workdirs(owner_pid):
+        shutil.rmtree(path, ignore_errors=True)
+    return len(found)
+
+
+class _Confinement:
+    """The preexec_fn: runs in the child between fork and exec, as root."""
+
+    def __init__(self, workdir, uid, files, limits, namespaces, hidden_mounts):
+        self.workdir, self.uid, self.files, self.limits = workdir, uid, files, limits
+        self.namespaces, self.hidden_mounts = namespaces, hidden_mounts
+        self.parent_pid = os.getpid()
+
+    def __call__(self):
+        if self.namespaces:
+            _check(_libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET), "unshare")
+            _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "make mounts private")
+            for hidden, exposed in self.hidden_mounts:
+                self._hide(hidden, exposed)
+            _check(_mount_setattr_readonly(b"/"), "re-mount / read-only")
+            options = (f"size={self.limits.disk_bytes},nr_inodes=4096,mode=0700,"
+                       f"uid={self.uid},gid={self.uid}")
+            _check(_libc.mount(b"tmpfs", self.workdir.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                               options.encode()), "mount the working directory")
+        os.chdir(self.workdir)
+        if self.uid is not None:
+            os.setgroups([])
+            os.setresgid(self.uid, self.uid, self.uid)
+            os.setresuid(self.uid, self.uid, self.uid)
+        _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+        # Set after the uid change, which clears it; then close the race with a
+        # parent that died before this line.
+        _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+        if os.getppid() != self.parent_pid:
+            os._exit(1)
+        _write_files(".", self.files)
+        self._set_limits()
+
+    def _hide(self, hidden: str, exposed: Sequence[str]):
+        handles = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in exposed]
+        _check(_libc.mount(b"tmpfs", hidden.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                           b"size=1m,mode=0755"), f"hide {hidden}")
+        for path, handle in zip(exposed, handles):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            _check(_libc.mount(f"/proc/self/fd/{handle}".encode(), path.encode(), None,
+                               _MS_BIND | _MS_REC, None), f"expose {path}")
+            os.close(handle)
+
+    def _set_limits(self):
+        limits = self.limits
+        cpu = max(1, math.ceil(limits.cpu_seconds))
+        processes = limits.max_processes
+        if self.uid is None and os.geteuid() != 0:
+            processes += _count_processes_of(os.getuid())  # counted per user, not per sandbox
+        for name, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)),
+                            (resource.RLIMIT_AS, limits.memory_bytes),
+                            (resource.RLIMIT_FSIZE, limits.max_file_bytes),
+                            (resource.RLIMIT_NOFILE, limits.max_open_files),
+                            (resource.RLIMIT_NPROC, processes),
+                            (resource.RLIMIT_CORE, 0)):
+            soft, hard = value if isinstance(value, tuple) else (value, value)
+            resource.setrlimit(name, (soft, hard))
+
+
+def _check(result: int, what: str):
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"sandbox: {what} failed: {os.strerror(code)}")
+
+
+def _mount_setattr_readonly(path: bytes) -> int:
+    attributes = _MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, 0, 0)
+    return _libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, path, _AT_RECURSIVE,
+                         ctypes.byref(attributes), ctypes.sizeof(attributes))
+
+
+def _write_files(directory: str, files: Mapping[str, bytes]):
+    for name, content in files.items():
+        fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+
+
+_uid_slots = itertools.count()
+
+
+def _next_sandbox_uid(owner_pid: int) -> int:
+    # Unique among live processes: the owner's pid is its alone while it lives
+    # (and its launcher dies with it), and one launcher runs one sandbox at a time.
+    return (SANDBOX_UID_BASE + owner_pid * _UID_SLOTS_PER_PROCESS
+            + next(_uid_slots) % _UID_SLOTS_PER_PROCESS)
+
+
+def _wait(process: subprocess.Popen, seconds: float) -> bool:
+    """Wait for `process` to exit; False if it is still running after `seconds`."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # no pidfd (kernel < 5.3): Popen's polling wait
+        try:
+            process.wait(timeout=seconds)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                if poller.poll(remaining * 1000):
+                    return True
+            except InterruptedError:
+                continue
+    finally:
+        os.close(pidfd)
+
+
+def _become_subreaper():
+    """Orphans of sandboxed programs get re-parented to this process, not to init
+    (which, in some containers, never reaps them: zombies would pile up and keep
+    counting against the sandbox user's RLIMIT_NPROC). It also makes every live
+    sandbox process reachable as a descendant of one of our children."""
+    _check(_libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "become child subreaper")
+
+
+def _kill_leftovers(uid: Optional[int], process_group: int):
+    """Kill and reap whatever the finished program left running.
+
+    As subreaper we adopt every orphan, and a live sandbox process always has
+    an unbroken chain of live sandbox processes up to one of our children. So
+    "none of our children belongs to the sandbox" means "none is left", and
+    the common case costs one read of /proc/self/task/*/children.
+    """
+    for _ in range(100):
+        leftovers = [pid for pid in _children() if _belongs_to_sandbox(pid, uid, process_group)]
+        if not leftovers:
+            return
+        if uid is not None:
+            _kill_sandbox_user(uid)
+        else:
+            _kill_group(process_group)
+        for pid in leftovers:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+    log.warning("sandbox processes of uid %s survived 100 kill rounds", uid)
+
+
+def _children() -> list[int]:
+    children = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as listing:
+                children.extend(int(pid) for pid in listing.read().split())
+        except OSError:
+            continue
+    return children
+
+
+def _belongs_to_sandbox(pid: int, uid: Optional[int], process_group: int) -> bool:
+    try:
+        if uid is not None:
+            with open(f"/proc/{pid}/status", "rb") as status:
+                for line in status:
+                    if line.startswith(b"Uid:"):
+                        return int(line.split()[1]) == uid
+            return False
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            fields = stat_file.read().rsplit(b")", 1)[1].split()
+        return int(fields[2]) == process_group  # pgrp; escapes via setsid are missed
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _kill_sandbox_user(uid: int):
+    """SIGKILL every process running as `uid`, atomically, from a child that
+    becomes `uid` first (kill(-1) then reaches exactly that user's processes)."""
+    if uid < SANDBOX_UID_BASE:
+        raise ValueError(f"refusing to kill processes of uid {uid}: not a sandbox uid")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            if os.getresuid() == (uid, uid, uid):  # never run kill(-1) as anyone else
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                code = 0
+        finally:
+            os._exit(code)
+    os.waitpid(pid, 0)
+
+
+def _kill_group(pgid: int):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _process_uids():
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", "rb") as status:
+                for line in status:
+                    if line.startswith(b"Uid:"):
+                        yield int(entry), int(line.split()[1])
+                        break
+        except OSError:
+            continue
+
+
+def _count_processes_of(uid: int) -> int:
+    return sum(1 for _, process_uid in _process_uids() if process_uid == uid)
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_mount_point(owner_pid: int) -> str:
+    path = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{owner_pid}-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)  # on the launcher's way out
+    return path
+
+
+def _glob_workdirs(owner_pid: int) -> list[str]:
+    prefix = f"{_WORKDIR_PREFIX}{owner_pid}-"
+    root = tempfile.gettempdir()
+    try:
+        return [os.path.join(root, name) for name in os.listdir(root) if name.startswith(prefix)]
+    except OSError:
+        return []
+
+
+@functools.lru_cache(maxsize=None)
+def _hidden_mounts(exposed_paths: tuple[str, ...] | Sequence[str]) -> tuple:
+    """[(ancestor to hide behind a tmpfs, (paths to bind back inside it))].
+
+    An exposed path needs help when some ancestor denies "others" the execute
+    (search) bit, e.g. an interpreter under /root (mode 0700).
+    """
+    groups: dict[str, list[str]] = {}
+    for path in exposed_paths:
+        path = os.path.realpath(path)
+        ancestor = "/"
+        for part in path.strip("/").split("/")[:-1]:
+            ancestor = os.path.join(ancestor, part)
+            try:
+                mode = os.stat(ancestor).st_mode
+            except OSError:
+                break
+            if not mode & stat.S_IXOTH:
+                groups.setdefault(ancestor, []).append(path)
+                break
+    return tuple((hidden, tuple(paths)) for hidden, paths in sorted(groups.items()))
+
+
+# -- the launcher -----------------------------------------------------------------
+
+_launcher_lock = threading.Lock()
+_launcher: Optional["_Launcher"] = None
+_ERRORS = {"ValueError": ValueError, "TypeError": TypeError, "RuntimeError": RuntimeError,
+           "OSError": OSError, "PermissionError": PermissionError}
+
+
+class _Launcher:
+    """This file, run as a stdlib-only script, serving run requests over pipes."""
+
+    def __init__(self):
+        self.owner_pid = os.getpid()
+        self.process = subprocess.Popen(
+            [os.path.realpath(sys.executable), "-I", "-S", "-B", os.path.abspath(__file__),
+             "--serve", str(self.owner_pid)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={}, close_fds=True)
+        atexit.register(self.stop)
+
+    def call(self, request: dict):
+        _write_frame(self.process.stdin, request)
+        response = _read_frame(self.process.stdout)
+        if response is None:
+            raise EOFError("the sandbox launcher exited")
+        return response
+
+    def stop(self):
+        """End the launcher (gently: it removes its mount point on the way out)."""
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(2.0)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.owner_pid == os.getpid():
+            for path in _glob_workdirs(self.owner_pid):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _launcher_call(request: dict) -> dict:
+    global _launcher
+    with _launcher_lock:
+        for attempt in range(2):
+            if _launcher is None or _launcher.owner_pid != os.getpid():  # new, or we forked
+                _launcher = _Launcher()
+            try:
+                status, payload = _launcher.call(request)
+                break
+            except (OSError, EOFError, pickle.UnpicklingError):
+                _launcher.process.kill()
+                _launcher.stop()
+                _launcher = None
+                if attempt == 1:
+                    raise RuntimeError("the sandbox launcher process died twice in a row") from None
+    if status == "error":
+        kind, message = payload
+        if kind in _ERRORS:
+            raise _ERRORS[kind](message)
+        raise RuntimeError(f"sandbox launcher: {kind}: {message}")
+    return payload
+
+
+def _write_frame(stream, payload):
+    data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack("<Q", len(data)) + data)
+    stream.flush()
+
+
+def _read_frame(stream):
+    header = stream.read(8)
+    if len(header) < 8:
+        return None
+    (size,) = struct.unpack("<Q", header)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)
+
+
+def _serve(owner_pid: int):
+    """Launcher main loop: one request in, one result out, until the owner goes."""
+    # Dies with the owner's thread that started it; a caller whose thread
+    # exits just gets a new launcher on its next run.
+    _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+    if os.getppid() != owner_pid:
+        return
+    _become_subreaper()
+    # Keep the protocol pipes off fds 0 and 1, so nothing else can write into them.
+    requests = os.fdopen(os.dup(0), "rb")
+    responses = os.fdopen(os.dup(1), "wb")
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    while True:
+        request = _read_frame(requests)
+        if request is None:
+            return
+        try:
+            response = ("ok", _run_here(**request, owner_pid=owner_pid))
+        except Exception as error:
+            response = ("error", (type(error).__name__, str(error)))
+        _write_frame(responses, response)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
+    _serve(int(sys.argv[2]))
