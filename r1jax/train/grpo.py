@@ -1,0 +1,120 @@
+"""GRPO (DeepSeekMath / R1-Zero): the per-step rollout that feeds the shared training loop.
+
+One GRPO step, as in the paper:
+  1. take a batch of prompts and sample `num_generations` completions of each from the
+     current (= old) policy;
+  2. score every completion on the host with the rule-based rewards (in worker
+     processes, overlapped with the device computing reference log-probs);
+  3. advantages = (r - group mean) / (group std + eps), per prompt's group;
+  4. `num_iterations` (mu) passes over the rollout, each split into `num_minibatches`
+     optimizer updates of the clipped GRPO loss with beta * KL(k3) to the reference.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from r1jax.losses import group_advantages
+from r1jax.rewards import RewardEvaluator
+from r1jax.sharding import batch_sharding
+from r1jax.tokenizers import Tokenizer
+from r1jax.train.objectives import grpo_objective
+from r1jax.train.rollout import prompt_texts, rollout, training_batch
+from r1jax.train.state import TrainState, copy_params
+from r1jax.train.step import make_logprobs_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSettings:
+    num_generations: int = 8  # G, completions per prompt
+    max_prompt_length: int = 256
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    beta: float = 0.04
+    epsilon_low: float = 0.2
+    epsilon_high: float | None = None
+    loss_type: str = "grpo"
+    importance_sampling_level: str = "token"
+    advantage_scale: str = "group"
+    num_iterations: int = 1  # mu
+    num_minibatches: int = 1
+    template: str = "r1_zero"
+
+
+class GRPO:
+    """The GRPO stage: `objective()` for the train step and `make_batches` for the loop."""
+
+    def __init__(self, settings: GRPOSettings, *, tokenizer: Tokenizer, rewards: RewardEvaluator,
+                 task: str, mesh: Mesh, accuracy_reward: str = "accuracy"):
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.rewards = rewards
+        self.task = task
+        self.mesh = mesh
+        self.accuracy_reward = accuracy_reward
+        self._ref_params = None
+        self._logprobs_fn = None
+
+    def objective(self):
+        s = self.settings
+        return grpo_objective(beta=s.beta, epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high,
+                              loss_type=s.loss_type, max_completion_length=s.max_new_tokens,
+                              importance_sampling_level=s.importance_sampling_level)
+
+    def set_reference(self, state: TrainState):
+        """Freeze the policy in `state` (the initial one) as the KL reference."""
+        self._logprobs_fn = make_logprobs_fn(state, self.mesh)
+        if self.settings.beta != 0:
+            self._ref_params = copy_params(state.params)
+
+    def make_batches(self, state: TrainState, examples: Sequence[dict], rng):
+        s = self.settings
+        if self._logprobs_fn is None:
+            raise RuntimeError("call set_reference(initial_state) before the first GRPO step")
+        texts = prompt_texts(examples, self.task, s.template)
+        out = rollout(state.graphdef, state.params, self.tokenizer, texts, rng, repeat=s.num_generations,
+                      max_prompt_length=s.max_prompt_length, max_new_tokens=s.max_new_tokens,
+                      temperature=s.temperature, top_p=s.top_p, mesh=self.mesh)
+        grouped_examples = [ex for ex in examples for _ in range(s.num_generations)]
+        pending = self.rewards.submit(out.completions, grouped_examples)  # host work starts now...
+        batch = training_batch(out.samples)
+        # ...while the device computes the log-probs the loss compares against
+        if s.beta != 0:
+            batch["ref_logps"] = self._logprobs_fn(self._ref_params, batch["tokens"], batch["attention_mask"])
+        if s.num_iterations > 1 or s.num_minibatches > 1:
+            # later updates of this rollout see a moved policy: keep the sampling one's log-probs
+            batch["old_logps"] = self._logprobs_fn(state.params, batch["tokens"], batch["attention_mask"])
+        result = pending.result()
+        advantages = group_advantages(jnp.asarray(np.nan_to_num(result.total)), s.num_generations,
+                                      scale=s.advantage_scale, valid=jnp.asarray(result.valid))
+        batch["advantages"] = jax.device_put(advantages, batch_sharding(self.mesh))
+        batches = [batch_slice for _ in range(s.num_iterations)
+                   for batch_slice in _minibatches(batch, s.num_minibatches)]
+        lengths = np.asarray(jax.device_get(out.samples.lengths))
+        metrics = {"reward": float(np.nanmean(result.total)) if result.valid.any() else 0.0,
+                   "response_length": float(lengths.mean()),
+                   "valid_fraction": float(result.valid.mean())}
+        for name, values in result.per_function.items():
+            metrics[f"reward/{name}"] = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
+        if self.accuracy_reward in result.per_function:
+            metrics["accuracy"] = metrics[f"reward/{self.accuracy_reward}"]
+        metrics.update({f"rewards/{k}": float(v) for k, v in result.metrics.items()
+                        if k.endswith(("failures", "timeouts"))})
+        return batches, metrics
+
+
+def _minibatches(batch: dict, num_minibatches: int) -> list[dict]:
+    """Contiguous row blocks; each keeps whole prompt groups when the block is a multiple of G."""
+    rows = batch["tokens"].shape[0]
+    if rows % num_minibatches:
+        raise ValueError(f"{rows} rollout rows do not split into num_minibatches={num_minibatches}")
+    size = rows // num_minibatches
+    if num_minibatches == 1:
+        return [batch]
+    return [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(num_minibatches)]
