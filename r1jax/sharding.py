@@ -110,6 +110,11 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
 # ---- parameters and other state -------------------------------------------------------
 
 
+def _names(spec_entry) -> tuple[str, ...]:
+    """The mesh axes of one PartitionSpec entry (None, a name, or a tuple of names)."""
+    return (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry or ())
+
+
 def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
     """`spec` with the mesh axes dropped from every dimension they do not divide evenly.
 
@@ -118,9 +123,8 @@ def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
     """
     fitted = []
     for size, mesh_axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
         kept, ways = [], 1
-        for name in names:
+        for name in _names(mesh_axes):
             if size % (ways * mesh.shape[name]) == 0:
                 kept.append(name)
                 ways *= mesh.shape[name]
@@ -164,13 +168,10 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules=None) -> nnx.Module:
     """
     state = nnx.state(model)
     shardings = tree_shardings(state, mesh, rules)
-
-    def put(x, sharding):
-        host = np.asarray(x) if not isinstance(x, jax.Array) or x.is_fully_addressable else x
-        # make_array_from_callback, unlike device_put, also fills devices of other hosts' meshes
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    nnx.update(model, jax.tree.map(put, state, shardings))
+    if jax.process_count() == 1:
+        nnx.update(model, jax.device_put(state, shardings))
+    else:
+        nnx.update(model, jax.tree.map(_put_full_value, state, shardings))
     return model
 
 
@@ -182,6 +183,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(("batch",)))
 
 
+def num_batch_shards(mesh: Mesh) -> int:
+    """Into how many parts `batch_sharding` splits the batch dimension (`data` x `fsdp`)."""
+    return int(np.prod([mesh.shape[a] for a in _names(batch_sharding(mesh).spec[0])]))
+
+
 def make_global_batch(local_batch, mesh: Mesh):
     """One global array per leaf from this process's rows of the batch.
 
@@ -190,18 +196,50 @@ def make_global_batch(local_batch, mesh: Mesh):
     the global batch has b * process_count rows. On one host this is a device_put.
     """
     sharding = batch_sharding(mesh)
-    n_ways = int(np.prod([mesh.shape[a] for a in (sharding.spec[0] or ())]))
-    # the data-parallel shards of one process: its local rows must split evenly over them
-    local_ways = n_ways // jax.process_count() if n_ways >= jax.process_count() else 1
+    n_shards = num_batch_shards(mesh)
 
     def to_global(x):
         x = np.asarray(x)
-        if x.ndim == 0 or x.shape[0] % max(local_ways, 1):
-            raise ValueError(f"every batch leaf needs a leading batch dimension divisible by the "
-                             f"{local_ways} data-parallel shards of this process, got shape {x.shape}")
+        if x.ndim == 0 or (x.shape[0] * jax.process_count()) % n_shards:
+            raise ValueError(f"every batch leaf needs a leading batch dimension whose global size "
+                             f"({jax.process_count()} processes x local rows) splits into the "
+                             f"{n_shards} data-parallel shards of the mesh; got a local shape {x.shape}")
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree.map(to_global, local_batch)
+
+
+def put_on_mesh(tree, shardings):
+    """`jax.device_put(tree, shardings)` that also works with several processes.
+
+    Global arrays are resharded; with one process anything goes. With several, a local
+    value (numpy, a one-device array, a PRNG key) must go to a replicated sharding and
+    be the same on every process (a seed, a learning rate); a process's share of a
+    batch goes through `make_global_batch` instead. `shardings` may be a tree prefix.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    return jax.tree.map(_put_on_mesh, tree, jax.tree.broadcast(shardings, tree))
+
+
+def _put_on_mesh(x, sharding: NamedSharding):
+    local = not (isinstance(x, jax.Array) and not x.is_fully_addressable)
+    if local and not sharding.is_fully_replicated:
+        raise ValueError(f"a local array of shape {np.shape(x)} cannot be split over processes; "
+                         "pass a global array (make_global_batch builds one from each process's rows)")
+    return _put_full_value(x, sharding)
+
+
+def _put_full_value(x, sharding: NamedSharding):
+    """`x` on `sharding` when x is global, or when every process holds its whole value."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return jax.device_put(x, sharding)  # a reshard
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_put_full_value(jax.random.key_data(x), sharding),
+                                        impl=jax.random.key_impl(x))
+    # each process fills only its own devices' shards
+    full = np.asarray(x)
+    return jax.make_array_from_callback(full.shape, sharding, lambda index: full[index])
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,

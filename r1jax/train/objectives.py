@@ -1,0 +1,102 @@
+"""Training objectives: a model and a batch in, a scalar loss and metrics out.
+
+Each `*_objective(...)` returns a `loss_fn(model, batch, rng, *, tokens_per_microbatch)`
+for `make_train_step`; the step machinery is shared and only this function varies
+between GRPO and SFT. The math lives in `r1jax.losses`; this file only binds it to a
+model and to the batch layout:
+
+    tokens          int [B, T]  prompt + completion, prompt left-padded
+    attention_mask  [B, T]      1 on real tokens, 0 on padding
+    completion_mask [B, T]      1 on the tokens whose log-prob enters the loss
+    advantages      [B]         GRPO only, one per sequence (`group_advantages`)
+    old_logps       [B, T]      GRPO, optional: log-probs under the sampling policy
+    ref_logps       [B, T]      GRPO with beta != 0: log-probs under the reference policy
+
+Every per-token array is aligned with `tokens`: `logps[:, t]` is the log-prob of
+`tokens[:, t]` given `tokens[:, :t]`, i.e. it comes from the logits at position t - 1
+(`sequence_logprobs`). Column 0 has no prediction and must be 0 in `completion_mask`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from r1jax.losses import entropy, grpo_loss, sft_loss, token_logprobs
+
+
+def _shift_right(x: jax.Array) -> jax.Array:
+    """Move the per-position value of the prediction at t - 1 to the token at t; column 0 gets 0."""
+    return jnp.pad(x[:, :-1], ((0, 0), (1, 0)))
+
+
+def sequence_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """f32 [B, T]: `logps[:, t] = log p(tokens[:, t] | tokens[:, :t])`, and `logps[:, 0] = 0`.
+
+    logits: [B, T, V], logits[:, t] predicting the token at t + 1 (a causal LM's output).
+    """
+    # score every position against the next token rather than slicing the logits:
+    # a [:, :-1] slice of the largest array of the step would be copied
+    next_token_logps = token_logprobs(logits, jnp.roll(tokens, -1, axis=1))
+    return _shift_right(next_token_logps)
+
+
+def _masked_mean(x, mask):
+    mask = mask.astype(jnp.float32)
+    return (x * mask).sum() / jnp.maximum(mask.sum(), 1)
+
+
+def grpo_objective(*, beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high: float | None = None,
+                   loss_type: str = "grpo", max_completion_length: int | None = None,
+                   importance_sampling_level: str = "token"):
+    """The GRPO loss (`r1jax.losses.grpo_loss`, same options) of the policy on a rollout batch.
+
+    With one update per rollout (mu = 1) leave `old_logps` out of the batch: the sampling
+    policy is the current one, so its log-probs are the current ones without gradient.
+    With beta == 0 `ref_logps` is not read (nor needed).
+    Metrics: those of `grpo_loss` plus `entropy`, the mean policy entropy over completion tokens.
+    """
+
+    def loss_fn(model, batch, rng, *, tokens_per_microbatch):
+        del rng  # deterministic
+        tokens, completion_mask = batch["tokens"], batch["completion_mask"]
+        logits = model(tokens, attention_mask=batch["attention_mask"])
+        logps = sequence_logprobs(logits, tokens)
+        old_logps = batch["old_logps"] if "old_logps" in batch else jax.lax.stop_gradient(logps)
+        if beta != 0 and "ref_logps" not in batch:
+            raise ValueError(f"beta={beta} needs the reference log-probs: put `ref_logps` [B, T] in the "
+                             "batch (see make_logprobs_fn) or set beta=0")
+        loss, metrics = grpo_loss(
+            logps, old_logps, batch["ref_logps"] if beta != 0 else None, batch["advantages"],
+            completion_mask, epsilon_low=epsilon_low, epsilon_high=epsilon_high, beta=beta,
+            loss_type=loss_type, max_completion_length=max_completion_length,
+            importance_sampling_level=importance_sampling_level,
+            # the step averages microbatches, so a token sum divided by the per-microbatch
+            # share of the global count gives mean_m(S_m / (N / M)) = sum(S) / N exactly
+            num_global_tokens=tokens_per_microbatch)
+        token_entropy = _shift_right(entropy(jax.lax.stop_gradient(logits)))
+        metrics["entropy"] = _masked_mean(token_entropy, completion_mask)
+        return loss, metrics
+
+    return loss_fn
+
+
+def sft_objective():
+    """Token cross-entropy on the `completion_mask` tokens, averaged over the whole global batch.
+
+    Every token weighs the same however the batch is cut into microbatches and devices
+    (a per-microbatch mean would weigh tokens of short microbatches more).
+    Metrics: `accuracy` (argmax == target) over the counted tokens.
+    """
+
+    def loss_fn(model, batch, rng, *, tokens_per_microbatch):
+        del rng
+        tokens, completion_mask = batch["tokens"], batch["completion_mask"]
+        logits = model(tokens, attention_mask=batch["attention_mask"])
+        # position t predicts token t + 1; the last position predicts nothing
+        targets = jnp.roll(tokens, -1, axis=1)
+        target_mask = jnp.roll(completion_mask, -1, axis=1).at[:, -1].set(0)
+        mean_loss, metrics = sft_loss(logits, targets, target_mask)
+        num_tokens = target_mask.astype(jnp.float32).sum()
+        return mean_loss * num_tokens / jnp.maximum(tokens_per_microbatch, 1), metrics
+
+    return loss_fn

@@ -1,0 +1,194 @@
+"""The one jitted update step, shared by GRPO and SFT: only the loss function varies.
+
+    train_step = make_train_step(grpo_objective(beta=0.04), state, mesh, num_microbatches=4)
+    state, metrics = train_step(state, batch, rng)      # compiled once, state donated
+
+The step splits the global batch into microbatches, accumulates their gradients with a
+`lax.scan`, and applies one optimizer update, unless the loss or a gradient is not
+finite: then params and optimizer state stay as they were and `skipped_steps` grows.
+The batch layout is the one of `r1jax.train.objectives`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from r1jax.sharding import activate, batch_sharding, num_batch_shards, put_on_mesh, tree_shardings
+from r1jax.train.objectives import sequence_logprobs
+from r1jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+# loss_fn(model, microbatch, rng, *, tokens_per_microbatch) -> (scalar loss, {name: scalar})
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def _split_microbatches(batch: Batch, num_microbatches: int, mesh: Mesh) -> Batch:
+    """[B, ...] -> [M, B / M, ...] with rows m, m + M, m + 2M, ... in microbatch m.
+
+    Strided rather than contiguous: every device's rows stay on that device, so each
+    microbatch is spread over all data-parallel devices and nothing moves.
+    """
+    data_spec = batch_sharding(mesh).spec
+
+    def split(x):
+        x = x.reshape(x.shape[0] // num_microbatches, num_microbatches, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, *data_spec)))
+
+    return jax.tree.map(split, batch)
+
+
+def _check_rows(batch: Batch, num_microbatches: int, mesh: Mesh) -> None:
+    sizes = {name: x.shape[0] if x.ndim else None for name, x in batch.items()}
+    if len(set(sizes.values())) != 1 or None in sizes.values():
+        raise ValueError(f"every batch entry needs the same leading batch size, got {sizes}")
+    rows, parts = next(iter(sizes.values())), num_microbatches * num_batch_shards(mesh)
+    if rows % parts:
+        raise ValueError(f"a batch of {rows} rows does not split into {num_microbatches} microbatches "
+                         f"x {num_batch_shards(mesh)} data-parallel shards; make the global batch "
+                         f"a multiple of {parts}")
+
+
+def make_train_step(loss_fn: LossFn, state: TrainState, mesh: Mesh, *, num_microbatches: int = 1,
+                    rules=None) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
+    """Jitted `train_step(state, batch, rng) -> (state, metrics)` for states shaped like `state`.
+
+    loss_fn: `loss_fn(model, microbatch, rng, *, tokens_per_microbatch) -> (loss, metrics)`,
+        e.g. `grpo_objective(...)` or `sft_objective()`. The batch's loss is the mean of the
+        microbatch losses; `tokens_per_microbatch` (the global batch's count of
+        `completion_mask` tokens over `num_microbatches`) lets a loss normalised by tokens
+        divide a microbatch's token sum by it and so be exact for any microbatching.
+    state: a `TrainState`, concrete or abstract; only its structure and shapes are read.
+    num_microbatches: gradient accumulation steps; the global batch size must be a
+        multiple of num_microbatches x the data-parallel devices (`data` x `fsdp`).
+
+    The returned function donates `state` (its buffers are reused for the new one) and
+    keeps every array in the shardings of `tree_shardings(state, mesh)`; batches are split
+    over `batch_sharding(mesh)` (with several processes, build them with
+    `make_global_batch`). The jitted function is its `.jitted` attribute.
+
+    Metrics, replicated scalars: the loss function's own (means over microbatches, so a
+    min or max is a mean of per-microbatch ones), `loss`, `grad_norm` (before clipping),
+    `update_norm`, `param_norm` (after the update), `skipped` (1 if this update was
+    skipped) and `skipped_steps`.
+    """
+    if num_microbatches < 1:
+        raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
+    state_shardings = tree_shardings(state, mesh, rules)
+    param_shardings = state_shardings.params
+    replicated = NamedSharding(mesh, P())
+    graphdef, tx = state.graphdef, state.tx
+
+    def microbatch_loss(params, microbatch, rng, tokens_per_microbatch):
+        model = nnx.merge(graphdef, params)
+        return loss_fn(model, microbatch, rng, tokens_per_microbatch=tokens_per_microbatch)
+
+    grad_fn = jax.value_and_grad(microbatch_loss, has_aux=True)
+
+    def train_step(state: TrainState, batch: Batch, rng: jax.Array):
+        if "completion_mask" not in batch:
+            raise ValueError(f"the batch needs a `completion_mask` [B, T] (the tokens the loss counts); "
+                             f"got keys {sorted(batch)}")
+        _check_rows(batch, num_microbatches, mesh)
+        with activate(mesh):
+            # column 0 has no prediction (see objectives), so it never counts
+            num_tokens = batch["completion_mask"][:, 1:].astype(jnp.float32).sum()
+            tokens_per_microbatch = num_tokens / num_microbatches
+            microbatches = _split_microbatches(batch, num_microbatches, mesh)
+            rngs = jax.random.split(rng, num_microbatches)
+
+            def accumulate(totals, inputs):
+                microbatch, microbatch_rng = inputs
+                (loss, metrics), grads = grad_fn(state.params, microbatch, microbatch_rng,
+                                                 tokens_per_microbatch)
+                return jax.tree.map(jnp.add, totals, (grads, loss, metrics)), None
+
+            first = jax.tree.map(lambda x: x[0], (microbatches, rngs))
+            (loss_shape, metrics_shape), grads_shape = jax.eval_shape(
+                grad_fn, state.params, *first, tokens_per_microbatch)
+            zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
+            totals = (jax.lax.with_sharding_constraint(zeros(grads_shape), param_shardings),
+                      zeros(loss_shape), zeros(metrics_shape))
+            totals, _ = jax.lax.scan(accumulate, totals, (microbatches, rngs))
+            grads, loss, metrics = jax.tree.map(lambda x: x / num_microbatches, totals)
+
+            grad_norm = optax.global_norm(grads)
+            is_finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+
+            def if_finite(new, old):
+                return jax.tree.map(lambda n, o: jnp.where(is_finite, n, o), new, old)
+
+            new_state = state.replace(
+                step=state.step + is_finite.astype(jnp.int32),
+                params=if_finite(params, state.params),
+                opt_state=if_finite(opt_state, state.opt_state),
+                skipped_steps=state.skipped_steps + (~is_finite).astype(jnp.int32))
+            metrics = {
+                **metrics,
+                "loss": loss,
+                "grad_norm": grad_norm,
+                "update_norm": jnp.where(is_finite, optax.global_norm(updates), 0.0),
+                "param_norm": optax.global_norm(new_state.params),
+                "skipped": (~is_finite).astype(jnp.float32),
+                "skipped_steps": new_state.skipped_steps,
+            }
+        return new_state, metrics
+
+    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding(mesh), replicated),
+                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+    def placed_train_step(state, batch, rng):
+        # Arrays from numpy, make_global_batch or another jitted function differ in type
+        # (whether it names the mesh) even with equal shapes, and each new type would
+        # compile the step again: placing them first gives them one type.
+        return jitted(state, *put_on_mesh((batch, rng), (batch_sharding(mesh), replicated)))
+
+    placed_train_step.jitted = jitted  # for .lower(...): memory and cost analysis
+    return placed_train_step
+
+
+def make_logprobs_fn(state: TrainState, mesh: Mesh, *, num_microbatches: int = 1, rules=None
+                     ) -> Callable[[nnx.State, jax.Array, jax.Array], jax.Array]:
+    """Jitted `logprobs_fn(params, tokens, attention_mask) -> logps` f32 [B, T].
+
+    `logps[:, t] = log p(tokens[:, t] | tokens[:, :t])` (column 0 is 0), the layout of
+    `old_logps` and `ref_logps`. `params` is any parameter state shaped like
+    `state.params`: the frozen reference copy (`copy_params`) for `ref_logps`, or
+    `state.params` for `old_logps` when a rollout is used for several updates.
+    Computed `num_microbatches` rows-groups at a time to bound the memory of the logits.
+    """
+    graphdef = state.graphdef
+    param_shardings = tree_shardings(state.params, mesh, rules)
+    data = batch_sharding(mesh)
+
+    def logprobs_fn(params, tokens, attention_mask):
+        batch = {"tokens": tokens, "attention_mask": attention_mask}
+        _check_rows(batch, num_microbatches, mesh)
+        with activate(mesh):
+            def one(microbatch):
+                model = nnx.merge(graphdef, params)
+                logits = model(microbatch["tokens"], attention_mask=microbatch["attention_mask"])
+                return sequence_logprobs(logits, microbatch["tokens"])
+
+            logps = jax.lax.map(one, _split_microbatches(batch, num_microbatches, mesh))
+            # undo the strided split: [M, B / M, T] -> [B, T]
+            return logps.swapaxes(0, 1).reshape(tokens.shape)
+
+    jitted = jax.jit(logprobs_fn, in_shardings=(param_shardings, data, data), out_shardings=data)
+
+    def placed_logprobs_fn(params, tokens, attention_mask):
+        return jitted(params, *put_on_mesh((tokens, attention_mask), data))  # see make_train_step
+
+    placed_logprobs_fn.jitted = jitted
+    return placed_logprobs_fn
+
+
+def metrics_to_host(metrics: dict[str, Any]) -> dict[str, float]:
+    """Metrics as Python floats; a device-to-host sync, so call it only when logging."""
+    return {name: float(value) for name, value in jax.device_get(metrics).items()}

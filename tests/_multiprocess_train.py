@@ -1,0 +1,149 @@
+"""A few GRPO train steps of a tiny model on a given mesh; the final parameters go to an .npz.
+
+Run as a script by tests/test_sharding.py in a fresh process, so that the fake device
+count (XLA_FLAGS) and `jax.distributed` are set before JAX starts:
+
+    python tests/_multiprocess_train.py --devices 8 --mesh data=2,fsdp=2,tensor=2 --out p.npz
+    python tests/_multiprocess_train.py --devices 2 --mesh fsdp=2,tensor=2 --out p.npz \
+        --num-processes 2 --process-id 0 --port 12345 --from-model   # and with --process-id 1
+
+The test also imports `run` to compute the one-device reference in its own process.
+Every process feeds only its own rows of the global batch (`make_global_batch`).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+GLOBAL_BATCH, LENGTH, PROMPT = 16, 12, 5
+NUM_STEPS, NUM_MICROBATCHES = 2, 2
+
+
+def rollout(vocab_size: int):
+    """A fixed GRPO batch (numpy): left-padded prompts, completions, rewards in groups of 4."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, vocab_size, (GLOBAL_BATCH, LENGTH)).astype(np.int32)
+    attention_mask = np.ones((GLOBAL_BATCH, LENGTH), np.int32)
+    pad = rng.integers(0, 3, GLOBAL_BATCH)
+    for row, n in enumerate(pad):
+        attention_mask[row, :n] = 0
+        tokens[row, :n] = 0
+    completion_mask = np.zeros((GLOBAL_BATCH, LENGTH), np.int32)
+    completion_mask[:, PROMPT:] = 1
+    completion_mask[::3, -2:] = 0  # some completions end early
+    attention_mask[::3, -2:] = 0
+    rewards = rng.integers(0, 2, GLOBAL_BATCH).astype(np.float32)
+    return {"tokens": tokens, "attention_mask": attention_mask, "completion_mask": completion_mask,
+            "rewards": rewards}
+
+
+CONFIG_KW = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                 num_kv_heads=2)
+
+
+def tiny_model(config):
+    """The model with fixed weights: a smooth function of position instead of random numbers.
+
+    Tests compare runs bit-for-bit-ish across processes, and XLA on CPU takes seconds to
+    compile the random initialisers; these weights cost nothing and XLA drops the unused
+    random ones.
+    """
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from r1jax.models import Transformer
+
+    model = Transformer(config, rngs=nnx.Rngs(0))
+    for i, (_, variable) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.Param))):
+        shape = variable.get_value().shape
+        if len(shape) >= 2:  # norm scales keep their ones
+            phase = jnp.arange(math.prod(shape), dtype=jnp.float32) * 0.7 + i
+            variable.set_value(0.05 * jnp.sin(phase).reshape(shape))
+    return model
+
+
+def run(mesh, from_model: bool = False) -> dict:
+    """Train NUM_STEPS GRPO steps on `mesh`; the final parameters as {path: numpy array}.
+
+    Also `shard_shape/<path>`: the shape of each parameter's shard on the first device.
+    from_model: start from a model built on one device and moved onto the mesh
+    (`train_state_from_model`) instead of creating the state sharded (`create_train_state`).
+    """
+    import jax
+    import numpy as np
+    from flax import nnx
+    from jax.experimental import multihost_utils
+
+    from r1jax.losses import group_advantages
+    from r1jax.models import ModelConfig
+    from r1jax.sharding import make_global_batch
+    from r1jax.train import (copy_params, create_train_state, grpo_objective, make_logprobs_fn,
+                             make_optimizer, make_train_step, train_state_from_model)
+
+    config = ModelConfig(**CONFIG_KW)
+    # eps=1e-3: Adam stays ~linear in small gradients instead of blowing their rounding up
+    tx = make_optimizer(1e-3, warmup_steps=1, total_steps=4, weight_decay=0.1, eps=1e-3)
+    if from_model:
+        model = nnx.jit(lambda: tiny_model(config))()  # on one device, as from_pretrained gives it
+        state = train_state_from_model(model, tx, mesh)
+    else:
+        state = create_train_state(lambda: tiny_model(config), tx, mesh)
+    ref_params = copy_params(state.params)
+
+    data = rollout(config.vocab_size)
+    data["advantages"] = np.asarray(group_advantages(data.pop("rewards"), 4))
+    rows = GLOBAL_BATCH // jax.process_count()
+    mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
+    batch = make_global_batch({k: v[mine] for k, v in data.items()}, mesh)
+
+    logprobs_fn = make_logprobs_fn(state, mesh, num_microbatches=NUM_MICROBATCHES)
+    batch["ref_logps"] = logprobs_fn(ref_params, batch["tokens"], batch["attention_mask"])
+    batch["old_logps"] = logprobs_fn(state.params, batch["tokens"], batch["attention_mask"])
+    train_step = make_train_step(grpo_objective(beta=0.04, loss_type="dapo", epsilon_high=0.28),
+                                 state, mesh, num_microbatches=NUM_MICROBATCHES)
+    for step in range(NUM_STEPS):  # mu = NUM_STEPS updates on one rollout
+        state, _ = train_step(state, batch, jax.random.key(step))
+
+    flat = {}
+    for path, variable in nnx.to_flat_state(state.params):
+        value = variable.get_value()
+        flat["shard_shape/" + "/".join(map(str, path))] = np.array(value.addressable_shards[0].data.shape)
+        if not value.is_fully_addressable:
+            value = multihost_utils.process_allgather(value, tiled=True)
+        flat["/".join(map(str, path))] = np.asarray(value)
+    return flat
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--devices", type=int, required=True)
+    parser.add_argument("--mesh", required=True, help="e.g. data=2,fsdp=2,tensor=2")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--num-processes", type=int, default=1)
+    parser.add_argument("--process-id", type=int, default=0)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--from-model", action="store_true")
+    args = parser.parse_args()
+    # before JAX is imported: the fake CPU devices of this process
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={args.devices}")
+    import jax
+    import numpy as np
+
+    from r1jax.sharding import initialize_distributed, make_mesh
+
+    jax.config.update("jax_platforms", "cpu")
+    if args.num_processes > 1:
+        initialize_distributed(f"localhost:{args.port}", args.num_processes, args.process_id)
+    mesh = make_mesh({name: int(size) for name, size in
+                      (item.split("=") for item in args.mesh.split(","))})
+    params = run(mesh, from_model=args.from_model)
+    if jax.process_index() == 0:
+        np.savez(args.out, **params)
+
+
+if __name__ == "__main__":
+    main()
