@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from r1jax.checkpoint import IncompatibleCheckpointError
 from r1jax.data import PromptIterator, load_task
 from r1jax.data.arithmetic import ArithmeticConfig
 from r1jax.data.base_corpus import base_corpus
@@ -51,23 +52,6 @@ def _arithmetic(config, workdir: pathlib.Path):
             load_task("arithmetic", "test", data_dir=data_dir, config=task_config))
 
 
-class _PairIterator:
-    """A resumable iterator of (prompt, completion) batches over a fixed list of pairs."""
-
-    def __init__(self, pairs, *, batch_size: int, seed: int):
-        self.pairs = pairs
-        self._prompts = PromptIterator(range(len(pairs)), batch_size=batch_size, seed=seed)
-
-    def __next__(self):
-        return [self.pairs[i] for i in next(self._prompts)]
-
-    def state(self):
-        return self._prompts.state()
-
-    def restore(self, state):
-        self._prompts.restore(state)
-
-
 def _evaluate(model_graphdef, params, tokenizer, examples, config, mesh, seed: int):
     ev = config.eval
     return evaluate_policy(
@@ -77,8 +61,21 @@ def _evaluate(model_graphdef, params, tokenizer, examples, config, mesh, seed: i
         max_new_tokens=config.grpo.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p, mesh=mesh)
 
 
+def _check_same_model(saved: ModelConfig, wanted: ModelConfig, where: pathlib.Path):
+    fields = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads")
+    differ = [f"{f}: {getattr(saved, f)} vs {getattr(wanted, f)}" for f in fields
+              if getattr(saved, f) != getattr(wanted, f)]
+    if differ:
+        raise IncompatibleCheckpointError(
+            f"{where} holds a model that does not match this config ({', '.join(differ)}; saved vs "
+            f"config). Use a new --config.workdir, or delete {where.parent.parent} to start over; "
+            "nothing was changed.")
+
+
 def r1_zero(config) -> dict:
     """The R1-Zero recipe of `experiments/r1_zero_tiny.py`; returns (and writes) the summary."""
+    for name in config.rewards:
+        get_reward(name)  # an unknown reward name fails here, before anything is written
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -86,35 +83,46 @@ def r1_zero(config) -> dict:
     train, test = _arithmetic(config, workdir)
     eval_examples = [test[i] for i in range(min(config.eval.num_prompts, len(test)))]
     p = config.pretrain
-    pairs = list(base_corpus((train[i] for i in range(len(train))), seed=config.seed,
-                             error_rate=p.error_rate, tagged_rate=p.tagged_rate))
+    # The stand-in base is pretrained on every problem of the task, as a real base model's
+    # pretraining covers arithmetic; RL then trains on `train` and is scored on `test`,
+    # problems it never saw during RL (held out from RL, as benchmarks are).
+    corpus_examples = [train[i] for i in range(len(train))] + [test[i] for i in range(len(test))]
+
+    def to_pairs(examples, rng):
+        return base_corpus(examples, rng, error_rate=p.error_rate, tagged_rate=p.tagged_rate)
 
     # -- tokenizer ------------------------------------------------------------------------
     tokenizer_path = workdir / "tokenizer.model"
     if tokenizer_path.exists():
         tokenizer = SentencePieceTokenizer.from_file(tokenizer_path)
     else:
-        corpus = (prompt + completion for prompt, completion in pairs[:config.tokenizer.corpus_size])
+        # a few noisy solutions of every training problem: the whole vocabulary of the task
+        rng = np.random.default_rng(config.seed)
+        repeats = -(-config.tokenizer.corpus_size // len(corpus_examples))
+        corpus = [p + c for p, c in to_pairs(corpus_examples * repeats, rng)][:config.tokenizer.corpus_size]
         tokenizer = train_sentencepiece(corpus, tokenizer_path, vocab_size=config.tokenizer.vocab_size)
     log.info("tokenizer: %d pieces (%.0fs)", tokenizer.vocab_size, time.perf_counter() - started)
 
     # -- stand-in pretraining of the base model -------------------------------------------------
     base_dir = workdir / "base" / "model"
-    if not (base_dir / "config.json").exists():
-        m = config.model
-        model_config = ModelConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-            num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
-            tie_embeddings=True, max_position_embeddings=512, bos_token_id=tokenizer.bos_id,
-            eos_token_id=tokenizer.eos_id)
+    m = config.model
+    model_config = ModelConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+        num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
+        tie_embeddings=True, max_position_embeddings=512, bos_token_id=tokenizer.bos_id,
+        eos_token_id=tokenizer.eos_id)
+    if (base_dir / "config.json").exists():
+        _check_same_model(ModelConfig.from_hf(json.loads((base_dir / "config.json").read_text())),
+                          model_config, base_dir)
+    else:
         model = Transformer(model_config, rngs=nnx.Rngs(config.seed))
-        sft = SFT(SFTSettings(max_length=256), tokenizer=tokenizer, mesh=mesh)
+        sft = SFT(SFTSettings(max_length=256), tokenizer=tokenizer, mesh=mesh, to_pairs=to_pairs)
         result = run_training(
             LoopSettings(steps=p.steps, save_every=max(p.steps // 3, 1), seed=config.seed,
                          plot_keys=("loss", "accuracy")),
             workdir=workdir / "base", model=model,
             optimizer=make_optimizer(p.learning_rate, p.warmup_steps, p.steps, weight_decay=0.01),
-            loss_fn=sft.objective(), data=_PairIterator(pairs, batch_size=p.batch_size, seed=config.seed),
+            loss_fn=sft.objective(), data=PromptIterator(corpus_examples, batch_size=p.batch_size, seed=config.seed),
             make_batches=sft.make_batches, mesh=mesh, name="pretrain")
         if not result.completed:
             return {"stopped": "pretrain"}

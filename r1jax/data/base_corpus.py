@@ -12,7 +12,7 @@ situation where GRPO's rule-based rewards have something to sharpen.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -61,12 +61,14 @@ def noisy_solution(expression: str, rng: np.random.Generator, *, error_rate: flo
     return text, answer == value
 
 
-def base_corpus(examples: Iterator[Mapping[str, Any]], *, seed: int, error_rate: float = 0.5,
-                tagged_rate: float = 0.4, template: str = "r1_zero") -> Iterator[tuple[str, str]]:
-    """(prompt, completion) pairs for arithmetic examples, for `pretrain` or tokenizer training."""
-    rng = np.random.default_rng(seed)
+def base_corpus(examples: Iterable[Mapping[str, Any]], rng: np.random.Generator, *,
+                error_rate: float = 0.5, tagged_rate: float = 0.4,
+                template: str = "r1_zero") -> list[tuple[str, str]]:
+    """(prompt, completion) pairs for arithmetic examples, each with a freshly drawn solution."""
+    pairs = []
     for example in examples:
         prompt = format_prompt(question_text(example, "arithmetic"), template)
         completion, _ = noisy_solution(example["expression"], rng, error_rate=error_rate,
                                        tagged_rate=tagged_rate)
-        yield prompt, completion
+        pairs.append((prompt, completion))
+    return pairs

@@ -7,8 +7,9 @@ completion tokens (and the EOS that ends them), never the prompt.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -46,18 +47,29 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], *, max_
 
 
 class SFT:
-    """The SFT stage: `objective()` for the train step and `make_batches` for the loop."""
+    """The SFT stage: `objective()` for the train step and `make_batches` for the loop.
 
-    def __init__(self, settings: SFTSettings, *, tokenizer: Tokenizer, mesh: Mesh):
+    The data iterator yields lists of (prompt, completion) pairs, or of examples that
+    `to_pairs(examples, np_rng)` turns into pairs; the latter draws completions afresh at
+    every step (e.g. sampled noisy solutions) from a generator seeded by the step's key,
+    so a resumed run sees the same completions.
+    """
+
+    def __init__(self, settings: SFTSettings, *, tokenizer: Tokenizer, mesh: Mesh,
+                 to_pairs: Callable[[Sequence, np.random.Generator], list[tuple[str, str]]] | None = None):
         self.settings = settings
         self.tokenizer = tokenizer
         self.mesh = mesh
+        self.to_pairs = to_pairs
 
     def objective(self):
         return sft_objective()
 
-    def make_batches(self, state, pairs: Sequence[tuple[str, str]], rng):
-        del state, rng
+    def make_batches(self, state, pairs: Sequence, rng):
+        del state
+        if self.to_pairs is not None:
+            seed = np.asarray(jax.random.key_data(rng)).ravel().tolist()
+            pairs = self.to_pairs(pairs, np.random.default_rng(seed))
         batch = encode_pairs(self.tokenizer, pairs, max_length=self.settings.max_length)
         num_tokens = int(batch["completion_mask"].sum())
         return [make_global_batch(batch, self.mesh)], {"completion_tokens": float(num_tokens)}
