@@ -5,7 +5,7 @@ TORCH = "torch==2.13.0"  # the CPU build; a bare "torch" pulls a multi-GB CUDA w
 
 EXTRAS = {
     # Import/export of Hugging Face checkpoints, GGUF files and their tokenizers.
-    "hf": ["safetensors>=0.4", "tokenizers>=0.19", "gguf>=0.10", "jinja2>=3.0"],
+    "hf": ["tokenizers>=0.19", "gguf>=0.10", "jinja2>=3.0"],
 }
 EXTRAS["test"] = sorted(set(
     EXTRAS["hf"] + ["pytest>=8", "pytest-xdist>=3", TORCH, "transformers>=4.46", "accelerate"]))
@@ -33,6 +33,7 @@ setup(
         "matplotlib",
         "tensorboardX>=2.6",
         "math-verify>=0.7",  # answer equivalence of the math accuracy reward
+        "safetensors>=0.4",  # checkpoint export/import, used by every multi-stage recipe
     ],
     extras_require=EXTRAS,
 )
