@@ -4,7 +4,6 @@ These run `python -m experiments.r1_zero_tiny` in subprocesses, as a user would,
 tiny model and budget so that each run takes seconds.
 """
 import json
-import os
 import pathlib
 import signal
 import subprocess

@@ -71,7 +71,7 @@ def load_gsm8k(split: str, *, data_dir) -> ExampleSource:
         Gsm8k(data_dir=data_dir), split, transform=_gsm8k_example,
         how_to_prepare=(
             "Prepare it where internet exists with `tfds build gsm8k "
-            f"--data_dir=DIR --file_format=array_record`, copy DIR here and pass "
+            "--data_dir=DIR --file_format=array_record`, copy DIR here and pass "
             "data_dir=DIR."))
 
 

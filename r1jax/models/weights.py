@@ -13,7 +13,6 @@ import os
 import pathlib
 from typing import Callable, Iterator
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
