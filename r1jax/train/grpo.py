@@ -96,9 +96,8 @@ class GRPO:
         batch["advantages"] = jax.device_put(advantages, batch_sharding(self.mesh))
         batches = [batch_slice for _ in range(s.num_iterations)
                    for batch_slice in _minibatches(batch, s.num_minibatches)]
-        lengths = np.asarray(jax.device_get(out.samples.lengths))
         metrics = {"reward": float(np.nanmean(result.total)) if result.valid.any() else 0.0,
-                   "response_length": float(lengths.mean()),
+                   "response_length": float(out.lengths.mean()),
                    "valid_fraction": float(result.valid.mean())}
         for name, values in result.per_function.items():
             metrics[f"reward/{name}"] = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0

@@ -51,6 +51,7 @@ def encode_prompts(tokenizer: Tokenizer, texts: Sequence[str], *, max_prompt_len
 class Rollout(NamedTuple):
     samples: SampleOutput  # device arrays, rows grouped by prompt
     completions: list[str]  # decoded text of each row
+    lengths: np.ndarray  # [rows] completion lengths, on the host
 
 
 def rollout(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, texts: Sequence[str], rng,
@@ -65,7 +66,7 @@ def rollout(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, tex
     # the one device-to-host copy of a rollout: the reward functions read text
     host_tokens, lengths = jax.device_get((samples.tokens, samples.lengths))
     completions = [tokenizer.decode(row[:n]) for row, n in zip(host_tokens, lengths)]
-    return Rollout(samples, completions)
+    return Rollout(samples, completions, np.asarray(lengths))
 
 
 def training_batch(samples: SampleOutput) -> dict[str, jax.Array]:
@@ -94,7 +95,7 @@ def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokeni
                       jax.random.fold_in(rng, start), repeat=num_samples,
                       max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens,
                       temperature=temperature, top_p=top_p, mesh=mesh)
-        lengths.extend(np.asarray(jax.device_get(out.samples.lengths)).tolist())
+        lengths.extend(out.lengths.tolist())
         for i, completion in enumerate(out.completions):
             example = chunk[i // num_samples]
             score = correct_fn(completion, **example)
