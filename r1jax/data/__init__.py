@@ -7,6 +7,8 @@
                for ex in next(batches)]
 """
 from r1jax.data.arithmetic import Arithmetic, ArithmeticConfig, sample_arithmetic
+from r1jax.data.base_corpus import CorpusStyle, base_corpus
+from r1jax.data.cold_start import build_cold_start, to_r1_format
 from r1jax.data.countdown import Countdown, CountdownConfig, sample_countdown
 from r1jax.data.pipeline import PromptIterator
 from r1jax.data.prompts import (CHAT_TEMPLATES, R1_SYSTEM_PROMPT, R1_ZERO_TEMPLATE,
@@ -14,11 +16,14 @@ from r1jax.data.prompts import (CHAT_TEMPLATES, R1_SYSTEM_PROMPT, R1_ZERO_TEMPLA
                                 question_text)
 from r1jax.data.real import (HendrycksMath, gsm8k_gold_answer, last_boxed_answer,
                              load_gsm8k, load_math)
+from r1jax.data.rejection import load_sft_dataset, rejection_sample, to_sft_pairs
 from r1jax.data.sources import DatasetNotPreparedError, ExampleSource
 from r1jax.data.tasks import TASK_BUILDERS, load_task
 
 __all__ = [
     "Arithmetic", "ArithmeticConfig", "sample_arithmetic",
+    "CorpusStyle", "base_corpus", "build_cold_start", "to_r1_format",
+    "load_sft_dataset", "rejection_sample", "to_sft_pairs",
     "Countdown", "CountdownConfig", "sample_countdown",
     "PromptIterator",
     "CHAT_TEMPLATES", "R1_SYSTEM_PROMPT", "R1_ZERO_TEMPLATE", "TEXT_TEMPLATES",

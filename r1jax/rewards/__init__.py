@@ -9,6 +9,7 @@ them. Importing this package registers every built-in reward by name:
   format_reasoning    strict format with <reasoning> instead of <think>
   countdown           Countdown expression vs `numbers` and `target`
   arithmetic          exact number vs `answer`
+  r1_format           R1's |special_token|reasoning|special_token|summary output
   language            share of chain-of-thought words in the target language
   code                fraction of `tests` passed by the sandboxed program
   code_all_or_nothing 1.0 only if every test passes
@@ -26,6 +27,8 @@ from r1jax.rewards.format import format_reward
 from r1jax.rewards.language import (chain_of_thought, dominant_language, language_consistency,
                                     language_reward)
 from r1jax.rewards.math import accuracy_reward, fallback_equal, math_accuracy, parse_exact_number
+from r1jax.rewards.r1_format import (R1_OUTPUT_FORMAT, OutputFormat, r1_format_reward,
+                                      split_r1_output)
 from r1jax.rewards.registry import get_reward, list_rewards, register_reward
 from r1jax.rewards.sandbox import (SandboxCapabilities, SandboxLimits, SandboxResult,
                                    reap_sandbox_processes, run_sandboxed, sandbox_capabilities)
@@ -39,6 +42,7 @@ __all__ = [
     "format_reward",
     "chain_of_thought", "dominant_language", "language_consistency", "language_reward",
     "accuracy_reward", "fallback_equal", "math_accuracy", "parse_exact_number",
+    "R1_OUTPUT_FORMAT", "OutputFormat", "r1_format_reward", "split_r1_output",
     "get_reward", "list_rewards", "register_reward",
     "SandboxCapabilities", "SandboxLimits", "SandboxResult", "reap_sandbox_processes",
     "run_sandboxed", "sandbox_capabilities",
