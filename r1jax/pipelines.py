@@ -24,7 +24,7 @@ from flax import nnx
 from r1jax.checkpoint import IncompatibleCheckpointError
 from r1jax.data import PromptIterator, load_task
 from r1jax.data.arithmetic import ArithmeticConfig
-from r1jax.data.base_corpus import base_corpus
+from r1jax.data.base_corpus import CorpusStyle, base_corpus
 from r1jax.metrics import summary_table
 from r1jax.models import ModelConfig, Transformer, from_pretrained, save_pretrained
 from r1jax.rewards import RewardEvaluator, get_reward
@@ -88,8 +88,11 @@ def r1_zero(config) -> dict:
     # problems it never saw during RL (held out from RL, as benchmarks are).
     corpus_examples = [train[i] for i in range(len(train))] + [test[i] for i in range(len(test))]
 
+    style = CorpusStyle(worked_rate=p.worked_rate, error_rate=p.error_rate, tagged_rate=p.tagged_rate,
+                        guess_accuracy=p.guess_accuracy)
+
     def to_pairs(examples, rng):
-        return base_corpus(examples, rng, error_rate=p.error_rate, tagged_rate=p.tagged_rate)
+        return base_corpus(examples, rng, style)
 
     # -- tokenizer ------------------------------------------------------------------------
     tokenizer_path = workdir / "tokenizer.model"

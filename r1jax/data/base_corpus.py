@@ -1,17 +1,26 @@
 """A synthetic pretraining corpus that makes a tiny stand-in for a pretrained base model.
 
 R1-Zero starts from a base model that can already solve some problems, sometimes, in
-no fixed format. On CPU we cannot pretrain a real one, so we imitate what matters: the
-corpus shows arithmetic problems in the R1-Zero prompt followed by step-by-step
-solutions that are right only some of the time (`error_rate`: one step is off by a
-little, and the error carries to the answer) and that use the `<think>/<answer>`
-format only some of the time (`tagged_rate`, the rest end with "the answer is N").
-A model pretrained on it knows the skill but samples noisy, unformatted answers: the
-situation where GRPO's rule-based rewards have something to sharpen.
+no fixed format. On CPU we cannot pretrain a real one, so we imitate what matters. Like
+text on the web, the corpus answers each arithmetic problem (in the R1-Zero prompt) in
+one of two ways:
+
+- a *worked solution* (`worked_rate` of the time): the expression evaluated one
+  "a op b = c" step at a time, innermost first, and the answer. A careless step
+  (`error_rate`) is off by a little and the error carries to the answer. It uses the
+  `<think>/<answer>` format `tagged_rate` of the time, else ends "the answer is N".
+- a *quick answer*: "the answer is N" with no working, right only `guess_accuracy` of
+  the time (otherwise off by 1 to 6), as a hurried reply would be.
+
+A model pretrained on it can compute the answers but mostly replies quickly, so it is
+often wrong and rarely formatted: the situation in which GRPO's rule-based rewards
+teach it to work the problem out (accuracy) in the R1 format (format), on problems it
+was never rewarded on, since the choice to work is the same for every problem.
 """
 from __future__ import annotations
 
 import ast
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,24 +29,41 @@ import numpy as np
 from r1jax.data.prompts import format_prompt, question_text
 
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}
+_CARELESS_OFFSETS = (-3, -2, -1, 1, 2, 3)
+_GUESS_OFFSETS = (-6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6)
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusStyle:
+    """How the corpus answers: the mixture the base model learns to imitate."""
+
+    worked_rate: float = 0.3  # worked solutions; the rest are quick answers
+    error_rate: float = 0.1  # a worked solution has one careless step
+    tagged_rate: float = 0.5  # a worked solution uses <think>/<answer>
+    guess_accuracy: float = 0.2  # a quick answer is right
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"CorpusStyle.{field.name} is a probability, got {value}")
 
 
 def _apply(op: str, a: int, b: int) -> int:
     return {"+": a + b, "-": a - b, "*": a * b}[op]
 
 
-def noisy_solution(expression: str, rng: np.random.Generator, *, error_rate: float,
-                   tagged_rate: float) -> tuple[str, bool]:
-    """(completion text, whether its final answer is correct) for one expression.
+def worked_steps(expression: str, rng: np.random.Generator, *,
+                 error_rate: float) -> tuple[list[str], int, int]:
+    """(the "a op b = c" steps, the value they reach, the true value) of an expression.
 
-    The solution evaluates the expression innermost first, one "a op b = c" step at a
-    time. With probability `error_rate` one step's result is off by 1 to 3 and later
-    steps use the wrong value, as a careless solver would.
+    With probability `error_rate` one step's result is off by 1 to 3 and later steps
+    use the wrong value, as a careless solver would.
     """
     tree = ast.parse(expression, mode="eval").body
     num_steps = sum(isinstance(node, ast.BinOp) for node in ast.walk(tree))
     wrong_step = int(rng.integers(max(num_steps, 1))) if rng.random() < error_rate else -1
-    lines: list[str] = []
+    steps: list[str] = []
 
     def visit(node) -> tuple[int, int]:  # (true value, value as the solver computed it)
         if isinstance(node, ast.Constant) and isinstance(node.value, int):
@@ -47,28 +73,35 @@ def noisy_solution(expression: str, rng: np.random.Generator, *, error_rate: flo
         (a, shown_a), (b, shown_b) = visit(node.left), visit(node.right)
         op = _OPS[type(node.op)]
         shown = _apply(op, shown_a, shown_b)
-        if len(lines) == wrong_step:
-            shown += int(rng.choice([-3, -2, -1, 1, 2, 3]))
-        lines.append(f"{shown_a} {op} {shown_b} = {shown}")
+        if len(steps) == wrong_step:
+            shown += int(rng.choice(_CARELESS_OFFSETS))
+        steps.append(f"{shown_a} {op} {shown_b} = {shown}")
         return _apply(op, a, b), shown
 
-    value, answer = visit(tree)
-    reasoning = " , ".join(lines)
-    if rng.random() < tagged_rate:
-        text = f" <think> {reasoning} </think> <answer> {answer} </answer>"
-    else:
-        text = f" {reasoning} . the answer is {answer} ."
-    return text, answer == value
+    value, reached = visit(tree)
+    return steps, reached, value
 
 
-def base_corpus(examples: Iterable[Mapping[str, Any]], rng: np.random.Generator, *,
-                error_rate: float = 0.5, tagged_rate: float = 0.4,
+def sample_completion(expression: str, rng: np.random.Generator,
+                      style: CorpusStyle = CorpusStyle()) -> tuple[str, bool]:
+    """(completion text, whether its final answer is right) for one expression."""
+    steps, answer, value = worked_steps(expression, rng, error_rate=style.error_rate)
+    if rng.random() < style.worked_rate:
+        reasoning = " , ".join(steps)
+        if rng.random() < style.tagged_rate:
+            return f" <think> {reasoning} </think> <answer> {answer} </answer>", answer == value
+        return f" {reasoning} . the answer is {answer} .", answer == value
+    guess = value if rng.random() < style.guess_accuracy else value + int(rng.choice(_GUESS_OFFSETS))
+    return f" the answer is {guess} .", guess == value
+
+
+def base_corpus(examples: Iterable[Mapping[str, Any]], rng: np.random.Generator,
+                style: CorpusStyle = CorpusStyle(), *,
                 template: str = "r1_zero") -> list[tuple[str, str]]:
-    """(prompt, completion) pairs for arithmetic examples, each with a freshly drawn solution."""
+    """(prompt, completion) pairs for arithmetic examples, each with a freshly drawn completion."""
     pairs = []
     for example in examples:
         prompt = format_prompt(question_text(example, "arithmetic"), template)
-        completion, _ = noisy_solution(example["expression"], rng, error_rate=error_rate,
-                                       tagged_rate=tagged_rate)
+        completion, _ = sample_completion(example["expression"], rng, style)
         pairs.append((prompt, completion))
     return pairs

@@ -1,0 +1,66 @@
+"""The stand-in base model's pretraining corpus: worked solutions and quick answers."""
+import numpy as np
+import pytest
+
+from r1jax.data.base_corpus import CorpusStyle, base_corpus, sample_completion, worked_steps
+from r1jax.rewards import get_reward
+
+
+def test_worked_steps_innermost_first():
+    steps, reached, value = worked_steps("3 + 4 * (2 - 5)", np.random.default_rng(0), error_rate=0.0)
+    assert steps == ["2 - 5 = -3", "4 * -3 = -12", "3 + -12 = -9"]
+    assert reached == value == -9
+
+
+@pytest.mark.parametrize("expression", ["6 - 2", "3 * (4 + 1)", "(5 - 6) * 2 + 1"])
+def test_a_careless_step_carries_to_the_answer(expression):
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        steps, reached, value = worked_steps(expression, rng, error_rate=1.0)
+        assert reached != value  # operands are >= 1, so no later step can cancel the error
+        # exactly one step is wrong on its own terms; the others are right given what they were shown
+        wrong = [s for s in steps if eval(s.split(" = ")[0]) != int(s.split(" = ")[1])]
+        assert len(wrong) == 1
+        assert 1 <= abs(eval(wrong[0].split(" = ")[0]) - int(wrong[0].split(" = ")[1])) <= 3
+
+
+def test_completions_mix_in_the_stated_proportions():
+    style = CorpusStyle(worked_rate=0.3, error_rate=0.1, tagged_rate=0.5, guess_accuracy=0.2)
+    rng = np.random.default_rng(2)
+    n = 20_000
+    draws = [sample_completion("2 * 3 + 5", rng, style) for _ in range(n)]
+    worked = [(text, right) for text, right in draws if " = " in text]
+    quick = [(text, right) for text, right in draws if " = " not in text]
+
+    def close(count, total, p):  # within 4 binomial standard deviations
+        return abs(count - total * p) <= 4 * np.sqrt(total * p * (1 - p))
+
+    assert close(len(worked), n, 0.3)
+    assert close(sum(right for _, right in worked), len(worked), 0.9)
+    assert close(sum("<think>" in text for text, _ in worked), len(worked), 0.5)
+    assert close(sum(right for _, right in quick), len(quick), 0.2)
+    assert all(text == " the answer is 11 ." for text, right in quick if right)
+    assert not any("<think>" in text for text, _ in quick)
+
+
+def test_completions_are_scored_as_the_corpus_says():
+    """The rule rewards agree with the corpus about which completions are right and formatted."""
+    arithmetic, strict_format = get_reward("arithmetic"), get_reward("format")
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        text, right = sample_completion("4 - 6 * 2", rng)
+        assert arithmetic(text, answer="-8") == float(right)
+        assert strict_format(text) == float("<think>" in text)
+
+
+def test_base_corpus_pairs_prompts_with_fresh_completions():
+    examples = [{"expression": "1 + 2", "answer": "3"}] * 200
+    pairs = base_corpus(examples, np.random.default_rng(4))
+    assert len({prompt for prompt, _ in pairs}) == 1
+    assert "1 + 2" in pairs[0][0] and "<think>" in pairs[0][0]  # the R1-Zero template
+    assert len({completion for _, completion in pairs}) > 5
+
+
+def test_style_rejects_a_rate_outside_0_1():
+    with pytest.raises(ValueError, match="worked_rate is a probability"):
+        CorpusStyle(worked_rate=1.5)
