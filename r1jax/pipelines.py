@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from r1jax.checkpoint import IncompatibleCheckpointError
-from r1jax.data import PromptIterator, load_task
+from r1jax.data import PromptIterator, format_prompt, load_task
 from r1jax.data.arithmetic import ArithmeticConfig
 from r1jax.data.base_corpus import CorpusStyle, base_corpus
 from r1jax.metrics import summary_table
@@ -55,8 +55,8 @@ def _arithmetic(config, workdir: pathlib.Path):
 def _evaluate(model_graphdef, params, tokenizer, examples, config, mesh, seed: int):
     ev = config.eval
     return evaluate_policy(
-        model_graphdef, params, tokenizer, examples, task=config.task.name, template="r1_zero",
-        correct_fn=get_reward("arithmetic"), format_fn=get_reward("format"),
+        model_graphdef, params, tokenizer, examples, task=config.task.name, template=config.template,
+        correct_fn=get_reward("arithmetic"), scores={"format_reward": get_reward("format")},
         rng=jax.random.key(seed), num_samples=ev.num_samples, max_prompt_length=256,
         max_new_tokens=config.grpo.max_new_tokens, temperature=ev.temperature, top_p=ev.top_p, mesh=mesh)
 
@@ -75,7 +75,8 @@ def _check_same_model(saved: ModelConfig, wanted: ModelConfig, where: pathlib.Pa
 def r1_zero(config) -> dict:
     """The R1-Zero recipe of `experiments/r1_zero_tiny.py`; returns (and writes) the summary."""
     for name in config.rewards:
-        get_reward(name)  # an unknown reward name fails here, before anything is written
+        get_reward(name)  # an unknown reward or template name fails here, before anything is written
+    format_prompt("", config.template)
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -92,7 +93,7 @@ def r1_zero(config) -> dict:
                         guess_accuracy=p.guess_accuracy)
 
     def to_pairs(examples, rng):
-        return base_corpus(examples, rng, style)
+        return base_corpus(examples, rng, style, template=config.template)
 
     # -- tokenizer ------------------------------------------------------------------------
     tokenizer_path = workdir / "tokenizer.model"
@@ -141,7 +142,7 @@ def r1_zero(config) -> dict:
     settings = GRPOSettings(
         num_generations=g.num_generations, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
         top_p=g.top_p, beta=g.beta, epsilon_low=g.epsilon_low, loss_type=g.loss_type,
-        num_iterations=g.num_iterations, num_minibatches=g.num_minibatches)
+        num_iterations=g.num_iterations, num_minibatches=g.num_minibatches, template=config.template)
     with RewardEvaluator(dict(config.rewards), num_workers=config.reward_workers) as rewards:
         grpo = GRPO(settings, tokenizer=tokenizer, rewards=rewards, task=config.task.name, mesh=mesh,
                     accuracy_reward="arithmetic")

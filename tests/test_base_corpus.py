@@ -64,3 +64,20 @@ def test_base_corpus_pairs_prompts_with_fresh_completions():
 def test_style_rejects_a_rate_outside_0_1():
     with pytest.raises(ValueError, match="worked_rate is a probability"):
         CorpusStyle(worked_rate=1.5)
+
+
+def test_narration_mixes_languages_word_by_word():
+    from r1jax.rewards.language import chain_of_thought, language_consistency
+
+    english = sample_completion("2 + 3", np.random.default_rng(5),
+                                CorpusStyle(worked_rate=1.0, error_rate=0.0, tagged_rate=1.0, narrate=True))
+    assert english == (" <think> we get 2 + 3 = 5 </think> <answer> 5 </answer>", True)
+    style = CorpusStyle(worked_rate=1.0, tagged_rate=1.0, narrate=True, chinese_rate=0.5)
+    rng = np.random.default_rng(6)
+    shares = [language_consistency(chain_of_thought(sample_completion("2 + 3", rng, style)[0]), "en")
+              for _ in range(2000)]
+    # "我们" and "得到" are two Han words each: English shares 1, 1/3 (one word each way) and 0
+    assert set(np.round(shares, 3)) == {1.0, 0.333, 0.0}
+    assert abs(np.mean(np.asarray(shares) == 1.0) - 0.25) < 0.04
+    with pytest.raises(ValueError, match="needs narrate=True"):
+        CorpusStyle(chinese_rate=0.3)

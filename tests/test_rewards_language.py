@@ -46,6 +46,8 @@ def test_chain_of_thought():
     assert chain_of_thought("abc</think><answer>x</answer>") == "abc"   # prefilled <think>
     assert chain_of_thought("<think>abc, still thinking") == "abc, still thinking"
     assert chain_of_thought("no tags") == "no tags"
+    # R1's output format: the reasoning block, not the summary
+    assert chain_of_thought("|special_token| 我们 add |special_token| The answer is 5.") == "我们 add"
 
 
 def test_registered_reward_scores_the_chain_of_thought():

@@ -12,6 +12,10 @@ one of two ways:
 - a *quick answer*: "the answer is N" with no working, right only `guess_accuracy` of
   the time (otherwise off by 1 to 6), as a hurried reply would be.
 
+With `narrate`, each worked step is introduced in words ("we get 3 + 4 = 7"), and each
+word is Chinese with probability `chinese_rate` ("我们 get 3 + 4 = 7"): the language
+mixing that R1-Zero shows and R1's language-consistency reward removes.
+
 A model pretrained on it can compute the answers but mostly replies quickly, so it is
 often wrong and rarely formatted: the situation in which GRPO's rule-based rewards
 teach it to work the problem out (accuracy) in the R1 format (format), on problems it
@@ -31,6 +35,7 @@ from r1jax.data.prompts import format_prompt, question_text
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}
 _CARELESS_OFFSETS = (-3, -2, -1, 1, 2, 3)
 _GUESS_OFFSETS = (-6, -5, -4, -3, -2, -1, 1, 2, 3, 4, 5, 6)
+NARRATION = (("we", "我们"), ("get", "得到"))  # (English, Chinese) words before each step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +46,16 @@ class CorpusStyle:
     error_rate: float = 0.1  # a worked solution has one careless step
     tagged_rate: float = 0.5  # a worked solution uses <think>/<answer>
     guess_accuracy: float = 0.2  # a quick answer is right
+    narrate: bool = False  # worked steps are introduced in words
+    chinese_rate: float = 0.0  # a narrating word is Chinese
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if not 0.0 <= value <= 1.0:
+            if field.type != "bool" and not 0.0 <= value <= 1.0:
                 raise ValueError(f"CorpusStyle.{field.name} is a probability, got {value}")
+        if self.chinese_rate and not self.narrate:
+            raise ValueError("CorpusStyle.chinese_rate needs narrate=True: only narrating words are mixed")
 
 
 def _apply(op: str, a: int, b: int) -> int:
@@ -87,6 +96,9 @@ def sample_completion(expression: str, rng: np.random.Generator,
     """(completion text, whether its final answer is right) for one expression."""
     steps, answer, value = worked_steps(expression, rng, error_rate=style.error_rate)
     if rng.random() < style.worked_rate:
+        if style.narrate:
+            steps = [" ".join([*(chinese if rng.random() < style.chinese_rate else english
+                                 for english, chinese in NARRATION), step]) for step in steps]
         reasoning = " , ".join(steps)
         if rng.random() < style.tagged_rate:
             return f" <think> {reasoning} </think> <answer> {answer} </answer>", answer == value

@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from typing import Optional
 
+from r1jax.rewards.r1_format import split_r1_output
 from r1jax.rewards.registry import register_reward
 
 _SCRIPT_CHARACTERS = {
@@ -117,9 +118,13 @@ def _script_language(counts: Counter) -> str:
 
 
 def chain_of_thought(completion: str, think_tag: str = "think") -> str:
-    """The reasoning part of a completion: the text before the first closing
-    think tag (after an opening one, if present); the whole completion if it has
-    no think tags; everything after an unclosed opening tag."""
+    """The reasoning part of a completion: the reasoning block of R1's output format
+    (`|special_token|reasoning|special_token|summary`); else the text before the first
+    closing think tag (after an opening one, if present); the whole completion if it
+    has no think tags; everything after an unclosed opening tag."""
+    r1_output = split_r1_output(completion)
+    if r1_output is not None:
+        return r1_output[0]
     open_tag, close_tag = f"<{think_tag}>", f"</{think_tag}>"
     close = completion.find(close_tag)
     if close >= 0:

@@ -5,7 +5,7 @@ Shared by the GRPO loop (sample a group per prompt, score, train) and by evaluat
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -79,16 +79,22 @@ def training_batch(samples: SampleOutput) -> dict[str, jax.Array]:
 
 def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer,
                     examples: Sequence[dict], *, task: str, template: str,
-                    correct_fn: Callable[..., float | None], format_fn: Callable[..., float] | None,
-                    rng, num_samples: int, max_prompt_length: int, max_new_tokens: int,
+                    correct_fn: Callable[..., float | None],
+                    scores: Mapping[str, Callable[..., float | None]] | None = None, rng,
+                    num_samples: int, max_prompt_length: int, max_new_tokens: int,
                     temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P, mesh: Mesh,
                     batch_prompts: int = 64) -> dict[str, float]:
-    """pass@1 averaged over `num_samples` samples per prompt, cons@k, format and length.
+    """pass@1 averaged over `num_samples` samples per prompt, cons@k, length and mean `scores`.
+
+    scores: name -> reward function (e.g. {"format_reward": format, "language": language});
+      the result holds each one's mean over the samples it can judge (not None).
 
     Rewards are scored inline (no worker pool): evaluation is rare and its completions
     are short, and keeping it synchronous makes its numbers independent of timeouts.
     """
-    correct, answers, formats, lengths = [], [], [], []
+    scores = dict(scores or {})
+    correct, answers, lengths = [], [], []
+    scored: dict[str, list[float]] = {name: [] for name in scores}
     for start in range(0, len(examples), batch_prompts):
         chunk = examples[start:start + batch_prompts]
         out = rollout(graphdef, params, tokenizer, prompt_texts(chunk, task, template),
@@ -101,13 +107,15 @@ def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokeni
             score = correct_fn(completion, **example)
             correct.append(bool(score) if score is not None else False)
             answers.append(extract_final_answer(completion))
-            if format_fn is not None:
-                formats.append(format_fn(completion, **example))
+            for name, score_fn in scores.items():
+                value = score_fn(completion, **example)
+                if value is not None:
+                    scored[name].append(value)
     correct_grid = np.asarray(correct).reshape(len(examples), num_samples)
     answer_grid = [answers[i * num_samples:(i + 1) * num_samples] for i in range(len(examples))]
     result = {"pass_at_1": pass_at_1(correct_grid),
               f"cons_at_{num_samples}": cons_at_k(answer_grid, correct_grid),
               "response_length": mean_response_length(lengths)}
-    if formats:
-        result["format_reward"] = float(np.mean(formats))
+    for name, values in scored.items():
+        result[name] = float(np.mean(values)) if values else float("nan")
     return result
