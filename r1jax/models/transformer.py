@@ -91,6 +91,17 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     return rotated.astype(x.dtype)
 
 
+def segment_positions(segment_ids: jax.Array, token_mask: jax.Array) -> jax.Array:
+    """int32 [B, T]: how many real tokens of the same segment come before each token.
+
+    The RoPE positions of packed rows: each segment counts from 0 as if it were alone.
+    """
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, T]
+    earlier = jnp.tril(jnp.ones(same_segment.shape[1:], bool), -1)
+    count = (same_segment & earlier & token_mask[:, None, :].astype(bool)).sum(-1)
+    return count.astype(jnp.int32)
+
+
 class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         d, h, k, e = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
@@ -111,8 +122,11 @@ class Attention(nnx.Module):
             y = y + getattr(self, name + "_bias")[...].astype(dtype)
         return y
 
-    def __call__(self, x, positions, key_mask, inv_freq, cache_kv=None, cache_index=None):
-        """x [B, T, D]; key_mask [B, S] marks real (non-padding) keys; returns ([B, T, D], (k, v))."""
+    def __call__(self, x, positions, key_mask, inv_freq, cache_kv=None, cache_index=None, segment_ids=None):
+        """x [B, T, D]; key_mask [B, S] marks real (non-padding) keys; returns ([B, T, D], (k, v)).
+
+        segment_ids [B, T] (no cache): a query sees only the keys of its own segment.
+        """
         cfg = self.config
         q = apply_rope(self._project(x, "q"), positions, inv_freq)
         k = apply_rope(self._project(x, "k"), positions, inv_freq).transpose(0, 2, 1, 3)  # [B, K, T, E]
@@ -131,6 +145,8 @@ class Attention(nnx.Module):
         v = constrain(v, ("batch", "kv_heads", "cache_seq", "head_dim"))
         key_slot = jnp.arange(k.shape[2])
         allowed = (key_slot[None, :] <= query_slot[:, None])[None] & key_mask[:, None, :]  # [B, T, S]
+        if segment_ids is not None:
+            allowed &= segment_ids[:, :, None] == segment_ids[:, None, :]
 
         groups = cfg.num_heads // cfg.num_kv_heads
         q = q.reshape(batch, time, cfg.num_kv_heads, groups, cfg.head_dim)
@@ -168,15 +184,15 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(config, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, positions, key_mask, inv_freq, cache_kv=None, cache_index=None):
-        y, kv = self.attn(self.attn_norm(x), positions, key_mask, inv_freq, cache_kv, cache_index)
+    def __call__(self, x, positions, key_mask, inv_freq, cache_kv=None, cache_index=None, segment_ids=None):
+        y, kv = self.attn(self.attn_norm(x), positions, key_mask, inv_freq, cache_kv, cache_index, segment_ids)
         x = x + y
         x = x + self.mlp(self.mlp_norm(x))
         return constrain(x, ("batch", "seq", "act_embed")), kv
 
 
-def _run_block(block, x, positions, key_mask, inv_freq, cache_kv, cache_index):
-    return block(x, positions, key_mask, inv_freq, cache_kv, cache_index)
+def _run_block(block, x, positions, key_mask, inv_freq, cache_kv, cache_index, segment_ids):
+    return block(x, positions, key_mask, inv_freq, cache_kv, cache_index, segment_ids)
 
 
 class Transformer(nnx.Module):
@@ -190,7 +206,8 @@ class Transformer(nnx.Module):
         if not config.tie_embeddings:
             self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), ("embed", "vocab"), config)
 
-    def __call__(self, tokens, *, attention_mask=None, positions=None, cache: KVCache | None = None):
+    def __call__(self, tokens, *, attention_mask=None, positions=None, cache: KVCache | None = None,
+                 segment_ids=None):
         """Logits for int32 tokens [B, T].
 
         attention_mask: [B, T] (or [B, S] over the cache slots when `cache` is given),
@@ -201,6 +218,10 @@ class Transformer(nnx.Module):
             positions as it would unpadded.
         cache: a `KVCache`; the tokens are written at `cache.index` and the call returns
             `(logits, new_cache)` instead of logits alone.
+        segment_ids: int [B, T] for packed rows holding several sequences side by side (no
+            cache): a token attends only to earlier real tokens with its own segment id, and
+            default positions restart at 0 in each segment, so every sequence gets the
+            logits it would get alone.
         """
         cfg = self.config
         tokens = jnp.asarray(tokens)
@@ -214,10 +235,19 @@ class Transformer(nnx.Module):
             raise ValueError(f"attention_mask must be [batch, {'time' if cache is None else 'cache length'}] = "
                              f"{(batch, key_len)}, got {attention_mask.shape}")
         key_mask = attention_mask.astype(bool)
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("segment_ids (packed rows) are for training forwards; decode without them")
+            segment_ids = jnp.asarray(segment_ids)
+            if segment_ids.shape != (batch, time):
+                raise ValueError(f"segment_ids must be [batch, time] = {(batch, time)}, got {segment_ids.shape}")
         if positions is None:
             if cache is not None:
                 raise ValueError("pass positions explicitly when decoding with a cache")
-            positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+            if segment_ids is None:
+                positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+            else:
+                positions = segment_positions(segment_ids, key_mask)
 
         x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.dtype)
         x = constrain(x, ("batch", "seq", "act_embed"))
@@ -227,7 +257,7 @@ class Transformer(nnx.Module):
         for i, block in enumerate(self.layers):
             cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
             x, (k, v) = run(block, x, positions, key_mask, inv_freq, cache_kv,
-                            None if cache is None else cache.index)
+                            None if cache is None else cache.index, segment_ids)
             new_keys.append(k)
             new_values.append(v)
         x = self.final_norm(x)

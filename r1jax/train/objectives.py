@@ -11,6 +11,8 @@ model and to the batch layout:
     advantages      [B]         GRPO only, one per sequence (`group_advantages`)
     old_logps       [B, T]      GRPO, optional: log-probs under the sampling policy
     ref_logps       [B, T]      GRPO with beta != 0: log-probs under the reference policy
+    segment_ids     [B, T]      SFT, optional: packed rows, several sequences per row (see
+                                `Transformer.__call__`); 0 on padding
 
 Every per-token array is aligned with `tokens`: `logps[:, t]` is the log-prob of
 `tokens[:, t]` given `tokens[:, :t]`, i.e. it comes from the logits at position t - 1
@@ -80,21 +82,39 @@ def grpo_objective(*, beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high
     return loss_fn
 
 
+def next_token_targets(batch) -> tuple[jax.Array, jax.Array]:
+    """(targets, target_mask) [B, T]: position t predicts token t + 1 where that token counts.
+
+    The last position predicts nothing, nor does the last token of a packed segment: the
+    next token belongs to another sequence.
+    """
+    tokens, completion_mask = batch["tokens"], batch["completion_mask"]
+    targets = jnp.roll(tokens, -1, axis=1)
+    target_mask = jnp.roll(completion_mask, -1, axis=1).at[:, -1].set(0).astype(bool)
+    if "segment_ids" in batch:
+        segment_ids = batch["segment_ids"]
+        target_mask &= jnp.roll(segment_ids, -1, axis=1) == segment_ids
+    return targets, target_mask
+
+
+def sft_forward(model, batch) -> jax.Array:
+    """The logits of a (possibly packed) SFT batch."""
+    return model(batch["tokens"], attention_mask=batch["attention_mask"], segment_ids=batch.get("segment_ids"))
+
+
 def sft_objective():
     """Token cross-entropy on the `completion_mask` tokens, averaged over the whole global batch.
 
     Every token weighs the same however the batch is cut into microbatches and devices
-    (a per-microbatch mean would weigh tokens of short microbatches more).
+    (a per-microbatch mean would weigh tokens of short microbatches more), and whether
+    the rows are padded or packed.
     Metrics: `accuracy` (argmax == target) over the counted tokens.
     """
 
     def loss_fn(model, batch, rng, *, tokens_per_microbatch):
         del rng
-        tokens, completion_mask = batch["tokens"], batch["completion_mask"]
-        logits = model(tokens, attention_mask=batch["attention_mask"])
-        # position t predicts token t + 1; the last position predicts nothing
-        targets = jnp.roll(tokens, -1, axis=1)
-        target_mask = jnp.roll(completion_mask, -1, axis=1).at[:, -1].set(0)
+        logits = sft_forward(model, batch)
+        targets, target_mask = next_token_targets(batch)
         mean_loss, metrics = sft_loss(logits, targets, target_mask)
         num_tokens = target_mask.astype(jnp.float32).sum()
         return mean_loss * num_tokens / jnp.maximum(tokens_per_microbatch, 1), metrics

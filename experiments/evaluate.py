@@ -1,0 +1,66 @@
+"""Evaluate a model as DeepSeek-R1 reports it: pass@1 over k samples, cons@k, pass@k.
+
+    python -m experiments.evaluate --model=runs/r1_zero_tiny/base/model \
+        --tasks=arithmetic:test,gsm8k:test --data_dir=/data/tfds --num_samples=8 \
+        --max_new_tokens=512 --out=runs/eval
+
+--model is a Hugging Face directory (config.json + safetensors) or a .gguf file; its
+tokenizer is read from beside it unless --tokenizer names one. Writes report.json and
+report.md into --out, and refuses to replace an earlier report without --overwrite.
+The logic lives in `r1jax.evaluate`.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from r1jax import evaluate
+from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P, report_markdown
+
+_MODEL = flags.DEFINE_string("model", None, "Hugging Face model directory or .gguf file.", required=True)
+_TASKS = flags.DEFINE_list("tasks", None, f"<task>:<split> entries; tasks: {', '.join(evaluate.TASK_REWARDS)}.",
+                           required=True)
+_OUT = flags.DEFINE_string("out", None, "Directory for report.json and report.md.", required=True)
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer path (default: the model's own).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder (default: TFDS's own).")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Local copy of MATH, to prepare the math task once.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 8, "Completions sampled per prompt (k).")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 512, "Completion token budget.")
+_MAX_PROMPT_LENGTH = flags.DEFINE_integer("max_prompt_length", 512, "Longest prompt, in tokens.")
+_TEMPERATURE = flags.DEFINE_float("temperature", EVAL_TEMPERATURE, "Sampling temperature (R1: 0.6).")
+_TOP_P = flags.DEFINE_float("top_p", EVAL_TOP_P, "Nucleus sampling threshold (R1: 0.95).")
+_TEMPLATE = flags.DEFINE_string("template", "r1_zero", "Prompt template: r1_zero, plain, r1_chat, plain_chat.")
+_MAX_PROMPTS = flags.DEFINE_integer("max_prompts", None, "Evaluate only the first N examples of each split.")
+_BATCH_PROMPTS = flags.DEFINE_integer("batch_prompts", 64, "Prompts sampled together.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing report in --out.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS logs every file it touches
+    logging.getLogger("r1jax").setLevel(logging.INFO)
+    settings = {flag.name: flag.value for flag in (
+        _MODEL, _TASKS, _TOKENIZER, _DATA_DIR, _NUM_SAMPLES, _MAX_NEW_TOKENS, _MAX_PROMPT_LENGTH, _TEMPERATURE,
+        _TOP_P, _TEMPLATE, _MAX_PROMPTS, _SEED)}
+    try:
+        evaluate.check_out_dir(_OUT.value, overwrite=_OVERWRITE.value)
+        report = evaluate.evaluate_model(
+            _MODEL.value, _TASKS.value, tokenizer=_TOKENIZER.value, data_dir=_DATA_DIR.value,
+            manual_dir=_MANUAL_DIR.value, num_samples=_NUM_SAMPLES.value, max_new_tokens=_MAX_NEW_TOKENS.value,
+            max_prompt_length=_MAX_PROMPT_LENGTH.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+            template=_TEMPLATE.value, max_prompts=_MAX_PROMPTS.value, seed=_SEED.value,
+            batch_prompts=_BATCH_PROMPTS.value)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: say what, not where
+        sys.exit(f"error: {error}")
+    out = evaluate.write_report(report, _OUT.value, settings=settings, overwrite=_OVERWRITE.value)
+    print(report_markdown(report))
+    print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    app.run(main)

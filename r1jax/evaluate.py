@@ -1,0 +1,210 @@
+"""Evaluate a checkpoint on reasoning tasks as DeepSeek-R1 reports it.
+
+    report = evaluate_model("runs/r1/model", ["arithmetic:test", "gsm8k:test"], data_dir="/data/tfds",
+                            num_samples=8, max_new_tokens=512)
+    write_report(report, "runs/r1/eval")      # report.json and report.md
+
+Each prompt gets `num_samples` completions sampled at the paper's temperature 0.6 and
+top-p 0.95; every completion is scored by its task's rule-based accuracy reward. The
+report has, per task and for all tasks together (weighted by prompts): pass@1 averaged
+over the k samples, cons@k (majority vote over the extracted answers), the unbiased
+pass@k for every power of two k <= num_samples, and the mean response length in tokens.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+from typing import Mapping, NamedTuple, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from r1jax.data import CHAT_TEMPLATES, TEXT_TEMPLATES, load_gsm8k, load_math, load_task
+from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P, evaluation_report, report_markdown
+from r1jax.models import from_pretrained
+from r1jax.rewards import extract_final_answer, get_reward
+from r1jax.sharding import make_mesh, num_batch_shards, shard_model
+from r1jax.tokenizers import Tokenizer, load_tokenizer
+from r1jax.train.rollout import rollout
+from r1jax.train.sft import example_prompt
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike
+
+# task -> the reward that decides whether a completion is correct
+TASK_REWARDS = {"arithmetic": "arithmetic", "countdown": "countdown", "gsm8k": "accuracy", "math": "accuracy"}
+REPORT_FILES = ("report.json", "report.md")
+
+
+class TaskSpec(NamedTuple):
+    name: str
+    split: str  # TFDS slicing allowed: "test[:100]"
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.split}"
+
+
+def parse_tasks(tasks: str | Sequence[str]) -> list[TaskSpec]:
+    """"arithmetic:test,gsm8k:test" (or a list of such entries) -> task specs, checked by name."""
+    entries = tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    specs = []
+    for entry in (e.strip() for e in entries):
+        name, _, split = entry.partition(":")
+        if name not in TASK_REWARDS:
+            raise ValueError(f"unknown task {name!r} in {entry!r}; known tasks: {', '.join(TASK_REWARDS)}")
+        if not split:
+            raise ValueError(f"task {entry!r} names no split; write <task>:<split>, e.g. {name}:test")
+        specs.append(TaskSpec(name, split))
+    if not specs:
+        raise ValueError("no task to evaluate; pass e.g. arithmetic:test,gsm8k:test")
+    if len(set(specs)) != len(specs):
+        raise ValueError(f"a task is listed twice in {[str(s) for s in specs]}")
+    return specs
+
+
+def load_examples(task: TaskSpec, *, data_dir: PathLike | None, manual_dir: PathLike | None = None):
+    """The examples of one task's split (the synthetic tasks are generated in `data_dir` if absent)."""
+    if task.name == "gsm8k":
+        return load_gsm8k(task.split, data_dir=data_dir)
+    if task.name == "math":
+        return load_math(task.split, data_dir=data_dir, manual_dir=manual_dir)
+    return load_task(task.name, task.split, data_dir=data_dir)
+
+
+class TaskSamples(NamedTuple):
+    """Per-sample results of one task, [num_prompts, num_samples] each."""
+
+    correct: np.ndarray  # bool
+    answers: list[list[str | None]]  # the extracted final answers, for the majority vote
+    lengths: np.ndarray  # completion tokens
+
+
+def sample_task(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, examples: Sequence[dict], *,
+                task: str, template: str, num_samples: int, max_prompt_length: int, max_new_tokens: int,
+                temperature: float, top_p: float, rng, mesh: Mesh, batch_prompts: int = 64) -> TaskSamples:
+    """Sample and score `num_samples` completions of every example, `batch_prompts` prompts at a time."""
+    correct_fn = get_reward(TASK_REWARDS[task])
+    # rows must split evenly over the data-parallel devices: fill a short chunk with repeats
+    shards = num_batch_shards(mesh)
+    prompts_multiple = shards // np.gcd(shards, num_samples)
+    correct, answers, lengths = [], [], []
+    for start in range(0, len(examples), batch_prompts):
+        chunk = list(examples[start:start + batch_prompts])
+        filler = -len(chunk) % prompts_multiple
+        texts = [example_prompt(ex, task=task, template=template, tokenizer=tokenizer)
+                 for ex in chunk + chunk[:1] * filler]
+        out = rollout(graphdef, params, tokenizer, texts, jax.random.fold_in(rng, start), repeat=num_samples,
+                      max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens,
+                      temperature=temperature, top_p=top_p, mesh=mesh)
+        for i, example in enumerate(chunk):
+            completions = out.completions[i * num_samples:(i + 1) * num_samples]
+            # a sample the reward cannot judge (None) counts as wrong, as in evaluate_policy
+            correct.append([correct_fn(c, **example) == 1.0 for c in completions])
+            answers.append([extract_final_answer(c) for c in completions])
+            lengths.append(out.lengths[i * num_samples:(i + 1) * num_samples])
+    return TaskSamples(np.asarray(correct, bool), answers, np.asarray(lengths))
+
+
+def pass_at_k_values(num_samples: int) -> list[int]:
+    """The k of the reported pass@k: the powers of two up to `num_samples`."""
+    return [2 ** i for i in range(int(np.log2(num_samples)) + 1)]
+
+
+def build_report(samples: Mapping[str, TaskSamples]) -> dict[str, dict[str, float]]:
+    """`evaluation_report` of per-sample results by task label, with pass@k for powers of two."""
+    num_samples = {s.correct.shape[1] for s in samples.values()}
+    if len(num_samples) != 1:
+        raise ValueError(f"every task needs the same number of samples per prompt, got {sorted(num_samples)}")
+    per_task = {label: {"correct": s.correct, "answers": s.answers, "lengths": s.lengths}
+                for label, s in samples.items()}
+    return evaluation_report(per_task, ks=pass_at_k_values(num_samples.pop()))
+
+
+def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: Tokenizer | PathLike | None = None,
+                   data_dir: PathLike | None = None, manual_dir: PathLike | None = None, num_samples: int = 8,
+                   max_new_tokens: int = 512, max_prompt_length: int = 512,
+                   temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P, template: str = "r1_zero",
+                   max_prompts: int | None = None, seed: int = 0, mesh: Mesh | None = None,
+                   batch_prompts: int = 64) -> dict[str, dict[str, float]]:
+    """The evaluation report of the model at `model` (an HF directory or a .gguf file) on `tasks`.
+
+    tasks: "name:split" entries, name in `TASK_REWARDS`; a str is split at commas.
+    tokenizer: a tokenizer, a path for `load_tokenizer`, or None for the one beside the
+        model (tokenizer.json / tokenizer.model in its directory, or the GGUF's own).
+    data_dir: the TFDS data folder (None: TFDS's default); manual_dir: a local MATH copy.
+    template: a text template (r1_zero, plain) or a chat template (r1_chat, plain_chat).
+    max_prompts: evaluate only the first `max_prompts` examples of each split.
+    Returns `evaluation_report`'s dict: one row per task label ("gsm8k:test") and "overall".
+    """
+    specs = parse_tasks(tasks)
+    if template not in TEXT_TEMPLATES and template not in CHAT_TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; choose one of "
+                         f"{sorted(TEXT_TEMPLATES) + sorted(CHAT_TEMPLATES)}")
+    if num_samples < 1 or max_new_tokens < 1 or batch_prompts < 1 or (max_prompts is not None and max_prompts < 1):
+        raise ValueError(f"need num_samples, max_new_tokens, batch_prompts and max_prompts >= 1, got "
+                         f"{num_samples}, {max_new_tokens}, {batch_prompts}, {max_prompts}")
+    if not pathlib.Path(model).exists():
+        raise FileNotFoundError(f"no model at {model}: pass a Hugging Face model directory or a .gguf file")
+    tokenizer = _tokenizer(model, tokenizer)
+    datasets = {}
+    for spec in specs:  # every split is read before the first sample: a missing one fails early
+        examples = load_examples(spec, data_dir=data_dir, manual_dir=manual_dir)
+        datasets[spec] = examples[:max_prompts] if max_prompts else examples[:]
+    mesh = make_mesh({"data": -1}) if mesh is None else mesh
+    loaded = from_pretrained(model)
+    if tokenizer.vocab_size > loaded.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
+                         f"{loaded.config.vocab_size}: they do not belong together; pass the model's tokenizer")
+    graphdef, params = nnx.split(shard_model(loaded, mesh), nnx.Param)
+    rng = jax.random.key(seed)
+    samples = {}
+    for index, (spec, examples) in enumerate(datasets.items()):
+        log.info("%s: %d prompts x %d samples", spec, len(examples), num_samples)
+        samples[str(spec)] = sample_task(
+            graphdef, params, tokenizer, examples, task=spec.name, template=template, num_samples=num_samples,
+            max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, rng=jax.random.fold_in(rng, index), mesh=mesh, batch_prompts=batch_prompts)
+    return build_report(samples)
+
+
+def _tokenizer(model: PathLike, tokenizer: Tokenizer | PathLike | None) -> Tokenizer:
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer)
+    try:
+        return load_tokenizer(model)
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(f"found no tokenizer with the model ({error}); pass its path with tokenizer=... "
+                         "(--tokenizer)") from error
+
+
+def check_out_dir(out_dir: PathLike, *, overwrite: bool = False) -> None:
+    """Refuse, before any work, to overwrite an earlier report unless asked to."""
+    existing = [name for name in REPORT_FILES if (pathlib.Path(out_dir) / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds {', '.join(existing)}; choose another output "
+                              "directory or pass overwrite=True (--overwrite)")
+
+
+def write_report(report: Mapping[str, Mapping[str, float]], out_dir: PathLike, *,
+                 settings: Mapping | None = None, overwrite: bool = False) -> pathlib.Path:
+    """Write report.json ({"settings", "results"}) and report.md (a table) into `out_dir`."""
+    check_out_dir(out_dir, overwrite=overwrite)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    document = {"settings": dict(settings or {}), "results": report}
+    (out_dir / "report.json").write_text(json.dumps(document, indent=2, default=_plain) + "\n")
+    (out_dir / "report.md").write_text(report_markdown(report) + "\n")
+    return out_dir
+
+
+def _plain(value):
+    """numpy scalars (e.g. prompt counts) as Python numbers for JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

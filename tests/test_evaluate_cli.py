@@ -1,0 +1,160 @@
+"""The evaluation library and CLI: report numbers by hand, end to end on a tiny model, bad input."""
+import json
+import pathlib
+import subprocess
+import sys
+from math import comb
+from types import SimpleNamespace
+
+import jax
+import numpy as np
+import pytest
+
+from r1jax import evaluate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# three arithmetic prompts, four scripted samples each: (final answer or None, length in tokens)
+SCRIPT = {
+    "3 + 4": [("7", 10), ("7", 12), ("5", 8), (None, 6)],  # answer 7: 2 correct, majority 7
+    "2 * 6": [("3", 5), ("3", 5), ("12", 9), ("3", 5)],  # answer 12: 1 correct, majority 3
+    "1 - 3": [("1", 4), (None, 4), (None, 4), ("-3", 4)],  # answer -2: none correct, tie 1 / -3
+}
+ANSWERS = {"3 + 4": "7", "2 * 6": "12", "1 - 3": "-2"}
+
+
+def fake_rollout(calls):
+    """Stands in for `rollout`: the scripted completions of each prompt text, `repeat` per prompt."""
+
+    def run(graphdef, params, tokenizer, texts, rng, *, repeat, **_):
+        calls.append((len(texts), repeat))
+        completions, lengths = [], []
+        for text in texts:
+            expression = next(e for e in SCRIPT if f"value of {e}." in text)
+            assert len(SCRIPT[expression]) == repeat
+            for answer, length in SCRIPT[expression]:
+                completions.append("<think> hm </think> " + (f"<answer> {answer} </answer>" if answer else "no idea"))
+                lengths.append(length)
+        return SimpleNamespace(completions=completions, lengths=np.array(lengths))
+
+    return run
+
+
+def test_report_matches_a_hand_computation_on_a_scripted_grid(monkeypatch):
+    calls = []
+    monkeypatch.setattr(evaluate, "rollout", fake_rollout(calls))
+    # pretend 3 data-parallel devices: 2 prompts x 4 samples must be filled up to 3 prompts x 4
+    monkeypatch.setattr(evaluate, "num_batch_shards", lambda mesh: 3)
+    examples = [{"expression": e, "answer": a} for e, a in ANSWERS.items()]
+    kwargs = dict(task="arithmetic", template="r1_zero", num_samples=4, max_prompt_length=512, max_new_tokens=16,
+                  temperature=0.6, top_p=0.95, rng=jax.random.key(0), mesh=None)
+    samples = evaluate.sample_task(None, None, None, examples, batch_prompts=2, **kwargs)
+    assert calls == [(3, 4), (3, 4)]  # chunks of 2 + 1 filler and 1 + 2 fillers; fillers are dropped
+    np.testing.assert_array_equal(samples.correct, [[1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+    easy = evaluate.sample_task(None, None, None, examples[:1] * 2, batch_prompts=2, **kwargs)
+    report = evaluate.build_report({"arithmetic:test": samples, "arithmetic:easy": easy})
+
+    row = report["arithmetic:test"]
+    assert sorted(row) == ["cons@4", "num_prompts", "pass@1", "pass@2", "pass@4", "response_length",
+                           "samples_per_prompt"]
+    # pass@k = 1 - C(n - c, k) / C(n, k) with n = 4 and c = 2, 1, 0 correct samples
+    pass_at = lambda c, k: 1 - comb(4 - c, k) / comb(4, k)
+    assert row["pass@1"] == pytest.approx((2 / 4 + 1 / 4 + 0) / 3)
+    assert row["pass@2"] == pytest.approx((pass_at(2, 2) + pass_at(1, 2)) / 3) == pytest.approx((5 / 6 + 1 / 2) / 3)
+    assert row["pass@4"] == pytest.approx(2 / 3)
+    assert row["cons@4"] == pytest.approx(1 / 3)  # only "7" wins its vote and is right
+    assert row["response_length"] == pytest.approx((36 + 24 + 16) / 12)
+    # the easy task: 2 prompts of the first problem (pass@1 = 0.5, cons right); overall weighs by prompts
+    assert report["arithmetic:easy"]["pass@1"] == pytest.approx(0.5)
+    assert report["overall"]["num_prompts"] == 5
+    assert report["overall"]["pass@1"] == pytest.approx((3 * 0.25 + 2 * 0.5) / 5)
+    assert report["overall"]["cons@4"] == pytest.approx((3 * (1 / 3) + 2 * 1.0) / 5)
+
+
+def test_pass_at_k_values_are_the_powers_of_two():
+    assert evaluate.pass_at_k_values(1) == [1]
+    assert evaluate.pass_at_k_values(8) == [1, 2, 4, 8]
+    assert evaluate.pass_at_k_values(12) == [1, 2, 4, 8]
+
+
+def test_task_parsing_names_the_choices():
+    assert evaluate.parse_tasks("arithmetic:test, gsm8k:test[:50]") == [
+        evaluate.TaskSpec("arithmetic", "test"), evaluate.TaskSpec("gsm8k", "test[:50]")]
+    with pytest.raises(ValueError, match="unknown task 'gsm9k'.*arithmetic, countdown, gsm8k, math"):
+        evaluate.parse_tasks("gsm9k:test")
+    with pytest.raises(ValueError, match="names no split.*arithmetic:test"):
+        evaluate.parse_tasks(["arithmetic"])
+
+
+def test_unknown_split_is_named(tmp_path):
+    with pytest.raises(ValueError, match="no split 'validation'.*'train', 'test'|no split 'validation'.*'test', 'train'"):
+        evaluate.load_examples(evaluate.TaskSpec("arithmetic", "validation"), data_dir=tmp_path)
+
+
+# ---- the CLI, in a subprocess --------------------------------------------------------------
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "experiments.evaluate", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A random tiny Llama saved with save_pretrained, its SentencePiece tokenizer beside it."""
+    from flax import nnx
+
+    from r1jax.data.prompts import R1_ZERO_TEMPLATE
+    from r1jax.models import ModelConfig, Transformer, save_pretrained
+    from r1jax.tokenizers import train_sentencepiece
+
+    directory = tmp_path_factory.mktemp("model")
+    corpus = [R1_ZERO_TEMPLATE.replace("{prompt}", f"Compute the value of {a} + {b}")
+              + f" <think> {a} + {b} = {a + b} </think> <answer> {a + b} </answer>" for a in range(10) for b in range(10)]
+    tokenizer = train_sentencepiece(corpus, directory / "tokenizer.model", vocab_size=200, byte_fallback=False,
+                                    hard_vocab_limit=False)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_layers=1,
+                         num_heads=2, num_kv_heads=1, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(0)
+    for _, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):  # no initialiser to compile
+        shape = variable.get_value().shape
+        variable.set_value(np.asarray(rng.normal(0, 0.5, shape) if len(shape) >= 2 else np.ones(shape), np.float32))
+    save_pretrained(model, directory)
+    return directory
+
+
+def test_cli_end_to_end_writes_the_report(tiny_model_dir, tmp_path):
+    out = tmp_path / "eval"
+    args = [f"--model={tiny_model_dir}", "--tasks=arithmetic:test", f"--data_dir={tmp_path / 'data'}",
+            "--num_samples=4", "--max_new_tokens=6", "--max_prompts=3", f"--out={out}"]
+    result = _cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads((out / "report.json").read_text())
+    assert document["settings"]["num_samples"] == 4 and document["settings"]["tasks"] == ["arithmetic:test"]
+    results = document["results"]
+    assert sorted(results) == ["arithmetic:test", "overall"]
+    for row in results.values():
+        assert row["num_prompts"] == 3 and row["samples_per_prompt"] == 4
+        for key in ("pass@1", "pass@2", "pass@4", "cons@4"):
+            assert 0.0 <= row[key] <= 1.0, (key, row)
+        assert row["pass@1"] <= row["pass@2"] <= row["pass@4"]
+        assert 1 <= row["response_length"] <= 6
+    table = (out / "report.md").read_text()
+    assert table.startswith("| task |") and "| arithmetic:test |" in table and "| overall |" in table
+
+    # the report is not replaced without --overwrite
+    before = (out / "report.json").read_text()
+    again = _cli(*args)
+    assert again.returncode != 0
+    assert "already holds report.json" in again.stderr and "--overwrite" in again.stderr
+    assert (out / "report.json").read_text() == before
+
+
+def test_cli_unknown_task_is_a_clear_error_and_writes_nothing(tiny_model_dir, tmp_path):
+    out = tmp_path / "eval"
+    result = _cli(f"--model={tiny_model_dir}", "--tasks=arithmetic:test,aime:test", f"--out={out}",
+                  f"--data_dir={tmp_path / 'data'}")
+    assert result.returncode != 0
+    assert "unknown task 'aime'" in result.stderr and "gsm8k" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not (tmp_path / "data").exists()
