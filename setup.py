@@ -8,7 +8,8 @@ EXTRAS = {
     "hf": ["tokenizers>=0.19", "gguf>=0.10", "jinja2>=3.0"],
 }
 EXTRAS["test"] = sorted(set(
-    EXTRAS["hf"] + ["pytest>=8", "pytest-xdist>=3", TORCH, "transformers>=4.46", "accelerate"]))
+    EXTRAS["hf"] + ["pytest>=8", "pytest-xdist>=3", TORCH, "transformers>=4.46", "accelerate",
+                    "nbclient", "nbformat", "ipykernel"]))  # the last three execute the notebooks
 EXTRAS["bench"] = sorted(set(EXTRAS["test"]))
 EXTRAS["all"] = sorted(set(sum(EXTRAS.values(), [])))
 

@@ -14,15 +14,10 @@ Override any config field on the command line, e.g. `--config.grpo.steps=20`,
 """
 from __future__ import annotations
 
-import json
-import logging
-
 import ml_collections
-from absl import app
-from absl import logging as absl_logging
-from ml_collections import config_flags
 
 from r1jax import pipelines
+from r1jax.pipelines import cli
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -35,11 +30,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.task = dict(name="arithmetic", num_operations=1, max_value=6, train_size=78, test_size=30)
     c.tokenizer = dict(vocab_size=512, corpus_size=3000)
     c.model = dict(hidden_size=128, intermediate_size=384, num_layers=3, num_heads=4, num_kv_heads=2)
-    # the stand-in base (r1jax/data/base_corpus.py): 30% worked solutions (90% right, half of
-    # them in the R1 format), 70% quick answers without working (20% right)
-    # (below ~500 steps the tiny model has not yet learned to read the operands)
+    # the stand-in base (r1jax/data/base_corpus.py): answers questions with 30% worked solutions
+    # (95% right, half in the R1 format) and 70% quick answers without working (10% right);
+    # 30% of its items are lines of arithmetic facts with no question
     c.pretrain = dict(steps=600, batch_size=64, learning_rate=3e-3, warmup_steps=20,
-                      worked_rate=0.3, error_rate=0.1, tagged_rate=0.5, guess_accuracy=0.2)
+                      worked_rate=0.3, error_rate=0.05, tagged_rate=0.5, guess_accuracy=0.1,
+                      practice_rate=0.3, practice_facts=8)
     c.grpo = dict(steps=30, prompts_per_step=16, num_generations=8, max_new_tokens=48,
                   temperature=1.0, top_p=1.0, beta=0.04, epsilon_low=0.2, loss_type="grpo",
                   num_iterations=1, num_minibatches=1, learning_rate=1e-4, warmup_steps=5,
@@ -50,18 +46,5 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
-_CONFIG = config_flags.DEFINE_config_dict("config", get_config(), lock_config=True)
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.<field>=<value>")
-    # Orbax and TFDS log every file they touch: keep their warnings, and our own progress
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    logging.getLogger("r1jax").setLevel(logging.INFO)
-    summary = pipelines.r1_zero(_CONFIG.value)
-    print(json.dumps(summary, indent=2))
-
-
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(pipelines.r1_zero, get_config())

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import pathlib
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -24,7 +24,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from r1jax.data import CHAT_TEMPLATES, TEXT_TEMPLATES, load_gsm8k, load_math, load_task
-from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P, evaluation_report, report_markdown
+from r1jax.evaluation import (EVAL_TEMPERATURE, EVAL_TOP_P, cons_at_k, evaluation_report, mean_response_length,
+                              pass_at_1, report_markdown)
 from r1jax.models import from_pretrained
 from r1jax.rewards import extract_final_answer, get_reward
 from r1jax.sharding import make_mesh, num_batch_shards, shard_model
@@ -81,17 +82,26 @@ class TaskSamples(NamedTuple):
     correct: np.ndarray  # bool
     answers: list[list[str | None]]  # the extracted final answers, for the majority vote
     lengths: np.ndarray  # completion tokens
+    scores: dict[str, list[float]] = {}  # name -> the values of `scores` functions that judged (not None)
 
 
 def sample_task(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, examples: Sequence[dict], *,
                 task: str, template: str, num_samples: int, max_prompt_length: int, max_new_tokens: int,
-                temperature: float, top_p: float, rng, mesh: Mesh, batch_prompts: int = 64) -> TaskSamples:
-    """Sample and score `num_samples` completions of every example, `batch_prompts` prompts at a time."""
-    correct_fn = get_reward(TASK_REWARDS[task])
+                temperature: float, top_p: float, rng, mesh: Mesh, batch_prompts: int = 64,
+                correct_fn: Callable[..., float | None] | None = None,
+                scores: Mapping[str, Callable[..., float | None]] | None = None) -> TaskSamples:
+    """Sample and score `num_samples` completions of every example, `batch_prompts` prompts at a time.
+
+    correct_fn: the accuracy reward (default: the task's, `TASK_REWARDS`); a sample it
+      cannot judge (None) counts as wrong. scores: further rewards to average, by name.
+    """
+    correct_fn = correct_fn or get_reward(TASK_REWARDS[task])
+    scores = dict(scores or {})
     # rows must split evenly over the data-parallel devices: fill a short chunk with repeats
     shards = num_batch_shards(mesh)
     prompts_multiple = shards // np.gcd(shards, num_samples)
     correct, answers, lengths = [], [], []
+    scored: dict[str, list[float]] = {name: [] for name in scores}
     for start in range(0, len(examples), batch_prompts):
         chunk = list(examples[start:start + batch_prompts])
         filler = -len(chunk) % prompts_multiple
@@ -102,11 +112,36 @@ def sample_task(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer,
                       temperature=temperature, top_p=top_p, mesh=mesh)
         for i, example in enumerate(chunk):
             completions = out.completions[i * num_samples:(i + 1) * num_samples]
-            # a sample the reward cannot judge (None) counts as wrong, as in evaluate_policy
-            correct.append([correct_fn(c, **example) == 1.0 for c in completions])
+            correct.append([bool(correct_fn(c, **example)) for c in completions])
             answers.append([extract_final_answer(c) for c in completions])
             lengths.append(out.lengths[i * num_samples:(i + 1) * num_samples])
-    return TaskSamples(np.asarray(correct, bool), answers, np.asarray(lengths))
+            for name, score_fn in scores.items():
+                scored[name].extend(v for v in (score_fn(c, **example) for c in completions) if v is not None)
+    return TaskSamples(np.asarray(correct, bool), answers, np.asarray(lengths), scored)
+
+
+def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, examples: Sequence[dict], *,
+                    task: str, template: str, rng, num_samples: int, max_prompt_length: int,
+                    max_new_tokens: int, temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P,
+                    mesh: Mesh, correct_fn: Callable[..., float | None] | None = None,
+                    scores: Mapping[str, Callable[..., float | None]] | None = None,
+                    batch_prompts: int = 64) -> dict[str, float]:
+    """pass@1 averaged over `num_samples` samples per prompt, cons@k, length and the mean of each of
+    `scores` (e.g. {"format_reward": get_reward("format")}) over the samples it judges.
+
+    Rewards are scored inline (no worker pool): evaluation is rare and its completions are
+    short, and keeping it synchronous makes its numbers independent of timeouts.
+    """
+    samples = sample_task(graphdef, params, tokenizer, examples, task=task, template=template,
+                          num_samples=num_samples, max_prompt_length=max_prompt_length,
+                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, rng=rng,
+                          mesh=mesh, batch_prompts=batch_prompts, correct_fn=correct_fn, scores=scores)
+    result = {"pass_at_1": pass_at_1(samples.correct),
+              f"cons_at_{num_samples}": cons_at_k(samples.answers, samples.correct),
+              "response_length": mean_response_length(samples.lengths)}
+    for name, values in samples.scores.items():
+        result[name] = float(np.mean(values)) if values else float("nan")
+    return result
 
 
 def pass_at_k_values(num_samples: int) -> list[int]:

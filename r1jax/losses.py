@@ -408,3 +408,52 @@ def sft_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array
   loss = _masked_mean(-token_logprobs(logits, targets), weights)
   correct = jnp.argmax(logits, axis=-1) == targets
   return loss, {"accuracy": jax.lax.stop_gradient(_masked_mean(correct, weights))}
+
+
+# --------------------------------------------------------------------------
+# Reward model loss.
+# --------------------------------------------------------------------------
+
+
+def bradley_terry_loss(chosen_rewards: jax.Array, rejected_rewards: jax.Array, *,
+                       margin: jax.Array | float | None = None,
+                       mask: jax.Array | None = None,
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Pairwise preference loss of a reward model (Bradley-Terry; InstructGPT).
+
+  Under the Bradley-Terry model P(chosen > rejected) = sigmoid(r_c - r_r), so the
+  negative log-likelihood of the preferences is
+
+      loss = mean_i -log sigmoid(r_c[i] - r_r[i] - m[i])
+
+  with an optional margin m (Llama 2: a larger required gap for clearer
+  preferences). ``log_sigmoid`` keeps it finite and exact for any gap: a gap of
+  -1000 costs 1000, not inf.
+
+  Args:
+    chosen_rewards: [N] scalar rewards of the preferred responses.
+    rejected_rewards: [N] rewards of the dispreferred responses.
+    margin: None, a scalar, or [N].
+    mask: optional bool or 0/1 [N], True for pairs that count (padding pairs
+      are left out of the mean and of the metrics).
+
+  Returns:
+    ``(loss, metrics)``: the float32 mean over counted pairs (0 when none), and
+    ``accuracy`` (fraction with r_c > r_r; ties count as wrong) and ``margin``
+    (mean r_c - r_r), both without gradient.
+  """
+  chosen_rewards = jnp.asarray(chosen_rewards)
+  rejected_rewards = jnp.asarray(rejected_rewards)
+  if chosen_rewards.ndim != 1 or chosen_rewards.shape != rejected_rewards.shape:
+    raise ValueError(
+        "chosen_rewards and rejected_rewards must both be [N], one reward per "
+        f"pair, got {chosen_rewards.shape} and {rejected_rewards.shape}.")
+  weights = (jnp.ones(chosen_rewards.shape, jnp.float32) if mask is None
+             else jnp.asarray(mask).astype(bool).astype(jnp.float32))
+  if weights.shape != chosen_rewards.shape:
+    raise ValueError(f"mask must be [N] = {chosen_rewards.shape}, got {weights.shape}.")
+  gap = chosen_rewards.astype(jnp.float32) - rejected_rewards.astype(jnp.float32)
+  target_gap = gap if margin is None else gap - jnp.asarray(margin, jnp.float32)
+  loss = _masked_mean(-jax.nn.log_sigmoid(target_gap), weights)
+  gap = jax.lax.stop_gradient(gap)
+  return loss, {"accuracy": _masked_mean(gap > 0, weights), "margin": _masked_mean(gap, weights)}

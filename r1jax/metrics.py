@@ -157,9 +157,8 @@ def plot_metrics(jsonl_path: str | os.PathLike, out_png: str | os.PathLike,
     Keys absent from the log are skipped; returns the keys plotted. Raises ValueError
     when none of `keys` is in the log, naming the keys that are.
     """
-    import matplotlib
-    matplotlib.use("Agg")  # no display on training hosts
-    import matplotlib.pyplot as plt
+    # a bare Figure draws without a display and leaves pyplot's backend (e.g. a notebook's) alone
+    from matplotlib.figure import Figure
 
     rows = read_metrics(jsonl_path)
     available = sorted({k for row in rows for k in row} - {"step"})
@@ -168,7 +167,8 @@ def plot_metrics(jsonl_path: str | os.PathLike, out_png: str | os.PathLike,
         raise ValueError(f"none of the requested keys are in {jsonl_path}; it has {available}")
     columns = min(2, len(keys))
     grid_rows = math.ceil(len(keys) / columns)
-    figure, axes = plt.subplots(grid_rows, columns, figsize=(5.5 * columns, 3.5 * grid_rows), squeeze=False)
+    figure = Figure(figsize=(5.5 * columns, 3.5 * grid_rows))
+    axes = figure.subplots(grid_rows, columns, squeeze=False)
     for axis, key in zip(axes.flat, keys):
         points = sorted((row["step"], row[key]) for row in rows if key in row)
         axis.plot([s for s, _ in points], [v for _, v in points], linewidth=1.2)
@@ -179,7 +179,6 @@ def plot_metrics(jsonl_path: str | os.PathLike, out_png: str | os.PathLike,
         axis.set_visible(False)
     figure.tight_layout()
     figure.savefig(out_png, dpi=100)
-    plt.close(figure)
     return keys
 
 

@@ -8,19 +8,29 @@ One GRPO step, as in the paper:
   3. advantages = (r - group mean) / (group std + eps), per prompt's group;
   4. `num_iterations` (mu) passes over the rollout, each split into `num_minibatches`
      optimizer updates of the clipped GRPO loss with beta * KL(k3) to the reference.
+
+R1's all-scenario RL stage mixes reasoning prompts, scored by the rules, with general
+prompts (examples with `kind == "general"`, see `r1jax.data.preferences.is_general`),
+scored by a model-based judge: `GRPO(..., model_reward=judge)` with any
+`judge(prompts, completions, examples) -> float [N]` (NaN: cannot judge), e.g. a
+`r1jax.train.reward_model.RewardModelJudge`. Each row gets either its rule-based or its
+judged reward, and advantages are computed as before: a group holds one prompt's
+completions, so the two scales never mix inside a group.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from r1jax.data import format_prompt, question_text
+from r1jax.data.preferences import is_general
 from r1jax.losses import group_advantages
-from r1jax.rewards import RewardEvaluator
+from r1jax.rewards import RewardEvaluator, RewardResult
 from r1jax.sharding import batch_sharding
 from r1jax.tokenizers import Tokenizer
 from r1jax.train.objectives import grpo_objective
@@ -47,17 +57,27 @@ class GRPOSettings:
     template: str = "r1_zero"
 
 
+# judge(prompts, completions, examples) -> float [N], NaN where it cannot judge
+Judge = Callable[[Sequence[str], Sequence[str], Sequence[Mapping]], np.ndarray]
+MODEL_REWARD = "model"  # the judge's name in the reward metrics (`reward/model`)
+
+
 class GRPO:
-    """The GRPO stage: `objective()` for the train step and `make_batches` for the loop."""
+    """The GRPO stage: `objective()` for the train step and `make_batches` for the loop.
+
+    model_reward: optional judge of the general prompts (module doc); without one, a
+        batch with general prompts is an error.
+    """
 
     def __init__(self, settings: GRPOSettings, *, tokenizer: Tokenizer, rewards: RewardEvaluator,
-                 task: str, mesh: Mesh, accuracy_reward: str = "accuracy"):
+                 task: str, mesh: Mesh, accuracy_reward: str = "accuracy", model_reward: Judge | None = None):
         self.settings = settings
         self.tokenizer = tokenizer
         self.rewards = rewards
         self.task = task
         self.mesh = mesh
         self.accuracy_reward = accuracy_reward
+        self.model_reward = model_reward
         self._ref_params = None
         self._logprobs_fn = None
 
@@ -77,12 +97,12 @@ class GRPO:
         s = self.settings
         if self._logprobs_fn is None:
             raise RuntimeError("call set_reference(initial_state) before the first GRPO step")
-        texts = prompt_texts(examples, self.task, s.template)
+        texts = self._prompt_texts(examples)
         out = rollout(state.graphdef, state.params, self.tokenizer, texts, rng, repeat=s.num_generations,
                       max_prompt_length=s.max_prompt_length, max_new_tokens=s.max_new_tokens,
                       temperature=s.temperature, top_p=s.top_p, mesh=self.mesh)
         grouped_examples = [ex for ex in examples for _ in range(s.num_generations)]
-        pending = self.rewards.submit(out.completions, grouped_examples)  # host work starts now...
+        rewards_result = self._start_rewards(texts, out.completions, grouped_examples)  # host work starts now...
         batch = training_batch(out.samples)
         # ...while the device computes the log-probs the loss compares against
         if s.beta != 0:
@@ -90,7 +110,7 @@ class GRPO:
         if s.num_iterations > 1 or s.num_minibatches > 1:
             # later updates of this rollout see a moved policy: keep the sampling one's log-probs
             batch["old_logps"] = self._logprobs_fn(state.params, batch["tokens"], batch["attention_mask"])
-        result = pending.result()
+        result = rewards_result()
         advantages = group_advantages(jnp.asarray(np.nan_to_num(result.total)), s.num_generations,
                                       scale=s.advantage_scale, valid=jnp.asarray(result.valid))
         batch["advantages"] = jax.device_put(advantages, batch_sharding(self.mesh))
@@ -106,6 +126,73 @@ class GRPO:
         metrics.update({f"rewards/{k}": float(v) for k, v in result.metrics.items()
                         if k.endswith(("failures", "timeouts"))})
         return batches, metrics
+
+    def _prompt_texts(self, examples: Sequence[dict]) -> list[str]:
+        if self.model_reward is None:
+            if any(ex.get("kind") == "general" for ex in examples):
+                raise ValueError("the batch has general prompts (kind == 'general') but GRPO has no judge for "
+                                 "them: pass model_reward=RewardModelJudge(...) (r1jax.train.reward_model)")
+            return prompt_texts(examples, self.task, self.settings.template)
+        return [format_prompt(ex["question"] if is_general(ex) else question_text(ex, self.task),
+                              self.settings.template) for ex in examples]
+
+    def _start_rewards(self, texts: list[str], completions: list[str],
+                       grouped_examples: list[dict]) -> Callable[[], RewardResult]:
+        """Start the rule-based rewards in the background; the returned function waits for the result.
+
+        With a judge, only reasoning rows go to the rule-based rewards, and the returned
+        function first has the judge score the general ones: its device work then queues
+        behind the log-probs dispatched in between, while the rule rewards run.
+        """
+        if self.model_reward is None:
+            return self.rewards.submit(completions, grouped_examples).result
+        group = self.settings.num_generations
+        general = np.array([is_general(ex) for ex in grouped_examples], bool)
+        rule_rows, model_rows = np.flatnonzero(~general), np.flatnonzero(general)
+        pending = self.rewards.submit([completions[i] for i in rule_rows],
+                                      [grouped_examples[i] for i in rule_rows]) if rule_rows.size else None
+
+        def result() -> RewardResult:
+            scores = self._judge([texts[i // group] for i in model_rows], [completions[i] for i in model_rows],
+                                 [grouped_examples[i] for i in model_rows])
+            return merge_rewards(pending.result() if pending is not None else None, rule_rows, scores,
+                                 model_rows, rule_names=self.rewards.names)
+
+        return result
+
+    def _judge(self, prompts, completions, examples) -> np.ndarray:
+        if not completions:
+            return np.zeros(0, np.float32)
+        scores = np.asarray(self.model_reward(prompts, completions, examples), np.float32)
+        if scores.shape != (len(completions),):
+            raise ValueError(f"model_reward returned shape {scores.shape} for {len(completions)} completions; "
+                             "a judge returns one float per completion")
+        return scores
+
+
+def merge_rewards(rule: RewardResult | None, rule_rows: np.ndarray, model_scores: np.ndarray,
+                  model_rows: np.ndarray, *, rule_names: Sequence[str]) -> RewardResult:
+    """One `RewardResult` for the whole batch from the rule-scored rows and the judged rows.
+
+    A judged row's total is the judge's score (NaN: not valid); its rule rewards are NaN.
+    A rule-scored row keeps the evaluator's values and its `model` reward is NaN.
+    `rule` is None when no row was rule-scored.
+    """
+    size = len(rule_rows) + len(model_rows)
+    total = np.full(size, np.nan, np.float32)
+    valid = np.zeros(size, bool)
+    total[model_rows] = model_scores
+    valid[model_rows] = np.isfinite(model_scores)
+    per_function = {name: np.full(size, np.nan, np.float32) for name in rule_names}
+    per_function[MODEL_REWARD] = total.copy()
+    metrics, failures = {}, []
+    if rule is not None:
+        total[rule_rows], valid[rule_rows] = rule.total, rule.valid
+        for name, values in rule.per_function.items():
+            per_function[name][rule_rows] = values
+        metrics = dict(rule.metrics)
+        failures = [dataclasses.replace(f, row=int(rule_rows[f.row])) for f in rule.failures]
+    return RewardResult(per_function, total, valid, metrics, failures)
 
 
 def _minibatches(batch: dict, num_minibatches: int) -> list[dict]:

@@ -1,11 +1,11 @@
 """Host <-> device glue of a rollout: prompts to padded tokens, samples back to text.
 
 Shared by the GRPO loop (sample a group per prompt, score, train) and by evaluation
-(sample k per prompt at the paper's temperature, score, pass@1 / cons@k).
+(`r1jax.evaluate`: sample k per prompt at the paper's temperature, score, pass@1 / cons@k).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +14,6 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from r1jax.data import format_prompt, question_text
-from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P, cons_at_k, mean_response_length, pass_at_1
-from r1jax.rewards.extraction import extract_final_answer
 from r1jax.sampling import SampleOutput, generate
 from r1jax.sharding import make_global_batch
 from r1jax.tokenizers import Tokenizer
@@ -75,47 +73,3 @@ def training_batch(samples: SampleOutput) -> dict[str, jax.Array]:
     attention_mask = jnp.concatenate([samples.prompt_mask, samples.mask], axis=1)
     completion_mask = jnp.concatenate([jnp.zeros_like(samples.prompt_mask), samples.mask], axis=1)
     return {"tokens": tokens, "attention_mask": attention_mask, "completion_mask": completion_mask}
-
-
-def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer,
-                    examples: Sequence[dict], *, task: str, template: str,
-                    correct_fn: Callable[..., float | None],
-                    scores: Mapping[str, Callable[..., float | None]] | None = None, rng,
-                    num_samples: int, max_prompt_length: int, max_new_tokens: int,
-                    temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P, mesh: Mesh,
-                    batch_prompts: int = 64) -> dict[str, float]:
-    """pass@1 averaged over `num_samples` samples per prompt, cons@k, length and mean `scores`.
-
-    scores: name -> reward function (e.g. {"format_reward": format, "language": language});
-      the result holds each one's mean over the samples it can judge (not None).
-
-    Rewards are scored inline (no worker pool): evaluation is rare and its completions
-    are short, and keeping it synchronous makes its numbers independent of timeouts.
-    """
-    scores = dict(scores or {})
-    correct, answers, lengths = [], [], []
-    scored: dict[str, list[float]] = {name: [] for name in scores}
-    for start in range(0, len(examples), batch_prompts):
-        chunk = examples[start:start + batch_prompts]
-        out = rollout(graphdef, params, tokenizer, prompt_texts(chunk, task, template),
-                      jax.random.fold_in(rng, start), repeat=num_samples,
-                      max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens,
-                      temperature=temperature, top_p=top_p, mesh=mesh)
-        lengths.extend(out.lengths.tolist())
-        for i, completion in enumerate(out.completions):
-            example = chunk[i // num_samples]
-            score = correct_fn(completion, **example)
-            correct.append(bool(score) if score is not None else False)
-            answers.append(extract_final_answer(completion))
-            for name, score_fn in scores.items():
-                value = score_fn(completion, **example)
-                if value is not None:
-                    scored[name].append(value)
-    correct_grid = np.asarray(correct).reshape(len(examples), num_samples)
-    answer_grid = [answers[i * num_samples:(i + 1) * num_samples] for i in range(len(examples))]
-    result = {"pass_at_1": pass_at_1(correct_grid),
-              f"cons_at_{num_samples}": cons_at_k(answer_grid, correct_grid),
-              "response_length": mean_response_length(lengths)}
-    for name, values in scored.items():
-        result[name] = float(np.mean(values)) if values else float("nan")
-    return result

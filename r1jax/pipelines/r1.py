@@ -1,0 +1,294 @@
+"""The full DeepSeek-R1 recipe in miniature, and the paper's findings measured on it.
+
+Stages (each a folder of the workdir, skipped when its result is there; see `stages`):
+
+    base/                 stand-in pretrained base (narrated, language-mixed worked solutions)
+    r1_zero/              GRPO from the base, rewards accuracy + format           finding (a)
+    r1_zero_language/     the same with the language-consistency reward            finding (d)
+    cold_start/           R1-Zero samples -> correct, readable, one-language ones in R1's
+                          output format (data.json) -> SFT of the base
+    reasoning_rl/         GRPO from the cold start: accuracy + r1_format + lambda * language
+    rejection/            rejection sampling of reasoning_rl into a TFDS dataset
+    sft/                  SFT of the base on the rejection samples + general-prompt answers
+    reward_model/         Bradley-Terry reward model on preference pairs (general prompts)
+    all_scenario_rl/      GRPO from sft/ on reasoning prompts (rule rewards) and general
+                          prompts (the reward model, judging summary / whole output)
+    student/              a smaller model: its own base, RL from it, and distillation (SFT on
+                          the rejection samples) at the RL run's compute             finding (e)
+    evals/, findings.json, findings.md
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+import types
+
+import jax
+import numpy as np
+from flax import nnx
+
+from r1jax.data import PromptIterator, format_prompt
+from r1jax.data.base_corpus import base_corpus
+from r1jax.data.cold_start import build_cold_start
+from r1jax.data.preferences import general_prompts, preference_pairs
+from r1jax.data.rejection import load_sft_dataset, rejection_sample, rollout_sampler
+from r1jax.metrics import summary_table
+from r1jax.models import Transformer, from_pretrained
+from r1jax.models.reward_model import RewardModel
+from r1jax.pipelines import stages
+from r1jax.pipelines.r1_zero import prepare_base
+from r1jax.rewards import R1_OUTPUT_FORMAT, get_reward
+from r1jax.sharding import make_mesh
+from r1jax.tokenizers import R1_TAGS
+from r1jax.train.loop import LoopSettings, run_training
+from r1jax.train.reward_model import RewardModelJudge, RewardModelSettings, RewardModelTraining
+from r1jax.train.rollout import prompt_texts, rollout
+from r1jax.train.state import make_optimizer
+
+log = logging.getLogger(__name__)
+
+FORMAT = R1_OUTPUT_FORMAT
+EVAL_SCORES = {"format_reward": "format", "r1_format": "r1_format", "language": "language"}
+
+
+def _r1_layout(response: str) -> str:
+    """A `<think> reasoning </think> summary` response in R1's output format."""
+    return response.replace("<think>", FORMAT.reasoning_open, 1).replace("</think>", FORMAT.reasoning_close, 1)
+
+
+def _rl_flops(metrics_file: pathlib.Path, *, rows_per_step: int, prompt_tokens: float, flops_per_token: int,
+              with_reference: bool) -> float:
+    """FLOPs of a GRPO run from its logged response lengths: sampling (1 forward), the
+    reference (1 forward) and the update (forward + backward = 3 forwards) per token."""
+    forwards = 1 + (1 if with_reference else 0) + 3
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    tokens = sum(rows_per_step * (prompt_tokens + row["response_length"]) for row in rows)
+    return float(forwards * flops_per_token * tokens)
+
+
+def _steps_to_reach(metrics_file: pathlib.Path, target: float, window: int = 3) -> int | None:
+    """First step at which the `window`-step running mean of training accuracy reaches `target`."""
+    accuracy = [json.loads(line)["accuracy"] for line in metrics_file.read_text().splitlines()]
+    for end in range(window, len(accuracy) + 1):
+        if np.mean(accuracy[end - window:end]) >= target:
+            return end
+    return None
+
+
+def r1_pipeline(config) -> dict:
+    """Run (or resume) every stage; returns and writes the findings."""
+    lam = config.language_weight
+    for name in ("arithmetic", "format", "r1_format", "language"):
+        get_reward(name)
+    format_prompt("", config.template)
+    workdir = pathlib.Path(config.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    mesh = make_mesh(dict(config.mesh))
+    symbols = tuple(dict.fromkeys(R1_TAGS + (FORMAT.reasoning_open, FORMAT.reasoning_close)))
+    prepared = prepare_base(config, workdir, mesh, symbols=symbols)
+    if prepared is None:
+        return {"stopped": "pretrain"}
+    train, test, tokenizer, base_dir = prepared
+    eval_examples = test[:config.eval.num_prompts]
+    max_new_tokens = config.rl.max_new_tokens
+
+    def evaluate(name: str, model_dir: pathlib.Path) -> dict:
+        return stages.cached(workdir / "evals" / f"{name}.json", lambda: stages.evaluate_stage(
+            *stages.split(from_pretrained(model_dir)), tokenizer, eval_examples, template=config.template,
+            eval_config=config.eval, max_new_tokens=max_new_tokens, mesh=mesh, seed=config.seed + 1,
+            scores=EVAL_SCORES))
+
+    def rl(name: str, init: pathlib.Path, rewards: dict, examples=train, model_reward=None, rl_config=None):
+        log.info("stage %s (%.0fs)", name, time.perf_counter() - started)
+        return stages.grpo_stage(workdir / name, init=init, train=examples, tokenizer=tokenizer,
+                                 rewards=rewards, grpo=rl_config or config.rl, template=config.template,
+                                 mesh=mesh, seed=config.seed, reward_workers=config.reward_workers,
+                                 model_reward=model_reward)
+
+    def sample_fn(model_dir: pathlib.Path, samples: int, temperature: float, top_p: float):
+        graphdef, params = stages.split(from_pretrained(model_dir))
+        return rollout_sampler(graphdef, params, tokenizer, num_samples=samples, max_prompt_length=256,
+                               max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, mesh=mesh)
+
+    def sft(name: str, init, pairs, steps: int, section) -> pathlib.Path | None:
+        log.info("stage %s (%.0fs)", name, time.perf_counter() - started)
+        model = stages.sft_stage(workdir / name, init=init, examples=pairs, to_pairs=None, tokenizer=tokenizer,
+                                 steps=steps, batch_size=section.batch_size, learning_rate=section.learning_rate,
+                                 warmup_steps=section.warmup_steps, mesh=mesh, seed=config.seed, name=name)
+        return None if model is None else workdir / name / "model"
+
+    # -- R1-Zero, with and without the language reward ------------------------------------------
+    r1_zero_dir = rl("r1_zero", base_dir, {"arithmetic": 1.0, "format": 1.0})
+    if r1_zero_dir is None:
+        return {"stopped": "r1_zero"}
+    r1_zero_language_dir = rl("r1_zero_language", base_dir, {"arithmetic": 1.0, "format": 1.0, "language": lam})
+    if r1_zero_language_dir is None:
+        return {"stopped": "r1_zero_language"}
+
+    # -- cold start: readable R1-Zero outputs in R1's format, then SFT of the base ----------------
+    c = config.cold_start
+    cold_start_data = workdir / "cold_start" / "data.json"
+    if not cold_start_data.exists():
+        sample = sample_fn(r1_zero_dir, c.samples_per_prompt, c.temperature, c.top_p)
+        texts = prompt_texts(train, "arithmetic", config.template)
+        records = []
+        for start in range(0, len(train), 32):
+            chunk = train[start:start + 32]
+            out = sample(texts[start:start + 32], jax.random.key(config.seed + start))
+            for i, (completion, _, _) in enumerate(out):
+                example = chunk[i // c.samples_per_prompt]
+                records.append({"prompt": texts[start + i // c.samples_per_prompt], "completion": completion,
+                                **example})
+        pairs, stats = build_cold_start(records, correct_fn=get_reward("arithmetic"), language="en",
+                                        output_format=FORMAT)
+        cold_start_data.parent.mkdir(parents=True, exist_ok=True)
+        stages.write_json(cold_start_data, {"pairs": pairs, "stats": stats})
+    cold = json.loads(cold_start_data.read_text())
+    log.info("cold start data: %s", cold["stats"])
+    if not cold["pairs"]:
+        raise RuntimeError(f"no R1-Zero sample passed the cold-start filters ({cold['stats']}); the R1-Zero "
+                           "stage needs more steps, or the filters are too strict")
+    cold_start_dir = sft("cold_start", base_dir, [tuple(p) for p in cold["pairs"]], c.steps, c)
+    if cold_start_dir is None:
+        return {"stopped": "cold_start"}
+
+    # -- reasoning RL with the language reward ----------------------------------------------------
+    reasoning_rewards = {"arithmetic": 1.0, "r1_format": 1.0, "language": lam}
+    reasoning_dir = rl("reasoning_rl", cold_start_dir, reasoning_rewards)
+    if reasoning_dir is None:
+        return {"stopped": "reasoning_rl"}
+
+    # -- rejection sampling, then SFT on reasoning + general data ---------------------------------
+    r = config.rejection
+    rejection_dir = workdir / "rejection"
+    rejection_sample(
+        *stages.split(from_pretrained(reasoning_dir)), tokenizer, train, output_dir=rejection_dir,
+        task="arithmetic", template=config.template, correct_fn=get_reward("arithmetic"),
+        num_samples=r.samples_per_prompt, max_new_tokens=max_new_tokens, temperature=r.temperature,
+        top_p=r.top_p, language="en", mesh=mesh, seed=config.seed,
+        provenance={"checkpoint": str(reasoning_dir), "step": config.rl.steps, "stage": "reasoning_rl"})
+    reasoning_pairs = [(rec["prompt"], rec["completion"]) for rec in load_sft_dataset(rejection_dir)]
+    general_train = general_prompts(config.seed, config.general.prompts, split="train")
+    general_pairs = [(format_prompt(q, config.template), _r1_layout(chosen))
+                     for q, chosen, _ in preference_pairs(config.seed, config.general.sft_pairs,
+                                                          aspects=("harmlessness",))]
+    s = config.sft
+    sft_dir = sft("sft", base_dir, reasoning_pairs + general_pairs, s.steps, s)
+    if sft_dir is None:
+        return {"stopped": "sft"}
+
+    # -- the reward model of general prompts ------------------------------------------------------
+    m = config.reward_model
+    log.info("stage reward_model (%.0fs)", time.perf_counter() - started)
+    rm_pairs = [(format_prompt(q, config.template), _r1_layout(a), _r1_layout(b))
+                for q, a, b in preference_pairs(config.seed, m.pairs, split="train")]
+    rm_result = run_training(
+        LoopSettings(steps=m.steps, save_every=m.steps, seed=config.seed, plot_keys=("loss", "accuracy")),
+        workdir=workdir / "reward_model", model=RewardModel.from_transformer(from_pretrained(sft_dir)),
+        optimizer=make_optimizer(m.learning_rate, m.warmup_steps, m.steps, weight_decay=0.01),
+        loss_fn=RewardModelTraining(RewardModelSettings(), tokenizer=tokenizer, mesh=mesh).objective(),
+        data=PromptIterator(rm_pairs, batch_size=m.batch_size, seed=config.seed),
+        make_batches=RewardModelTraining(RewardModelSettings(), tokenizer=tokenizer, mesh=mesh).make_batches,
+        mesh=mesh, name="reward_model")
+    if not rm_result.completed:
+        return {"stopped": "reward_model"}
+    judge = RewardModelJudge(rm_result.state.graphdef, rm_result.state.params, tokenizer, mesh)
+
+    # -- RL for all scenarios ---------------------------------------------------------------------
+    final_dir = rl("all_scenario_rl", sft_dir, reasoning_rewards, examples=train + general_train,
+                   model_reward=judge)
+    if final_dir is None:
+        return {"stopped": "all_scenario_rl"}
+
+    # -- distillation vs RL on a smaller student, at equal compute ---------------------------------
+    st = config.student
+    student_config = stages.model_config(st.model, tokenizer)
+    student_base = workdir / "student" / "base" / "model"
+    if not stages.exported(student_base, student_config):
+        style = stages.corpus_style(config.pretrain)
+        model = stages.sft_stage(
+            workdir / "student" / "base", init=Transformer(student_config, rngs=nnx.Rngs(config.seed)),
+            examples=train + test, tokenizer=tokenizer,
+            to_pairs=lambda examples, rng: base_corpus(examples, rng, style, template=config.template),
+            steps=config.pretrain.steps, batch_size=config.pretrain.batch_size,
+            learning_rate=config.pretrain.learning_rate, warmup_steps=config.pretrain.warmup_steps, mesh=mesh,
+            seed=config.seed, name="student_pretrain")
+        if model is None:
+            return {"stopped": "student_pretrain"}
+    student_rl = rl("student/rl", student_base, {"arithmetic": 1.0, "format": 1.0})
+    if student_rl is None:
+        return {"stopped": "student_rl"}
+    prompt_tokens = float(np.mean([len(tokenizer.encode(p)) for p, _ in reasoning_pairs]))
+    completion_tokens = float(np.mean([len(tokenizer.encode(c)) + 1 for _, c in reasoning_pairs]))
+    student_flops = student_config.flops_per_token()
+    rl_flops = _rl_flops(workdir / "student" / "rl" / "metrics.jsonl",
+                         rows_per_step=config.rl.prompts_per_step * config.rl.num_generations,
+                         prompt_tokens=prompt_tokens, flops_per_token=student_flops,
+                         with_reference=config.rl.beta != 0)
+    sft_flops_per_step = 3 * student_flops * st.distill_batch_size * (prompt_tokens + completion_tokens)
+    distill_steps = max(1, round(rl_flops / sft_flops_per_step))
+    student_distill = sft("student/distill", student_base, reasoning_pairs, distill_steps,
+                          types.SimpleNamespace(batch_size=st.distill_batch_size, warmup_steps=st.distill_warmup_steps,
+                                                learning_rate=st.distill_learning_rate))
+    if student_distill is None:
+        return {"stopped": "student_distill"}
+
+    # -- evaluations and findings ---------------------------------------------------------------
+    models = {"base": base_dir, "r1_zero": r1_zero_dir, "r1_zero_language": r1_zero_language_dir,
+              "cold_start": cold_start_dir, "reasoning_rl": reasoning_dir, "sft": sft_dir,
+              "all_scenario_rl": final_dir, "student_base": student_base, "student_rl": student_rl,
+              "student_distill": student_distill}
+    evals = {name: evaluate(name, path) for name, path in models.items()}
+    general_test = general_prompts(config.seed + 1, config.eval.num_prompts, split="test")
+    general_scores = {name: stages.cached(workdir / "evals" / f"{name}_general.json", lambda path=path: {
+        "judge_score": _judge_score(path, judge, general_test, tokenizer, config, mesh)})["judge_score"]
+        for name, path in (("sft", sft_dir), ("all_scenario_rl", final_dir))}
+    k = config.eval.num_samples
+    target = config.findings.target_accuracy
+    steps_from_base = _steps_to_reach(workdir / "r1_zero" / "metrics.jsonl", target)
+    steps_from_cold = _steps_to_reach(workdir / "reasoning_rl" / "metrics.jsonl", target)
+    findings = {
+        "a_rl_raises_pass_at_1": {"base": evals["base"]["pass_at_1"], "r1_zero": evals["r1_zero"]["pass_at_1"],
+                                  "holds": evals["r1_zero"]["pass_at_1"] > evals["base"]["pass_at_1"]},
+        "b_cons_at_k_at_least_pass_at_1": {
+            name: {"pass_at_1": e["pass_at_1"], f"cons_at_{k}": e[f"cons_at_{k}"]} for name, e in evals.items()},
+        "c_rl_steps_to_target_accuracy": {"target": target, "from_base": steps_from_base,
+                                          "from_cold_start": steps_from_cold, "rl_steps": config.rl.steps,
+                                          "holds": steps_from_cold is not None and (
+                                              steps_from_base is None or steps_from_cold < steps_from_base)},
+        "d_language_reward_raises_consistency": {
+            "without": evals["r1_zero"]["language"], "with": evals["r1_zero_language"]["language"],
+            "holds": evals["r1_zero_language"]["language"] > evals["r1_zero"]["language"]},
+        "e_distillation_beats_rl_at_equal_compute": {
+            "student_base": evals["student_base"]["pass_at_1"], "student_rl": evals["student_rl"]["pass_at_1"],
+            "student_distill": evals["student_distill"]["pass_at_1"], "rl_flops": rl_flops,
+            "distill_flops": distill_steps * sft_flops_per_step, "distill_steps": distill_steps,
+            "holds": evals["student_distill"]["pass_at_1"] > evals["student_rl"]["pass_at_1"]},
+        "general_prompts_judge_score": general_scores,
+    }
+    findings["b_cons_at_k_at_least_pass_at_1"]["holds"] = all(
+        e[f"cons_at_{k}"] >= e["pass_at_1"] for e in evals.values())
+    stages.write_json(workdir / "findings.json", {"findings": findings, "evals": evals,
+                                                  "seconds": round(time.perf_counter() - started, 1)})
+    table = summary_table([{"model": name, "pass@1": e["pass_at_1"], f"cons@{k}": e[f"cons_at_{k}"],
+                            "format": e["format_reward"], "r1_format": e["r1_format"], "language": e["language"],
+                            "length": e["response_length"]} for name, e in evals.items()])
+    (workdir / "findings.md").write_text(table + "\n")
+    print(table)
+    return findings
+
+
+def _judge_score(model_dir, judge, examples, tokenizer, config, mesh) -> float:
+    """Mean judge reward of a policy's samples on held-out general prompts."""
+    graphdef, params = stages.split(from_pretrained(model_dir))
+    texts = [format_prompt(ex["question"], config.template) for ex in examples]
+    k = config.eval.num_samples
+    out = rollout(graphdef, params, tokenizer, texts, jax.random.key(config.seed + 2), repeat=k,
+                  max_prompt_length=256, max_new_tokens=config.rl.max_new_tokens,
+                  temperature=config.eval.temperature, top_p=config.eval.top_p, mesh=mesh)
+    grouped = [ex for ex in examples for _ in range(k)]
+    return float(np.mean(judge([texts[i // k] for i in range(len(grouped))], out.completions, grouped)))
+
