@@ -34,8 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
     # every RL stage (R1-Zero, reasoning, all-scenario, the student's) uses these settings
     c.rl = base.grpo.to_dict()
     c.language_weight = 0.5  # lambda of the language-consistency reward
-    c.cold_start = dict(samples_per_prompt=8, temperature=0.6, top_p=0.95, steps=100, batch_size=32,
-                        learning_rate=1e-3, warmup_steps=10)
+    # cold-start data: R1-Zero samples (k per training prompt) that pass the filters, plus
+    # `annotated` worked solutions written out by hand (the paper also uses human-written ones)
+    c.cold_start = dict(samples_per_prompt=8, temperature=0.6, top_p=0.95, annotated=0, steps=100,
+                        batch_size=32, learning_rate=1e-3, warmup_steps=10)
     c.rejection = dict(samples_per_prompt=8, temperature=0.6, top_p=0.95)
     c.general = dict(prompts=64, sft_pairs=256)  # general (non-reasoning) prompts and SFT answers
     c.sft = dict(steps=150, batch_size=32, learning_rate=1e-3, warmup_steps=10)

@@ -19,6 +19,7 @@ Stages (each a folder of the workdir, skipped when its result is there; see `sta
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -31,7 +32,7 @@ from flax import nnx
 
 from r1jax.data import PromptIterator, format_prompt
 from r1jax.data.base_corpus import base_corpus
-from r1jax.data.cold_start import build_cold_start
+from r1jax.data.cold_start import build_cold_start, to_r1_format
 from r1jax.data.preferences import general_prompts, preference_pairs
 from r1jax.data.rejection import load_sft_dataset, rejection_sample, rollout_sampler
 from r1jax.metrics import summary_table
@@ -75,6 +76,16 @@ def _steps_to_reach(metrics_file: pathlib.Path, target: float, window: int = 3) 
         if np.mean(accuracy[end - window:end]) >= target:
             return end
     return None
+
+
+def _annotated_pairs(examples, count: int, config) -> list[tuple[str, str]]:
+    """`count` correct worked solutions of random `examples` in R1's format, narrated in English."""
+    rng = np.random.default_rng(config.seed)
+    style = dataclasses.replace(stages.corpus_style(config.pretrain), worked_rate=1.0, error_rate=0.0,
+                                tagged_rate=1.0, chinese_rate=0.0, practice_rate=0.0)
+    chosen = [examples[i] for i in rng.integers(len(examples), size=count)]
+    return [(prompt, to_r1_format(completion, FORMAT))
+            for prompt, completion in base_corpus(chosen, rng, style, template=config.template)]
 
 
 def r1_pipeline(config) -> dict:
@@ -144,13 +155,17 @@ def r1_pipeline(config) -> dict:
                                 **example})
         pairs, stats = build_cold_start(records, correct_fn=get_reward("arithmetic"), language="en",
                                         output_format=FORMAT)
+        # the paper's cold start also has human-written long CoT: here, worked solutions written
+        # by the corpus generator in one language (`annotated` of them; 0 keeps R1-Zero data only)
+        pairs += _annotated_pairs(train, c.annotated, config)
+        stats["annotated"] = c.annotated
         cold_start_data.parent.mkdir(parents=True, exist_ok=True)
         stages.write_json(cold_start_data, {"pairs": pairs, "stats": stats})
     cold = json.loads(cold_start_data.read_text())
     log.info("cold start data: %s", cold["stats"])
     if not cold["pairs"]:
-        raise RuntimeError(f"no R1-Zero sample passed the cold-start filters ({cold['stats']}); the R1-Zero "
-                           "stage needs more steps, or the filters are too strict")
+        raise RuntimeError(f"no R1-Zero sample passed the cold-start filters ({cold['stats']}) and "
+                           "cold_start.annotated is 0: train R1-Zero longer or add annotated samples")
     cold_start_dir = sft("cold_start", base_dir, [tuple(p) for p in cold["pairs"]], c.steps, c)
     if cold_start_dir is None:
         return {"stopped": "cold_start"}
@@ -221,26 +236,32 @@ def r1_pipeline(config) -> dict:
     student_rl = rl("student/rl", student_base, {"arithmetic": 1.0, "format": 1.0})
     if student_rl is None:
         return {"stopped": "student_rl"}
-    prompt_tokens = float(np.mean([len(tokenizer.encode(p)) for p, _ in reasoning_pairs]))
-    completion_tokens = float(np.mean([len(tokenizer.encode(c)) + 1 for _, c in reasoning_pairs]))
-    student_flops = student_config.flops_per_token()
-    rl_flops = _rl_flops(workdir / "student" / "rl" / "metrics.jsonl",
-                         rows_per_step=config.rl.prompts_per_step * config.rl.num_generations,
-                         prompt_tokens=prompt_tokens, flops_per_token=student_flops,
-                         with_reference=config.rl.beta != 0)
-    sft_flops_per_step = 3 * student_flops * st.distill_batch_size * (prompt_tokens + completion_tokens)
-    distill_steps = max(1, round(rl_flops / sft_flops_per_step))
-    student_distill = sft("student/distill", student_base, reasoning_pairs, distill_steps,
-                          types.SimpleNamespace(batch_size=st.distill_batch_size, warmup_steps=st.distill_warmup_steps,
-                                                learning_rate=st.distill_learning_rate))
-    if student_distill is None:
-        return {"stopped": "student_distill"}
+    rl_flops = distill_steps = sft_flops_per_step = student_distill = None
+    if reasoning_pairs:
+        prompt_tokens = float(np.mean([len(tokenizer.encode(p)) for p, _ in reasoning_pairs]))
+        completion_tokens = float(np.mean([len(tokenizer.encode(c)) + 1 for _, c in reasoning_pairs]))
+        student_flops = student_config.flops_per_token()
+        rl_flops = _rl_flops(workdir / "student" / "rl" / "metrics.jsonl",
+                             rows_per_step=config.rl.prompts_per_step * config.rl.num_generations,
+                             prompt_tokens=prompt_tokens, flops_per_token=student_flops,
+                             with_reference=config.rl.beta != 0)
+        sft_flops_per_step = 3 * student_flops * st.distill_batch_size * (prompt_tokens + completion_tokens)
+        distill_steps = max(1, round(rl_flops / sft_flops_per_step))
+        student_distill = sft("student/distill", student_base, reasoning_pairs, distill_steps,
+                              types.SimpleNamespace(batch_size=st.distill_batch_size,
+                                                    warmup_steps=st.distill_warmup_steps,
+                                                    learning_rate=st.distill_learning_rate))
+        if student_distill is None:
+            return {"stopped": "student_distill"}
+    else:
+        log.warning("rejection sampling kept no teacher traces: no distillation to compare")
 
     # -- evaluations and findings ---------------------------------------------------------------
     models = {"base": base_dir, "r1_zero": r1_zero_dir, "r1_zero_language": r1_zero_language_dir,
               "cold_start": cold_start_dir, "reasoning_rl": reasoning_dir, "sft": sft_dir,
-              "all_scenario_rl": final_dir, "student_base": student_base, "student_rl": student_rl,
-              "student_distill": student_distill}
+              "all_scenario_rl": final_dir, "student_base": student_base, "student_rl": student_rl}
+    if student_distill is not None:
+        models["student_distill"] = student_distill
     evals = {name: evaluate(name, path) for name, path in models.items()}
     general_test = general_prompts(config.seed + 1, config.eval.num_prompts, split="test")
     general_scores = {name: stages.cached(workdir / "evals" / f"{name}_general.json", lambda path=path: {
@@ -264,9 +285,10 @@ def r1_pipeline(config) -> dict:
             "holds": evals["r1_zero_language"]["language"] > evals["r1_zero"]["language"]},
         "e_distillation_beats_rl_at_equal_compute": {
             "student_base": evals["student_base"]["pass_at_1"], "student_rl": evals["student_rl"]["pass_at_1"],
-            "student_distill": evals["student_distill"]["pass_at_1"], "rl_flops": rl_flops,
-            "distill_flops": distill_steps * sft_flops_per_step, "distill_steps": distill_steps,
-            "holds": evals["student_distill"]["pass_at_1"] > evals["student_rl"]["pass_at_1"]},
+            "student_distill": evals["student_distill"]["pass_at_1"] if student_distill else None,
+            "rl_flops": rl_flops, "distill_steps": distill_steps,
+            "distill_flops": distill_steps * sft_flops_per_step if student_distill else None,
+            "holds": bool(student_distill) and evals["student_distill"]["pass_at_1"] > evals["student_rl"]["pass_at_1"]},
         "general_prompts_judge_score": general_scores,
     }
     findings["b_cons_at_k_at_least_pass_at_1"]["holds"] = all(
