@@ -30,12 +30,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.task = dict(name="arithmetic", num_operations=1, max_value=6, train_size=78, test_size=30)
     c.tokenizer = dict(vocab_size=512, corpus_size=3000)
     c.model = dict(hidden_size=128, intermediate_size=384, num_layers=3, num_heads=4, num_kv_heads=2)
-    # the stand-in base (r1jax/data/base_corpus.py): answers questions with 30% worked solutions
-    # (95% right, half in the R1 format) and 70% quick answers without working (10% right);
-    # 30% of its items are lines of arithmetic facts with no question
+    # the stand-in base (r1jax/data/base_corpus.py): half its answers are worked solutions (all
+    # right, half of them in the R1 format), half are quick answers without working (10% right)
+    # (below ~500 steps the tiny model has not yet learned to read the operands)
     c.pretrain = dict(steps=600, batch_size=64, learning_rate=3e-3, warmup_steps=20,
-                      worked_rate=0.3, error_rate=0.05, tagged_rate=0.5, guess_accuracy=0.1,
-                      practice_rate=0.3, practice_facts=8)
+                      worked_rate=0.5, error_rate=0.0, tagged_rate=0.5, guess_accuracy=0.1)
     c.grpo = dict(steps=30, prompts_per_step=16, num_generations=8, max_new_tokens=48,
                   temperature=1.0, top_p=1.0, beta=0.04, epsilon_low=0.2, loss_type="grpo",
                   num_iterations=1, num_minibatches=1, learning_rate=1e-4, warmup_steps=5,

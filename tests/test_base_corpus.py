@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from r1jax.data.base_corpus import CorpusStyle, base_corpus, practice_line, sample_completion, worked_steps
+from r1jax.data.base_corpus import CorpusStyle, base_corpus, sample_completion, worked_steps
 from r1jax.rewards import get_reward
 
 
@@ -82,20 +82,3 @@ def test_narration_mixes_languages_word_by_word():
     with pytest.raises(ValueError, match="needs narrate=True"):
         CorpusStyle(chinese_rate=0.3)
 
-
-def test_practice_lines_hold_only_correct_facts_and_no_question():
-    examples = [{"expression": "2 * 3", "answer": "6"}, {"expression": "5 - 6", "answer": "-1"},
-                {"expression": "(1 + 2) * 4", "answer": "12"}]
-    style = CorpusStyle(practice_rate=0.5, practice_facts=4)
-    pairs = base_corpus(examples * 400, np.random.default_rng(7), style)
-    practice = [completion for prompt, completion in pairs if prompt == ""]
-    assert abs(len(practice) / len(pairs) - 0.5) < 0.05
-    for line in practice:
-        assert line.startswith(" ") and line.endswith(" .")
-        facts = line[1:-2].split(" , ")
-        assert 4 <= len(facts) <= 8  # four expressions of one or two steps each
-        for fact in facts:
-            left, right = fact.split(" = ")
-            assert eval(left) == int(right)
-    assert practice_line(["(1 + 2) * 4"], np.random.default_rng(0)) in (" 1 + 2 = 3 , 3 * 4 = 12 .",
-                                                                       " 3 * 4 = 12 , 1 + 2 = 3 .")

@@ -12,11 +12,6 @@ one of two ways:
 - a *quick answer*: "the answer is N" with no working, right only `guess_accuracy` of
   the time (otherwise off by 1 to 6), as a hurried reply would be.
 
-Like the web, the corpus also holds plain arithmetic text with no question (`practice_rate`
-of the items: a line of correct "a op b = c" facts, `practice_facts` of them), which is
-where a base model's skill comes from; its answers to questions still default to quick
-replies.
-
 With `narrate`, each worked step is introduced in words ("we get 3 + 4 = 7"), and each
 word is Chinese with probability `chinese_rate` ("我们 get 3 + 4 = 7"): the language
 mixing that R1-Zero shows and R1's language-consistency reward removes.
@@ -30,7 +25,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -51,18 +46,14 @@ class CorpusStyle:
     error_rate: float = 0.1  # a worked solution has one careless step
     tagged_rate: float = 0.5  # a worked solution uses <think>/<answer>
     guess_accuracy: float = 0.2  # a quick answer is right
-    practice_rate: float = 0.0  # items that are a line of facts with no question
-    practice_facts: int = 8  # facts on such a line
     narrate: bool = False  # worked steps are introduced in words
     chinese_rate: float = 0.0  # a narrating word is Chinese
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.type.startswith("float") and not 0.0 <= value <= 1.0:
+            if field.type == "float" and not 0.0 <= value <= 1.0:
                 raise ValueError(f"CorpusStyle.{field.name} is a probability, got {value}")
-        if self.practice_facts < 1:
-            raise ValueError(f"CorpusStyle.practice_facts must be >= 1, got {self.practice_facts}")
         if self.chinese_rate and not self.narrate:
             raise ValueError("CorpusStyle.chinese_rate needs narrate=True: only narrating words are mixed")
 
@@ -116,26 +107,12 @@ def sample_completion(expression: str, rng: np.random.Generator,
     return f" the answer is {guess} .", guess == value
 
 
-def practice_line(expressions: Sequence[str], rng: np.random.Generator) -> str:
-    """The correct steps of `expressions`, in a random order, as one line of text."""
-    facts = [step for expression in expressions
-             for step in worked_steps(expression, rng, error_rate=0.0)[0]]
-    return " " + " , ".join(facts[i] for i in rng.permutation(len(facts))) + " ."
-
-
-def base_corpus(examples: Sequence[Mapping[str, Any]], rng: np.random.Generator,
+def base_corpus(examples: Iterable[Mapping[str, Any]], rng: np.random.Generator,
                 style: CorpusStyle = CorpusStyle(), *,
                 template: str = "r1_zero") -> list[tuple[str, str]]:
-    """(prompt, completion) pairs for arithmetic examples, each freshly drawn: a question
-    and its answer, or (`practice_rate`) an empty prompt and a line of facts that starts
-    with the example's and goes on with random other examples'."""
+    """(prompt, completion) pairs for arithmetic examples, each with a freshly drawn completion."""
     pairs = []
     for example in examples:
-        if rng.random() < style.practice_rate:
-            others = rng.integers(len(examples), size=style.practice_facts - 1)
-            line = practice_line([example["expression"]] + [examples[i]["expression"] for i in others], rng)
-            pairs.append(("", line))
-            continue
         prompt = format_prompt(question_text(example, "arithmetic"), template)
         completion, _ = sample_completion(example["expression"], rng, style)
         pairs.append((prompt, completion))

@@ -82,7 +82,7 @@ def _annotated_pairs(examples, count: int, config) -> list[tuple[str, str]]:
     """`count` correct worked solutions of random `examples` in R1's format, narrated in English."""
     rng = np.random.default_rng(config.seed)
     style = dataclasses.replace(stages.corpus_style(config.pretrain), worked_rate=1.0, error_rate=0.0,
-                                tagged_rate=1.0, chinese_rate=0.0, practice_rate=0.0)
+                                tagged_rate=1.0, chinese_rate=0.0)
     chosen = [examples[i] for i in rng.integers(len(examples), size=count)]
     return [(prompt, to_r1_format(completion, FORMAT))
             for prompt, completion in base_corpus(chosen, rng, style, template=config.template)]

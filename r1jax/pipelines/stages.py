@@ -54,8 +54,7 @@ def arithmetic_splits(task, *, seed: int, data_dir: pathlib.Path) -> tuple[list[
 
 def corpus_style(pretrain) -> CorpusStyle:
     """The `CorpusStyle` named by a config's pretrain section (fields it lacks keep their defaults)."""
-    fields = ("worked_rate", "error_rate", "tagged_rate", "guess_accuracy", "practice_rate", "practice_facts",
-              "narrate", "chinese_rate")
+    fields = ("worked_rate", "error_rate", "tagged_rate", "guess_accuracy", "narrate", "chinese_rate")
     return CorpusStyle(**{f: pretrain[f] for f in fields if f in pretrain})
 
 
