@@ -20,10 +20,13 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
+import tensorflow_datasets as tfds
 from flax import nnx
 from jax.sharding import Mesh
 
-from r1jax.data import CHAT_TEMPLATES, TEXT_TEMPLATES, load_gsm8k, load_math, load_task
+from r1jax.data import (CHAT_TEMPLATES, TASK_BUILDERS, TEXT_TEMPLATES, DatasetNotPreparedError, load_gsm8k,
+                        load_math, load_task)
+from r1jax.data.sources import open_split
 from r1jax.evaluation import (EVAL_TEMPERATURE, EVAL_TOP_P, cons_at_k, evaluation_report, mean_response_length,
                               pass_at_1, report_markdown)
 from r1jax.models import from_pretrained
@@ -38,28 +41,37 @@ PathLike = str | os.PathLike
 
 # task -> the reward that decides whether a completion is correct
 TASK_REWARDS = {"arithmetic": "arithmetic", "countdown": "countdown", "gsm8k": "accuracy", "math": "accuracy"}
+SYNTHETIC_TASKS = ("arithmetic", "countdown")
 REPORT_FILES = ("report.json", "report.md")
 
 
 class TaskSpec(NamedTuple):
     name: str
     split: str  # TFDS slicing allowed: "test[:100]"
+    config: str | None = None  # a synthetic task's builder config, e.g. "2_ops" or "ops1_max6_n78"
 
     def __str__(self) -> str:
-        return f"{self.name}:{self.split}"
+        return f"{self.name}{'/' + self.config if self.config else ''}:{self.split}"
 
 
 def parse_tasks(tasks: str | Sequence[str]) -> list[TaskSpec]:
-    """"arithmetic:test,gsm8k:test" (or a list of such entries) -> task specs, checked by name."""
+    """"arithmetic:test,gsm8k:test" (or a list of such entries) -> task specs, checked by name.
+
+    A synthetic task may name its builder config: "arithmetic/ops1_max6_n78:test" reads the
+    dataset a recipe generated in its data dir (`<data_dir>/arithmetic/ops1_max6_n78/`).
+    """
     entries = tasks.split(",") if isinstance(tasks, str) else list(tasks)
     specs = []
     for entry in (e.strip() for e in entries):
-        name, _, split = entry.partition(":")
+        name_and_config, _, split = entry.partition(":")
+        name, _, config = name_and_config.partition("/")
+        if config and name not in SYNTHETIC_TASKS:
+            raise ValueError(f"only the synthetic tasks ({', '.join(SYNTHETIC_TASKS)}) take a config, got {entry!r}")
         if name not in TASK_REWARDS:
             raise ValueError(f"unknown task {name!r} in {entry!r}; known tasks: {', '.join(TASK_REWARDS)}")
         if not split:
             raise ValueError(f"task {entry!r} names no split; write <task>:<split>, e.g. {name}:test")
-        specs.append(TaskSpec(name, split))
+        specs.append(TaskSpec(name, split, config or None))
     if not specs:
         raise ValueError("no task to evaluate; pass e.g. arithmetic:test,gsm8k:test")
     if len(set(specs)) != len(specs):
@@ -73,7 +85,17 @@ def load_examples(task: TaskSpec, *, data_dir: PathLike | None, manual_dir: Path
         return load_gsm8k(task.split, data_dir=data_dir)
     if task.name == "math":
         return load_math(task.split, data_dir=data_dir, manual_dir=manual_dir)
-    return load_task(task.name, task.split, data_dir=data_dir)
+    if task.config is None or task.config in TASK_BUILDERS[task.name].builder_configs:
+        return load_task(task.name, task.split, data_dir=data_dir, config=task.config)
+    # a config made in code by a recipe (e.g. ArithmeticConfig(name="ops1_max6_n78", ...)): read what it wrote
+    where = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR) / task.name / task.config
+    versions = sorted(where.glob("*/dataset_info.json"))
+    if not versions:
+        raise DatasetNotPreparedError(
+            f"no prepared {task.name} dataset with config {task.config!r} in {where}; pass the --data_dir of the "
+            f"run that generated it, or one of the built-in configs: {', '.join(TASK_BUILDERS[task.name].builder_configs)}")
+    builder = tfds.builder_from_directory(versions[-1].parent)
+    return open_split(builder, task.split, how_to_prepare=f"rerun the recipe that generated {where}")
 
 
 class TaskSamples(NamedTuple):

@@ -158,3 +158,20 @@ def test_cli_unknown_task_is_a_clear_error_and_writes_nothing(tiny_model_dir, tm
     assert "unknown task 'aime'" in result.stderr and "gsm8k" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() and not (tmp_path / "data").exists()
+
+
+def test_a_recipe_made_task_config_is_read_from_its_data_dir(tmp_path):
+    from r1jax.data import ArithmeticConfig, load_task
+
+    config = ArithmeticConfig(name="ops1_max4_n10", seed=3, train_size=10, test_size=6, num_operations=1,
+                              max_value=4)
+    made = load_task("arithmetic", "test", data_dir=tmp_path, config=config)
+    spec, = evaluate.parse_tasks("arithmetic/ops1_max4_n10:test")
+    assert spec == evaluate.TaskSpec("arithmetic", "test", "ops1_max4_n10")
+    assert str(spec) == "arithmetic/ops1_max4_n10:test"
+    read = evaluate.load_examples(spec, data_dir=tmp_path)
+    assert [read[i] for i in range(len(read))] == [made[i] for i in range(len(made))]
+    with pytest.raises(Exception, match="no prepared arithmetic dataset with config 'other'"):
+        evaluate.load_examples(evaluate.TaskSpec("arithmetic", "test", "other"), data_dir=tmp_path)
+    with pytest.raises(ValueError, match="only the synthetic tasks"):
+        evaluate.parse_tasks("gsm8k/main:test")
