@@ -200,14 +200,14 @@ def r1_pipeline(config) -> dict:
     log.info("stage reward_model (%.0fs)", time.perf_counter() - started)
     rm_pairs = [(format_prompt(q, config.template), _r1_layout(a), _r1_layout(b))
                 for q, a, b in preference_pairs(config.seed, m.pairs, split="train")]
+    # a finished run restores its last checkpoint and returns at once: nothing to export
+    rm_stage = RewardModelTraining(RewardModelSettings(), tokenizer=tokenizer, mesh=mesh)
     rm_result = run_training(
         LoopSettings(steps=m.steps, save_every=m.steps, seed=config.seed, plot_keys=("loss", "accuracy")),
         workdir=workdir / "reward_model", model=RewardModel.from_transformer(from_pretrained(sft_dir)),
         optimizer=make_optimizer(m.learning_rate, m.warmup_steps, m.steps, weight_decay=0.01),
-        loss_fn=RewardModelTraining(RewardModelSettings(), tokenizer=tokenizer, mesh=mesh).objective(),
-        data=PromptIterator(rm_pairs, batch_size=m.batch_size, seed=config.seed),
-        make_batches=RewardModelTraining(RewardModelSettings(), tokenizer=tokenizer, mesh=mesh).make_batches,
-        mesh=mesh, name="reward_model")
+        loss_fn=rm_stage.objective(), data=PromptIterator(rm_pairs, batch_size=m.batch_size, seed=config.seed),
+        make_batches=rm_stage.make_batches, mesh=mesh, name="reward_model")
     if not rm_result.completed:
         return {"stopped": "reward_model"}
     judge = RewardModelJudge(rm_result.state.graphdef, rm_result.state.params, tokenizer, mesh)
