@@ -40,7 +40,7 @@ from r1jax.models import Transformer, from_pretrained
 from r1jax.models.reward_model import RewardModel
 from r1jax.pipelines import stages
 from r1jax.pipelines.r1_zero import prepare_base
-from r1jax.rewards import R1_OUTPUT_FORMAT, get_reward
+from r1jax.rewards import OutputFormat, get_reward
 from r1jax.sharding import make_mesh
 from r1jax.tokenizers import R1_TAGS
 from r1jax.train.loop import LoopSettings, run_training
@@ -50,7 +50,9 @@ from r1jax.train.state import make_optimizer
 
 log = logging.getLogger(__name__)
 
-FORMAT = R1_OUTPUT_FORMAT
+# R1's markers; the summary is written in words the tiny tokenizer learned from the base
+# corpus (the default "$\\boxed{N}$" is a string of rare byte pieces a tiny model garbles)
+FORMAT = OutputFormat(summary_template="the answer is {answer} .")
 EVAL_SCORES = {"format_reward": "format", "r1_format": "r1_format", "language": "language"}
 
 
@@ -125,9 +127,11 @@ def r1_pipeline(config) -> dict:
                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, mesh=mesh)
 
     def sft(name: str, init, pairs, steps: int, section) -> pathlib.Path | None:
-        log.info("stage %s (%.0fs)", name, time.perf_counter() - started)
+        log.info("stage %s (%.0fs), %d pairs", name, time.perf_counter() - started, len(pairs))
+        # a small filtered set may hold fewer pairs than a batch: then every step sees all of them
+        batch_size = min(section.batch_size, len(pairs))
         model = stages.sft_stage(workdir / name, init=init, examples=pairs, to_pairs=None, tokenizer=tokenizer,
-                                 steps=steps, batch_size=section.batch_size, learning_rate=section.learning_rate,
+                                 steps=steps, batch_size=batch_size, learning_rate=section.learning_rate,
                                  warmup_steps=section.warmup_steps, mesh=mesh, seed=config.seed, name=name)
         return None if model is None else workdir / name / "model"
 
@@ -245,7 +249,8 @@ def r1_pipeline(config) -> dict:
                              rows_per_step=config.rl.prompts_per_step * config.rl.num_generations,
                              prompt_tokens=prompt_tokens, flops_per_token=student_flops,
                              with_reference=config.rl.beta != 0)
-        sft_flops_per_step = 3 * student_flops * st.distill_batch_size * (prompt_tokens + completion_tokens)
+        distill_batch = min(st.distill_batch_size, len(reasoning_pairs))  # as `sft` will use
+        sft_flops_per_step = 3 * student_flops * distill_batch * (prompt_tokens + completion_tokens)
         distill_steps = max(1, round(rl_flops / sft_flops_per_step))
         student_distill = sft("student/distill", student_base, reasoning_pairs, distill_steps,
                               types.SimpleNamespace(batch_size=st.distill_batch_size,
