@@ -44,6 +44,7 @@ from r1jax.data.filters import (MIN_LANGUAGE_SHARE, NGRAM_SIZE, REPETITION_THRES
 from r1jax.data.prompts import format_prompt, question_text
 from r1jax.data.sources import DatasetNotPreparedError, ExampleSource, to_python
 from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P
+from r1jax.files import write_json_atomically
 from r1jax.rewards.language import chain_of_thought
 
 # Why a sample is dropped, in the order the checks run; each sample counts once.
@@ -286,7 +287,7 @@ def rejection_sample(
             chunk = {"run_sha256": digest, "chunk_index": chunk_index,
                      "counts": _counts(len(chunk_examples), num_samples, len(records), dropped),
                      "records": records}
-            _write_json_atomically(path, chunk)
+            write_json_atomically(path, chunk)
             sampled += 1
         totals.update(_flat_counts(chunk["counts"]))
 
@@ -349,7 +350,7 @@ def _claim_output_dir(output_dir: pathlib.Path, run: dict) -> dict:
         raise ValueError(f"{output_dir / DATASET_NAME} exists but {provenance_file} is missing; "
                          "pass a new output_dir")
     (output_dir / CHUNKS_DIR).mkdir(parents=True, exist_ok=True)
-    _write_json_atomically(provenance_file, run)
+    write_json_atomically(provenance_file, run)
     return run
 
 
@@ -372,16 +373,6 @@ def _read_chunk(path: pathlib.Path, digest: str) -> dict:
         raise ValueError(f"{path} was made by a run with other provenance or settings than "
                          f"{path.parent.parent / PROVENANCE_FILE} describes; pass a new output_dir")
     return chunk
-
-
-def _write_json_atomically(path: pathlib.Path, data) -> None:
-    """Write to a temporary name, then rename: a reader (or a resumed run) never sees half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w") as file:
-        json.dump(data, file, ensure_ascii=False)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
 
 
 def _counts(prompts: int, num_samples: int, kept: int, dropped: Counter) -> dict:
@@ -519,7 +510,7 @@ def assemble_dataset(output_dir) -> pathlib.Path:
     builder = RejectionSampled(records=records, fields=settings["fields"], metadata=finished,
                                data_dir=assembly, file_format="array_record")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    _write_json_atomically(provenance_file, finished)
+    write_json_atomically(provenance_file, finished)
     final.parent.mkdir(exist_ok=True)
     os.replace(builder.data_dir, final)  # the commit point: the dataset appears whole or not at all
     shutil.rmtree(assembly)

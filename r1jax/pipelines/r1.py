@@ -35,6 +35,7 @@ from r1jax.data.base_corpus import base_corpus
 from r1jax.data.cold_start import build_cold_start, to_r1_format
 from r1jax.data.preferences import general_prompts, preference_pairs
 from r1jax.data.rejection import load_sft_dataset, rejection_sample, rollout_sampler
+from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
 from r1jax.models import Transformer, from_pretrained
 from r1jax.models.reward_model import RewardModel
@@ -164,7 +165,7 @@ def r1_pipeline(config) -> dict:
         pairs += _annotated_pairs(train, c.annotated, config)
         stats["annotated"] = c.annotated
         cold_start_data.parent.mkdir(parents=True, exist_ok=True)
-        stages.write_json(cold_start_data, {"pairs": pairs, "stats": stats})
+        write_json_atomically(cold_start_data, {"pairs": pairs, "stats": stats}, indent=2)
     cold = json.loads(cold_start_data.read_text())
     log.info("cold start data: %s", cold["stats"])
     if not cold["pairs"]:
@@ -298,7 +299,7 @@ def r1_pipeline(config) -> dict:
     }
     findings["b_cons_at_k_at_least_pass_at_1"]["holds"] = all(
         e[f"cons_at_{k}"] >= e["pass_at_1"] for e in evals.values())
-    stages.write_json(workdir / "findings.json", {"findings": findings, "evals": evals,
+    write_json_atomically(workdir / "findings.json", {"findings": findings, "evals": evals,
                                                   "seconds": round(time.perf_counter() - started, 1)})
     table = summary_table([{"model": name, "pass@1": e["pass_at_1"], f"cons@{k}": e[f"cons_at_{k}"],
                             "format": e["format_reward"], "r1_format": e["r1_format"], "language": e["language"],

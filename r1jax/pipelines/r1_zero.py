@@ -21,6 +21,7 @@ from flax import nnx
 
 from r1jax.data import format_prompt
 from r1jax.data.base_corpus import base_corpus
+from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
 from r1jax.models import Transformer, from_pretrained
 from r1jax.pipelines import stages
@@ -115,7 +116,7 @@ def r1_zero(config) -> dict:
         "eval_prompts": len(eval_examples), "eval_samples_per_prompt": k,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    stages.write_json(workdir / "summary.json", summary)
+    write_json_atomically(workdir / "summary.json", summary, indent=2)
     print(summary_table([
         {"model": "base", "pass@1": summary["base_pass_at_1"], f"cons@{k}": summary[f"base_cons_at_{k}"],
          "format": summary["base_format_reward"], "length": summary["base_response_length"]},

@@ -15,7 +15,6 @@ import shutil
 from typing import Callable, Mapping, Sequence
 
 import jax
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -25,6 +24,7 @@ from r1jax.data import PromptIterator, load_task
 from r1jax.data.arithmetic import ArithmeticConfig
 from r1jax.data.base_corpus import CorpusStyle
 from r1jax.evaluate import evaluate_policy
+from r1jax.files import write_json_atomically
 from r1jax.models import ModelConfig, Transformer, from_pretrained, save_pretrained
 from r1jax.rewards import RewardEvaluator, get_reward
 from r1jax.tokenizers import R1_TAGS, SentencePieceTokenizer, Tokenizer, train_sentencepiece
@@ -183,23 +183,10 @@ def cached(path: pathlib.Path, compute: Callable[[], dict]) -> dict:
         return json.loads(path.read_text())
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, value)
+    write_json_atomically(path, value, indent=2)
     return value
 
 
 def split(model: Transformer):
     """(graphdef, params) of a model, the form the sampler and evaluation take."""
     return nnx.split(model, nnx.Param)
-
-
-def write_json(path: pathlib.Path, value) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=2, default=_to_builtin))
-    partial.replace(path)
-
-
-def _to_builtin(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
