@@ -18,10 +18,11 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from r1jax import evaluate
+from r1jax.tasks import list_tasks
 from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P, report_markdown
 
 _MODEL = flags.DEFINE_string("model", None, "Hugging Face model directory or .gguf file.", required=True)
-_TASKS = flags.DEFINE_list("tasks", None, f"<task>:<split> entries; tasks: {', '.join(evaluate.TASK_REWARDS)}.",
+_TASKS = flags.DEFINE_list("tasks", None, f"<task>:<split> entries; tasks: {', '.join(list_tasks())}.",
                            required=True)
 _OUT = flags.DEFINE_string("out", None, "Directory for report.json and report.md.", required=True)
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer path (default: the model's own).")
@@ -32,7 +33,10 @@ _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 512, "Completion token 
 _MAX_PROMPT_LENGTH = flags.DEFINE_integer("max_prompt_length", 512, "Longest prompt, in tokens.")
 _TEMPERATURE = flags.DEFINE_float("temperature", EVAL_TEMPERATURE, "Sampling temperature (R1: 0.6).")
 _TOP_P = flags.DEFINE_float("top_p", EVAL_TOP_P, "Nucleus sampling threshold (R1: 0.95).")
-_TEMPLATE = flags.DEFINE_string("template", "r1_zero", "Prompt template: r1_zero, plain, r1_chat, plain_chat.")
+_TEMPLATE = flags.DEFINE_string("template", "r1_zero", "Prompt template: r1_zero, plain, r1_chat, plain_chat, or "
+                                 "chat (the tokenizer's own chat template).")
+_SYSTEM_PROMPT = flags.DEFINE_string("system_prompt", None, "System turn of --template=chat (default: the "
+                                     "tokenizer template's own).")
 _MAX_PROMPTS = flags.DEFINE_integer("max_prompts", None, "Evaluate only the first N examples of each split.")
 _BATCH_PROMPTS = flags.DEFINE_integer("batch_prompts", 64, "Prompts sampled together.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -46,15 +50,15 @@ def main(argv):
     logging.getLogger("r1jax").setLevel(logging.INFO)
     settings = {flag.name: flag.value for flag in (
         _MODEL, _TASKS, _TOKENIZER, _DATA_DIR, _NUM_SAMPLES, _MAX_NEW_TOKENS, _MAX_PROMPT_LENGTH, _TEMPERATURE,
-        _TOP_P, _TEMPLATE, _MAX_PROMPTS, _SEED)}
+        _TOP_P, _TEMPLATE, _SYSTEM_PROMPT, _MAX_PROMPTS, _SEED)}
     try:
         evaluate.check_out_dir(_OUT.value, overwrite=_OVERWRITE.value)
         report = evaluate.evaluate_model(
             _MODEL.value, _TASKS.value, tokenizer=_TOKENIZER.value, data_dir=_DATA_DIR.value,
             manual_dir=_MANUAL_DIR.value, num_samples=_NUM_SAMPLES.value, max_new_tokens=_MAX_NEW_TOKENS.value,
             max_prompt_length=_MAX_PROMPT_LENGTH.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
-            template=_TEMPLATE.value, max_prompts=_MAX_PROMPTS.value, seed=_SEED.value,
-            batch_prompts=_BATCH_PROMPTS.value)
+            template=_TEMPLATE.value, system_prompt=_SYSTEM_PROMPT.value, max_prompts=_MAX_PROMPTS.value,
+            seed=_SEED.value, batch_prompts=_BATCH_PROMPTS.value)
     except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: say what, not where
         sys.exit(f"error: {error}")
     out = evaluate.write_report(report, _OUT.value, settings=settings, overwrite=_OVERWRITE.value)

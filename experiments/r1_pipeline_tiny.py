@@ -24,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.workdir = "runs/r1_pipeline_tiny"
     c.seed = 0
     c.mesh = {"data": -1}
+    # "": pretrain the stand-in base (the tokenizer, model and pretrain sections); or a checkpoint
+    # (HF directory or GGUF, its tokenizer beside it) that every stage starts from instead
+    c.init = ""
     c.template = "r1_zero"
     c.task = base.task.to_dict()
     # R1's marker and the Chinese narration words need pieces of their own
@@ -42,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.general = dict(prompts=64, sft_pairs=256)  # general (non-reasoning) prompts and SFT answers
     c.sft = dict(steps=150, batch_size=32, learning_rate=1e-3, warmup_steps=10)
     c.reward_model = dict(pairs=2000, steps=150, batch_size=32, learning_rate=1e-3, warmup_steps=10)
-    c.student = dict(model=dict(hidden_size=64, intermediate_size=192, num_layers=2, num_heads=4, num_kv_heads=2),
+    c.student = dict(init="", model=dict(hidden_size=64, intermediate_size=192, num_layers=2, num_heads=4, num_kv_heads=2),
                      distill_batch_size=32, distill_learning_rate=1e-3, distill_warmup_steps=10)
     c.findings = dict(target_accuracy=0.6)  # finding (c): RL steps until training accuracy reaches this
     c.reward_workers = 1

@@ -46,4 +46,4 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 if __name__ == "__main__":
-    cli.run(pipelines.r1_zero, get_config())
+    cli.run(pipelines.r1_zero_tiny, get_config())

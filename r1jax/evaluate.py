@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on reasoning tasks as DeepSeek-R1 reports it.
 
-    report = evaluate_model("runs/r1/model", ["arithmetic:test", "gsm8k:test"], data_dir="/data/tfds",
+    report = evaluate_model("runs/r1/model", ["countdown:test", "gsm8k:test"], data_dir="/data/tfds",
                             num_samples=8, max_new_tokens=512)
     write_report(report, "runs/r1/eval")      # report.json and report.md
 
@@ -12,6 +12,7 @@ pass@k for every power of two k <= num_samples, and the mean response length in 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,40 +25,39 @@ import tensorflow_datasets as tfds
 from flax import nnx
 from jax.sharding import Mesh
 
-from r1jax.data import (CHAT_TEMPLATES, TASK_BUILDERS, TEXT_TEMPLATES, DatasetNotPreparedError, load_gsm8k,
-                        load_math, load_task)
+from r1jax.data import DatasetNotPreparedError
 from r1jax.data.sources import open_split
 from r1jax.evaluation import (EVAL_TEMPERATURE, EVAL_TOP_P, cons_at_k, evaluation_report, mean_response_length,
                               pass_at_1, report_markdown)
 from r1jax.models import from_pretrained
-from r1jax.rewards import extract_final_answer, get_reward
+from r1jax.rollout import PromptRenderer, check_template, rollout
 from r1jax.sharding import make_mesh, num_batch_shards, shard_model
 from r1jax.tokenizers import Tokenizer, load_tokenizer
-from r1jax.train.rollout import rollout
-from r1jax.train.sft import example_prompt
+from r1jax.tasks import Task, get_task, list_tasks
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
-# task -> the reward that decides whether a completion is correct
-TASK_REWARDS = {"arithmetic": "arithmetic", "countdown": "countdown", "gsm8k": "accuracy", "math": "accuracy"}
-SYNTHETIC_TASKS = ("arithmetic", "countdown")
 REPORT_FILES = ("report.json", "report.md")
 
 
 class TaskSpec(NamedTuple):
     name: str
     split: str  # TFDS slicing allowed: "test[:100]"
-    config: str | None = None  # a synthetic task's builder config, e.g. "2_ops" or "ops1_max6_n78"
+    config: str | None = None  # a generated task's builder config, e.g. "2_ops" or "ops1_max6_n78"
 
     def __str__(self) -> str:
         return f"{self.name}{'/' + self.config if self.config else ''}:{self.split}"
 
 
+def _takes_config(name: str) -> bool:
+    return "config" in {f.name for f in dataclasses.fields(get_task(name))}
+
+
 def parse_tasks(tasks: str | Sequence[str]) -> list[TaskSpec]:
     """"arithmetic:test,gsm8k:test" (or a list of such entries) -> task specs, checked by name.
 
-    A synthetic task may name its builder config: "arithmetic/ops1_max6_n78:test" reads the
+    A generated task may name its builder config: "arithmetic/ops1_max6_n78:test" reads the
     dataset a recipe generated in its data dir (`<data_dir>/arithmetic/ops1_max6_n78/`).
     """
     entries = tasks.split(",") if isinstance(tasks, str) else list(tasks)
@@ -65,35 +65,33 @@ def parse_tasks(tasks: str | Sequence[str]) -> list[TaskSpec]:
     for entry in (e.strip() for e in entries):
         name_and_config, _, split = entry.partition(":")
         name, _, config = name_and_config.partition("/")
-        if config and name not in SYNTHETIC_TASKS:
-            raise ValueError(f"only the synthetic tasks ({', '.join(SYNTHETIC_TASKS)}) take a config, got {entry!r}")
-        if name not in TASK_REWARDS:
-            raise ValueError(f"unknown task {name!r} in {entry!r}; known tasks: {', '.join(TASK_REWARDS)}")
+        if name not in list_tasks():
+            raise ValueError(f"unknown task {name!r} in {entry!r}; known tasks: {', '.join(list_tasks())}")
+        if config and not _takes_config(name):
+            raise ValueError(f"task {name!r} takes no builder config, got {entry!r}")
         if not split:
             raise ValueError(f"task {entry!r} names no split; write <task>:<split>, e.g. {name}:test")
         specs.append(TaskSpec(name, split, config or None))
     if not specs:
-        raise ValueError("no task to evaluate; pass e.g. arithmetic:test,gsm8k:test")
+        raise ValueError("no task to evaluate; pass e.g. gsm8k:test")
     if len(set(specs)) != len(specs):
         raise ValueError(f"a task is listed twice in {[str(s) for s in specs]}")
     return specs
 
 
 def load_examples(task: TaskSpec, *, data_dir: PathLike | None, manual_dir: PathLike | None = None):
-    """The examples of one task's split (the synthetic tasks are generated in `data_dir` if absent)."""
-    if task.name == "gsm8k":
-        return load_gsm8k(task.split, data_dir=data_dir)
-    if task.name == "math":
-        return load_math(task.split, data_dir=data_dir, manual_dir=manual_dir)
-    if task.config is None or task.config in TASK_BUILDERS[task.name].builder_configs:
-        return load_task(task.name, task.split, data_dir=data_dir, config=task.config)
-    # a config made in code by a recipe (e.g. ArithmeticConfig(name="ops1_max6_n78", ...)): read what it wrote
-    where = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR) / task.name / task.config
-    versions = sorted(where.glob("*/dataset_info.json"))
-    if not versions:
-        raise DatasetNotPreparedError(
-            f"no prepared {task.name} dataset with config {task.config!r} in {where}; pass the --data_dir of the "
-            f"run that generated it, or one of the built-in configs: {', '.join(TASK_BUILDERS[task.name].builder_configs)}")
+    """The examples of one task's split (generated tasks are generated in `data_dir` if absent)."""
+    if task.config is None:
+        return get_task(task.name).load(task.split, data_dir=data_dir, manual_dir=manual_dir)
+    try:
+        return get_task(task.name, config=task.config).load(task.split, data_dir=data_dir, manual_dir=manual_dir)
+    except ValueError as error:  # not a built-in config: read what a recipe generated under that name
+        where = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR) / task.name / task.config
+        versions = sorted(where.glob("*/dataset_info.json"))
+        if not versions:
+            raise DatasetNotPreparedError(
+                f"no prepared {task.name} dataset with config {task.config!r} in {where}; pass the --data_dir of "
+                f"the run that generated it, or a built-in config ({error})") from None
     builder = tfds.builder_from_directory(versions[-1].parent)
     return open_split(builder, task.split, how_to_prepare=f"rerun the recipe that generated {where}")
 
@@ -107,17 +105,19 @@ class TaskSamples(NamedTuple):
     scores: dict[str, list[float]] = {}  # name -> the values of `scores` functions that judged (not None)
 
 
-def sample_task(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, examples: Sequence[dict], *,
-                task: str, template: str, num_samples: int, max_prompt_length: int, max_new_tokens: int,
+def sample_task(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptRenderer, examples: Sequence[dict], *,
+                task: Task, num_samples: int, max_prompt_length: int, max_new_tokens: int,
                 temperature: float, top_p: float, rng, mesh: Mesh, batch_prompts: int = 64,
                 correct_fn: Callable[..., float | None] | None = None,
                 scores: Mapping[str, Callable[..., float | None]] | None = None) -> TaskSamples:
     """Sample and score `num_samples` completions of every example, `batch_prompts` prompts at a time.
 
-    correct_fn: the accuracy reward (default: the task's, `TASK_REWARDS`); a sample it
-      cannot judge (None) counts as wrong. scores: further rewards to average, by name.
+    renderer: the prompt template (and tokenizer) of the policy. correct_fn: the accuracy
+      reward (default: the task's); a sample it cannot judge (None) counts as wrong.
+      scores: further rewards to average, by name.
     """
-    correct_fn = correct_fn or get_reward(TASK_REWARDS[task])
+    correct_fn = correct_fn or (lambda completion, **example: task.accuracy(completion, example))
+    tokenizer = renderer.tokenizer
     scores = dict(scores or {})
     # rows must split evenly over the data-parallel devices: fill a short chunk with repeats
     shards = num_batch_shards(mesh)
@@ -127,23 +127,23 @@ def sample_task(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer,
     for start in range(0, len(examples), batch_prompts):
         chunk = list(examples[start:start + batch_prompts])
         filler = -len(chunk) % prompts_multiple
-        texts = [example_prompt(ex, task=task, template=template, tokenizer=tokenizer)
-                 for ex in chunk + chunk[:1] * filler]
-        out = rollout(graphdef, params, tokenizer, texts, jax.random.fold_in(rng, start), repeat=num_samples,
+        texts = renderer.texts(chunk + chunk[:1] * filler, task)
+        out = rollout(graphdef, params, tokenizer, renderer.encode_all(texts), jax.random.fold_in(rng, start),
+                      repeat=num_samples,
                       max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens,
                       temperature=temperature, top_p=top_p, mesh=mesh)
         for i, example in enumerate(chunk):
             completions = out.completions[i * num_samples:(i + 1) * num_samples]
             correct.append([bool(correct_fn(c, **example)) for c in completions])
-            answers.append([extract_final_answer(c) for c in completions])
+            answers.append([task.answer(c) for c in completions])
             lengths.append(out.lengths[i * num_samples:(i + 1) * num_samples])
             for name, score_fn in scores.items():
                 scored[name].extend(v for v in (score_fn(c, **example) for c in completions) if v is not None)
     return TaskSamples(np.asarray(correct, bool), answers, np.asarray(lengths), scored)
 
 
-def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, examples: Sequence[dict], *,
-                    task: str, template: str, rng, num_samples: int, max_prompt_length: int,
+def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptRenderer,
+                    examples: Sequence[dict], *, task: Task, rng, num_samples: int, max_prompt_length: int,
                     max_new_tokens: int, temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P,
                     mesh: Mesh, correct_fn: Callable[..., float | None] | None = None,
                     scores: Mapping[str, Callable[..., float | None]] | None = None,
@@ -154,8 +154,7 @@ def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokeni
     Rewards are scored inline (no worker pool): evaluation is rare and its completions are
     short, and keeping it synchronous makes its numbers independent of timeouts.
     """
-    samples = sample_task(graphdef, params, tokenizer, examples, task=task, template=template,
-                          num_samples=num_samples, max_prompt_length=max_prompt_length,
+    samples = sample_task(graphdef, params, renderer, examples, task=task, num_samples=num_samples, max_prompt_length=max_prompt_length,
                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, rng=rng,
                           mesh=mesh, batch_prompts=batch_prompts, correct_fn=correct_fn, scores=scores)
     result = {"pass_at_1": pass_at_1(samples.correct),
@@ -185,22 +184,21 @@ def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: To
                    data_dir: PathLike | None = None, manual_dir: PathLike | None = None, num_samples: int = 8,
                    max_new_tokens: int = 512, max_prompt_length: int = 512,
                    temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P, template: str = "r1_zero",
-                   max_prompts: int | None = None, seed: int = 0, mesh: Mesh | None = None,
+                   system_prompt: str | None = None, max_prompts: int | None = None, seed: int = 0, mesh: Mesh | None = None,
                    batch_prompts: int = 64) -> dict[str, dict[str, float]]:
     """The evaluation report of the model at `model` (an HF directory or a .gguf file) on `tasks`.
 
-    tasks: "name:split" entries, name in `TASK_REWARDS`; a str is split at commas.
+    tasks: "name:split" entries, name a registered task (`r1jax.tasks`); a str is split at commas.
     tokenizer: a tokenizer, a path for `load_tokenizer`, or None for the one beside the
         model (tokenizer.json / tokenizer.model in its directory, or the GGUF's own).
     data_dir: the TFDS data folder (None: TFDS's default); manual_dir: a local MATH copy.
-    template: a text template (r1_zero, plain) or a chat template (r1_chat, plain_chat).
+    template, system_prompt: a text template (r1_zero, plain), a named chat template (r1_chat,
+        plain_chat), or "chat" (the tokenizer's own, with `system_prompt` if given).
     max_prompts: evaluate only the first `max_prompts` examples of each split.
     Returns `evaluation_report`'s dict: one row per task label ("gsm8k:test") and "overall".
     """
     specs = parse_tasks(tasks)
-    if template not in TEXT_TEMPLATES and template not in CHAT_TEMPLATES:
-        raise ValueError(f"unknown template {template!r}; choose one of "
-                         f"{sorted(TEXT_TEMPLATES) + sorted(CHAT_TEMPLATES)}")
+    check_template(template, system_prompt)
     if num_samples < 1 or max_new_tokens < 1 or batch_prompts < 1 or (max_prompts is not None and max_prompts < 1):
         raise ValueError(f"need num_samples, max_new_tokens, batch_prompts and max_prompts >= 1, got "
                          f"{num_samples}, {max_new_tokens}, {batch_prompts}, {max_prompts}")
@@ -217,12 +215,13 @@ def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: To
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
                          f"{loaded.config.vocab_size}: they do not belong together; pass the model's tokenizer")
     graphdef, params = nnx.split(shard_model(loaded, mesh), nnx.Param)
+    renderer = PromptRenderer(tokenizer, template, system_prompt)
     rng = jax.random.key(seed)
     samples = {}
     for index, (spec, examples) in enumerate(datasets.items()):
         log.info("%s: %d prompts x %d samples", spec, len(examples), num_samples)
         samples[str(spec)] = sample_task(
-            graphdef, params, tokenizer, examples, task=spec.name, template=template, num_samples=num_samples,
+            graphdef, params, renderer, examples, task=get_task(spec.name), num_samples=num_samples,
             max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens, temperature=temperature,
             top_p=top_p, rng=jax.random.fold_in(rng, index), mesh=mesh, batch_prompts=batch_prompts)
     return build_report(samples)

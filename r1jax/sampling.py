@@ -286,6 +286,31 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array,
 
 # ---- host-side front end ---------------------------------------------------------------
 
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pad_left(rows: Sequence[Sequence[int]], pad_id: int, *, multiple: int = 1, width: int | None = None,
+             repeat: int = 1, dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
+    """`dtype` tokens and int32 0/1 mask [len(rows) * repeat, W], each row `repeat` times in a row, padded on the left.
+
+    W is `width`, or the longest row rounded up to `multiple` (so a run compiles for a
+    few widths only). Left padding puts every row's last token in the same column, where
+    decoding continues.
+    """
+    longest = max((len(row) for row in rows), default=0)
+    width = round_up(max(longest, 1), multiple) if width is None else width
+    if longest > width:
+        raise ValueError(f"a row has {longest} tokens, more than the width {width}")
+    tokens = np.full((len(rows) * repeat, width), pad_id, dtype)
+    mask = np.zeros(tokens.shape, np.int32)
+    for i, row in enumerate(rows):
+        if len(row):
+            tokens[i * repeat:(i + 1) * repeat, width - len(row):] = row
+            mask[i * repeat:(i + 1) * repeat, width - len(row):] = 1
+    return tokens, mask
+
+
 def _default_buckets(max_length: int) -> tuple[int, ...]:
     buckets = [min(16, max_length)]
     while buckets[-1] < max_length:
@@ -360,12 +385,7 @@ class Sampler:
                 raise ValueError("prompt_mask goes with a padded [batch, length] array, not with token lists")
             if not prompts or any(len(p) == 0 for p in prompts):
                 raise ValueError("every prompt needs at least one token (e.g. BOS), and the batch at least one prompt")
-            width = max(len(p) for p in prompts)
-            tokens = np.full((len(prompts), width), self.pad_id, np.int64)
-            mask = np.zeros((len(prompts), width), np.int32)
-            for row, prompt in enumerate(prompts):
-                tokens[row, width - len(prompt):] = prompt
-                mask[row, width - len(prompt):] = 1
+            tokens, mask = pad_left(prompts, self.pad_id, dtype=np.int64)  # int64: out-of-range ids are caught below
         else:
             tokens = np.asarray(prompts)
             mask = np.ones(tokens.shape, np.int32) if prompt_mask is None else np.asarray(prompt_mask).astype(np.int32)

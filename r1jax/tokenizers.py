@@ -7,7 +7,9 @@ Two backends:
 * `HFTokenizer` for real checkpoints, on the Hugging Face `tokenizers` library: a `tokenizer.json`,
   a Hugging Face directory, or the vocabulary stored inside a GGUF file (`from_gguf`).
 
-`load_tokenizer(path)` picks the right one from what the path is.
+`load_tokenizer(path)` picks the right one from what the path is. `save_tokenizer(tokenizer, directory)`
+writes either as a Hugging Face directory (its vocabulary file, `tokenizer_config.json` with the chat
+template, `generation_config.json` with the stop ids) that `load_tokenizer`, `transformers` and vLLM read.
 
 Conventions both backends keep, because the sampler and the rewards depend on them:
 
@@ -286,6 +288,34 @@ class SentencePieceTokenizer:
         return render_chat_template(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
                                     **special)
 
+    def save_pretrained(self, directory: PathLike, *, model_max_length: int | None = None) -> pathlib.Path:
+        """Write `tokenizer.model` and the configuration files beside it (`_save_hf_files`).
+
+        `transformers` builds its tokenizer from `tokenizer.model` (it needs `sentencepiece` and
+        `protobuf`) and encodes text as `encode` does, except that it matches control pieces written in
+        the text ("<s>", "</s>") as tokens, which SentencePiece never does. A BPE model without
+        normalisation (every `train_sentencepiece` BPE model) is declared a `LlamaTokenizer`, which
+        transformers 4 (and so vLLM) and 5 both rebuild exactly; any other model is left to the generic
+        conversion of transformers 5, which transformers 4 lacks (it refuses to load it). In either
+        version, a `qwen2` model's directory always gets `Qwen2Tokenizer`, which is wrong for these.
+        """
+        from sentencepiece import sentencepiece_model_pb2
+
+        processor = self.processor
+        proto = sentencepiece_model_pb2.ModelProto.FromString(processor.serialized_model_proto())
+        special = {name: processor.id_to_piece(token_id) for name, token_id in (
+            ("bos_token", self.bos_id), ("eos_token", self.eos_id), ("unk_token", processor.unk_id()),
+            ("pad_token", self._optional_id(processor.pad_id()))) if token_id is not None}
+        normalizer = proto.normalizer_spec
+        as_llama = (proto.trainer_spec.model_type == proto.trainer_spec.BPE and normalizer.name == "identity"
+                    and not normalizer.remove_extra_whitespaces)
+        tokenizer_class = (dict(tokenizer_class="LlamaTokenizer", legacy=False,
+                                add_prefix_space=normalizer.add_dummy_prefix) if as_llama else {})
+        # BOS first in `tokenizer(text)`, the ids `encode(text, add_bos=True)` gives a plain-text prompt.
+        return _save_hf_files(self, directory, {"tokenizer.model": processor.serialized_model_proto()}, special,
+                              model_max_length=model_max_length, add_bos_token=self.bos_id is not None,
+                              add_eos_token=False, **tokenizer_class)
+
 
 def train_sentencepiece(
     texts: Iterable[str],
@@ -407,26 +437,17 @@ class HFTokenizer:
         if not (directory / "tokenizer.json").is_file():
             raise FileNotFoundError(f"{directory} has no tokenizer.json (only 'fast' tokenizers are supported).")
 
-        def read_json(name: str) -> dict:
-            path = directory / name
-            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-        config = {**read_json("special_tokens_map.json"), **read_json("tokenizer_config.json")}
+        config = {**_read_json(directory / "special_tokens_map.json"), **_read_json(directory / "tokenizer_config.json")}
 
         def token_text(token: Any) -> str | None:  # saved either as text or as an AddedToken dict
             return token.get("content") if isinstance(token, dict) else token
 
-        template_file = directory / "chat_template.jinja"
-        chat_template = (template_file.read_text(encoding="utf-8") if template_file.is_file()
-                         else config.get("chat_template"))
-        if isinstance(chat_template, list):  # the older list of named templates
-            chat_template = {entry["name"]: entry["template"] for entry in chat_template}.get("default")
-        generation_eos = read_json("generation_config.json").get("eos_token_id", [])
+        generation_eos = _read_json(directory / "generation_config.json").get("eos_token_id", [])
         extra_stop_ids = generation_eos if isinstance(generation_eos, list) else [generation_eos]
         return cls.from_file(directory / "tokenizer.json", bos_token=token_text(config.get("bos_token")),
                              eos_token=token_text(config.get("eos_token")),
                              pad_token=token_text(config.get("pad_token")),
-                             chat_template=chat_template, extra_stop_ids=extra_stop_ids)
+                             chat_template=_saved_chat_template(directory), extra_stop_ids=extra_stop_ids)
 
     @classmethod
     def from_gguf(cls, path: PathLike) -> "HFTokenizer":
@@ -436,8 +457,9 @@ class HFTokenizer:
         the DeepSeek-R1 distills) are supported. The pre-tokenizer follows `tokenizer.ggml.pre`; tokens
         of type CONTROL become special tokens, USER_DEFINED ones ordinary added tokens, both matched
         whole in the text. End-of-turn ids (`eot_token_id`, `eom_token_id`) join `stop_ids`.
-        `tokenizer.ggml.add_bos_token` is not followed: `encode` adds BOS only when asked, and chat
-        templates write their own.
+        `tokenizer.ggml.add_bos_token` becomes the post-processor, as in the model's own tokenizer.json:
+        `encode` never applies it (BOS only when asked; chat templates write their own), but
+        `transformers` and vLLM do to a plain prompt once the tokenizer is saved (`save_pretrained`).
         """
         import gguf
 
@@ -464,9 +486,16 @@ class HFTokenizer:
 
         tokenizer = _byte_level_bpe(tokens, token_types, field("tokenizer.ggml.merges", []),
                                     field("tokenizer.ggml.pre", "default"))
+        bos_token = token_or_none("tokenizer.ggml.bos_token_id")
+        if field("tokenizer.ggml.add_bos_token") and bos_token is not None:
+            from tokenizers import processors
+
+            tokenizer.post_processor = processors.TemplateProcessing(
+                single=f"{bos_token} $A", pair=f"{bos_token} $A {bos_token} $B",
+                special_tokens=[(bos_token, field("tokenizer.ggml.bos_token_id"))])
         extra_stop_ids = [field(key) for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
                           if field(key) is not None]
-        return cls(tokenizer, bos_token=token_or_none("tokenizer.ggml.bos_token_id"),
+        return cls(tokenizer, bos_token=bos_token,
                    eos_token=token_or_none("tokenizer.ggml.eos_token_id"),
                    pad_token=token_or_none("tokenizer.ggml.padding_token_id"),
                    chat_template=field("tokenizer.chat_template"), extra_stop_ids=extra_stop_ids)
@@ -513,6 +542,15 @@ class HFTokenizer:
             return plain_chat_prompt(messages, add_generation_prompt=add_generation_prompt)
         return render_chat_template(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
                                     bos_token=self.bos_token, eos_token=self.eos_token, pad_token=self.pad_token)
+
+    def save_pretrained(self, directory: PathLike, *, model_max_length: int | None = None) -> pathlib.Path:
+        """Write `tokenizer.json` and the configuration files beside it (`_save_hf_files`)."""
+        special = {name: token for name, token in (("bos_token", self.bos_token), ("eos_token", self.eos_token),
+                                                  ("pad_token", self.pad_token)) if token is not None}
+        # No add_bos_token: transformers would replace the tokenizer.json's own post-processor with
+        # one built from it, and that post-processor (Llama's BOS, or none) is the original behaviour.
+        return _save_hf_files(self, directory, {"tokenizer.json": self.tokenizer.to_str(pretty=True).encode()},
+                              special, model_max_length=model_max_length)
 
 
 def _gpt2_byte_alphabet() -> dict[int, str]:
@@ -600,7 +638,8 @@ def load_tokenizer(path: PathLike) -> Tokenizer:
     * `*.gguf`: the vocabulary inside a GGUF file;
     * `*.json`: a `tokenizer.json`; when a `tokenizer_config.json` sits beside it, the whole directory
       is read, so the special tokens and the chat template come along;
-    * a directory holding `tokenizer.json`, `tokenizer.model`, or exactly one `.gguf` file.
+    * a directory holding `tokenizer.json`, `tokenizer.model` (with the chat template of its
+      `tokenizer_config.json`, if any), or exactly one `.gguf` file.
     """
     path = pathlib.Path(path)
     if not path.exists():
@@ -609,7 +648,7 @@ def load_tokenizer(path: PathLike) -> Tokenizer:
         if (path / "tokenizer.json").is_file():
             return HFTokenizer.from_pretrained_dir(path)
         if (path / "tokenizer.model").is_file():
-            return SentencePieceTokenizer.from_file(path / "tokenizer.model")
+            return SentencePieceTokenizer.from_file(path / "tokenizer.model", chat_template=_saved_chat_template(path))
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return HFTokenizer.from_gguf(ggufs[0])
@@ -627,3 +666,73 @@ def load_tokenizer(path: PathLike) -> Tokenizer:
         return HFTokenizer.from_file(path)
     raise ValueError(f"Unsupported tokenizer file {path}: expected a SentencePiece .model, a tokenizer.json, "
                      "a .gguf file, or a Hugging Face directory.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Saving as a Hugging Face directory
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: PathLike, *, model_max_length: int | None = None) -> pathlib.Path:
+    """Write `tokenizer` into `directory` as files that `load_tokenizer`, `transformers` and vLLM read.
+
+    Refuses (FileExistsError) if any of those files is already there, and then writes none of them.
+    """
+    if not isinstance(tokenizer, (HFTokenizer, SentencePieceTokenizer)):
+        raise TypeError(f"save_tokenizer saves an r1jax HFTokenizer or SentencePieceTokenizer, not a "
+                        f"{type(tokenizer).__name__}; a transformers tokenizer has its own save_pretrained.")
+    return tokenizer.save_pretrained(directory, model_max_length=model_max_length)
+
+
+def generation_config(tokenizer: Tokenizer) -> dict[str, Any]:
+    """The token ids of a `generation_config.json`. `eos_token_id` lists every stop id, EOS first:
+    transformers and vLLM stop at any of them, so a chat model ends its turn at `<|im_end|>`."""
+    eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    eos += sorted(tokenizer.stop_ids - set(eos))
+    ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos or None, "pad_token_id": tokenizer.pad_id}
+    return {key: value for key, value in ids.items() if value is not None}
+
+
+def _save_hf_files(tokenizer: Tokenizer, directory: PathLike, backend: Mapping[str, bytes],
+                   special: Mapping[str, str], *, model_max_length: int | None, **config: Any) -> pathlib.Path:
+    """`backend` (the vocabulary file), `tokenizer_config.json`, `special_tokens_map.json` and
+    `generation_config.json`, which keeps stop ids that no token name reveals (a GGUF's end-of-turn id)."""
+    # PreTrainedTokenizerFast takes tokenizer.json as it is, where a model's own class could rebuild it
+    # its own way. transformers 5 still imposes Qwen2Tokenizer on a `qwen2` model: it splits text as
+    # Qwen2's vocabularies do, whatever tokenizer.json says. Our decode leaves spaces as they are.
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **special, "clean_up_tokenization_spaces": False, **config}
+    if tokenizer.chat_template is not None:
+        config["chat_template"] = tokenizer.chat_template
+    if model_max_length is not None:
+        config["model_max_length"] = model_max_length
+    return _write_new_files(directory, {**backend, "tokenizer_config.json": config,
+                                        "special_tokens_map.json": dict(special),
+                                        "generation_config.json": generation_config(tokenizer)})
+
+
+def _write_new_files(directory: PathLike, files: Mapping[str, bytes | dict]) -> pathlib.Path:
+    """Write every file (bytes, or a dict as JSON), or none of them when one already exists."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = sorted(name for name in files if (directory / name).exists())
+    if existing:
+        raise FileExistsError(f"{directory} already holds {', '.join(existing)}; choose an empty directory.")
+    for name, content in files.items():
+        if isinstance(content, dict):
+            content = (json.dumps(content, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        (directory / name).write_bytes(content)
+    return directory
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _saved_chat_template(directory: pathlib.Path) -> str | None:
+    """The chat template of a Hugging Face directory: `chat_template.jinja`, or `tokenizer_config.json`'s."""
+    template_file = directory / "chat_template.jinja"
+    if template_file.is_file():
+        return template_file.read_text(encoding="utf-8")
+    chat_template = _read_json(directory / "tokenizer_config.json").get("chat_template")
+    if isinstance(chat_template, list):  # the older list of named templates
+        chat_template = {entry["name"]: entry["template"] for entry in chat_template}.get("default")
+    return chat_template

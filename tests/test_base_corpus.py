@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from r1jax import data
+
 from r1jax.data.base_corpus import CorpusStyle, base_corpus, sample_completion, worked_steps
 from r1jax.rewards import get_reward
 
@@ -55,7 +57,8 @@ def test_completions_are_scored_as_the_corpus_says():
 
 def test_base_corpus_pairs_prompts_with_fresh_completions():
     examples = [{"expression": "1 + 2", "answer": "3"}] * 200
-    pairs = base_corpus(examples, np.random.default_rng(4))
+    pairs = base_corpus(examples, np.random.default_rng(4),
+                        prompt=lambda example: data.format_prompt(f"Compute {example['expression']}."))
     assert len({prompt for prompt, _ in pairs}) == 1
     assert "1 + 2" in pairs[0][0] and "<think>" in pairs[0][0]  # the R1-Zero template
     assert len({completion for _, completion in pairs}) > 5

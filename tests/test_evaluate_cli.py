@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from r1jax import evaluate
+from r1jax.rollout import PromptRenderer
+from r1jax.tasks import get_task
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,13 +25,22 @@ SCRIPT = {
 ANSWERS = {"3 + 4": "7", "2 * 6": "12", "1 - 3": "-2"}
 
 
+class CharTokenizer:
+    """Encodes a prompt as its characters, so that the fake rollout can read the text back."""
+
+    bos_id = None
+
+    def encode(self, text, add_bos=False):
+        return list(text)
+
+
 def fake_rollout(calls):
     """Stands in for `rollout`: the scripted completions of each prompt text, `repeat` per prompt."""
 
-    def run(graphdef, params, tokenizer, texts, rng, *, repeat, **_):
-        calls.append((len(texts), repeat))
+    def run(graphdef, params, tokenizer, prompts, rng, *, repeat, **_):
+        calls.append((len(prompts), repeat))
         completions, lengths = [], []
-        for text in texts:
+        for text in ("".join(ids) for ids in prompts):  # CharTokenizer's "ids" are the characters
             expression = next(e for e in SCRIPT if f"value of {e}." in text)
             assert len(SCRIPT[expression]) == repeat
             for answer, length in SCRIPT[expression]:
@@ -46,12 +57,13 @@ def test_report_matches_a_hand_computation_on_a_scripted_grid(monkeypatch):
     # pretend 3 data-parallel devices: 2 prompts x 4 samples must be filled up to 3 prompts x 4
     monkeypatch.setattr(evaluate, "num_batch_shards", lambda mesh: 3)
     examples = [{"expression": e, "answer": a} for e, a in ANSWERS.items()]
-    kwargs = dict(task="arithmetic", template="r1_zero", num_samples=4, max_prompt_length=512, max_new_tokens=16,
+    kwargs = dict(task=get_task("arithmetic"), num_samples=4, max_prompt_length=512, max_new_tokens=16,
                   temperature=0.6, top_p=0.95, rng=jax.random.key(0), mesh=None)
-    samples = evaluate.sample_task(None, None, None, examples, batch_prompts=2, **kwargs)
+    renderer = PromptRenderer(CharTokenizer(), "r1_zero")
+    samples = evaluate.sample_task(None, None, renderer, examples, batch_prompts=2, **kwargs)
     assert calls == [(3, 4), (3, 4)]  # chunks of 2 + 1 filler and 1 + 2 fillers; fillers are dropped
     np.testing.assert_array_equal(samples.correct, [[1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
-    easy = evaluate.sample_task(None, None, None, examples[:1] * 2, batch_prompts=2, **kwargs)
+    easy = evaluate.sample_task(None, None, renderer, examples[:1] * 2, batch_prompts=2, **kwargs)
     report = evaluate.build_report({"arithmetic:test": samples, "arithmetic:easy": easy})
 
     row = report["arithmetic:test"]
@@ -80,7 +92,7 @@ def test_pass_at_k_values_are_the_powers_of_two():
 def test_task_parsing_names_the_choices():
     assert evaluate.parse_tasks("arithmetic:test, gsm8k:test[:50]") == [
         evaluate.TaskSpec("arithmetic", "test"), evaluate.TaskSpec("gsm8k", "test[:50]")]
-    with pytest.raises(ValueError, match="unknown task 'gsm9k'.*arithmetic, countdown, gsm8k, math"):
+    with pytest.raises(ValueError, match="unknown task 'gsm9k'.*arithmetic, countdown, general, gsm8k, math"):
         evaluate.parse_tasks("gsm9k:test")
     with pytest.raises(ValueError, match="names no split.*arithmetic:test"):
         evaluate.parse_tasks(["arithmetic"])
@@ -173,5 +185,5 @@ def test_a_recipe_made_task_config_is_read_from_its_data_dir(tmp_path):
     assert [read[i] for i in range(len(read))] == [made[i] for i in range(len(made))]
     with pytest.raises(Exception, match="no prepared arithmetic dataset with config 'other'"):
         evaluate.load_examples(evaluate.TaskSpec("arithmetic", "test", "other"), data_dir=tmp_path)
-    with pytest.raises(ValueError, match="only the synthetic tasks"):
+    with pytest.raises(ValueError, match="task 'gsm8k' takes no builder config"):
         evaluate.parse_tasks("gsm8k/main:test")

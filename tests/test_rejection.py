@@ -18,6 +18,8 @@ from r1jax.data.rejection import (DROP_REASONS, assemble_dataset, dataset_path, 
                                   rejection_sample, rollout_sampler, to_sft_pairs)
 from r1jax.data.sources import DatasetNotPreparedError
 from r1jax.rewards.countdown import arithmetic_reward
+from r1jax.rollout import PromptRenderer, rollout
+from r1jax.tasks import get_task
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROVENANCE = {"checkpoint": "/checkpoints/grpo", "step": 120}
@@ -37,11 +39,12 @@ def operand(prompt):
 
 
 def run(output_dir, sample_fn, examples, *, num_samples, **overrides):
-    settings = dict(output_dir=output_dir, task="arithmetic", template="plain", correct_fn=arithmetic_reward,
+    settings = dict(output_dir=output_dir, task=get_task("arithmetic"), correct_fn=arithmetic_reward,
                     num_samples=num_samples, max_new_tokens=MAX_NEW_TOKENS, provenance=PROVENANCE, chunk_size=3,
                     sample_fn=sample_fn)
     settings.update(overrides)
-    return rejection_sample(None, None, None, examples, **settings)
+    renderer = settings.pop("renderer", PromptRenderer(None, "plain"))
+    return rejection_sample(None, None, renderer, examples, **settings)
 
 
 def snapshot(directory):
@@ -251,10 +254,11 @@ def tiny_policy(tmp_path_factory):
 def test_real_model_end_to_end(tmp_path, tiny_policy):
     graphdef, params, tokenizer, mesh = tiny_policy
     sampling = dict(max_new_tokens=6, max_prompt_length=128, temperature=1.0, top_p=1.0, mesh=mesh)
-    settings = dict(task="arithmetic", template="plain", correct_fn=arithmetic_reward, num_samples=2, chunk_size=2,
+    settings = dict(task=get_task("arithmetic"), correct_fn=arithmetic_reward, num_samples=2, chunk_size=2,
                     seed=3, provenance=PROVENANCE, **sampling)
     examples = arithmetic_examples(3)  # chunk 1 has one prompt, padded to the compiled shape
-    stats = rejection_sample(graphdef, params, tokenizer, examples, output_dir=tmp_path / "a", **settings)
+    renderer = PromptRenderer(tokenizer, "plain")
+    stats = rejection_sample(graphdef, params, renderer, examples, output_dir=tmp_path / "a", **settings)
     assert stats.prompts == 3 and stats.samples == 6
     assert stats.kept + sum(stats.dropped.values()) == 6
     records = load_sft_dataset(tmp_path / "a")
@@ -262,16 +266,16 @@ def test_real_model_end_to_end(tmp_path, tiny_policy):
     assert tfds.builder_from_directory(dataset_path(tmp_path / "a")).info.metadata["provenance"] == PROVENANCE
 
     # sampling depends only on the seed and the chunk: a second run writes the same chunks
-    rejection_sample(graphdef, params, tokenizer, examples, output_dir=tmp_path / "b", **settings)
+    rejection_sample(graphdef, params, renderer, examples, output_dir=tmp_path / "b", **settings)
     for name in ("chunk_00000.json", "chunk_00001.json"):
         assert (tmp_path / "a" / "chunks" / name).read_bytes() == (tmp_path / "b" / "chunks" / name).read_bytes()
 
     # the sampler's (length, stopped) against the token arrays of the same rollout
-    from r1jax.train.rollout import rollout
     texts = [prompt_of(n) for n in range(4)]
-    samples = rollout_sampler(graphdef, params, tokenizer, num_samples=2, pad_to_prompts=4, **sampling)(
+    samples = rollout_sampler(graphdef, params, renderer, num_samples=2, pad_to_prompts=4, **sampling)(
         texts[:3], jax.random.key(1))
-    reference = rollout(graphdef, params, tokenizer, texts[:3] + texts[2:3], jax.random.key(1), repeat=2, **sampling)
+    reference = rollout(graphdef, params, tokenizer, renderer.encode_all(texts[:3] + texts[2:3]), jax.random.key(1),
+                        repeat=2, **sampling)
     tokens = np.asarray(reference.samples.tokens)
     assert len(samples) == 6
     for row, (completion, length, stopped) in enumerate(samples):
@@ -334,7 +338,7 @@ def test_bad_arguments_give_clear_errors(tmp_path):
         (dict(process_index=2, process_count=2), ValueError, "process_index"),
         (dict(chunk_size=0), ValueError, "chunk_size"),
         (dict(provenance={"checkpoint": pathlib.Path("/x")}), TypeError, "JSON"),
-        (dict(sample_fn=None), ValueError, "graphdef, params, tokenizer and mesh"),
+        (dict(sample_fn=None), ValueError, "graphdef, params, renderer and mesh"),
         (dict(language="klingon"), ValueError, "unsupported language"),
         (dict(repetition_threshold=1.5), ValueError, "threshold"),
     ]

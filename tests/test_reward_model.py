@@ -14,14 +14,15 @@ from r1jax.losses import bradley_terry_loss, group_advantages
 from r1jax.models import ModelConfig, Transformer
 from r1jax.models.reward_model import RewardModel, last_token_index
 from r1jax.rewards import RewardEvaluator, RewardFailure, RewardResult, get_reward
+from r1jax.rollout import PromptRenderer, rollout
 from r1jax.sharding import make_mesh
+from r1jax.tasks import get_task
 from r1jax.tokenizers import train_sentencepiece
 from r1jax.train import make_optimizer, make_train_step, train_state_from_model
 from r1jax.train.grpo import GRPO, GRPOSettings, merge_rewards
 from r1jax.train.loop import LoopSettings, run_training
 from r1jax.train.reward_model import (RewardModelJudge, RewardModelSettings, RewardModelTraining,
                                       encode_preferences, reward_model_objective, score_texts, summary_of)
-from r1jax.train.rollout import prompt_texts, rollout
 
 # one layer compiles fastest; the reward model trained on the preference task has two
 SMALL = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
@@ -253,7 +254,7 @@ def test_summary_of():
 def tokenizer(tmp_path_factory):
     texts = [" ".join(pair) for pair in preference_pairs(0, 300)]
     arithmetic = [sample_arithmetic(np.random.default_rng(i), num_operations=1, max_value=6) for i in range(50)]
-    texts += prompt_texts(arithmetic, "arithmetic", "plain")
+    texts += PromptRenderer(None, "plain").texts(arithmetic, get_task("arithmetic"))
     texts += [f"<think> {ex['expression']} = {ex['answer']} </think> <answer> {ex['answer']} </answer>"
               for ex in arithmetic]
     return train_sentencepiece(texts, tmp_path_factory.mktemp("tok") / "tok.model", vocab_size=400)
@@ -411,8 +412,11 @@ def test_grpo_with_a_mixed_batch_uses_the_judge_for_general_prompts(judge, token
         batches, metrics = grpo.make_batches(state, examples, rng)
 
     # the same rollout by hand, scored row by row: rules for arithmetic, the judge for general prompts
-    texts = prompt_texts(examples[:2], "arithmetic", "plain") + [ex["question"] for ex in examples[2:]]
-    out = rollout(state.graphdef, state.params, tokenizer, texts, rng, repeat=group, max_prompt_length=256,
+    renderer = PromptRenderer(tokenizer, "plain")
+    texts = renderer.texts(examples, get_task("arithmetic"))
+    assert texts[2:] == [ex["question"] for ex in examples[2:]]
+    out = rollout(state.graphdef, state.params, tokenizer, renderer.encode_all(texts), rng, repeat=group,
+                  max_prompt_length=256,
                   max_new_tokens=8, temperature=1.0, top_p=1.0, mesh=mesh)
     arithmetic = get_reward("arithmetic")
     expected = [arithmetic(c, **examples[i // group]) for i, c in enumerate(out.completions[:2 * group])]

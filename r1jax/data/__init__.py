@@ -3,8 +3,7 @@
     from r1jax import data
     train = data.load_task("countdown", "train", data_dir="/data/tfds")
     batches = data.PromptIterator(train, batch_size=64, seed=0)
-    prompts = [data.format_prompt(data.question_text(ex, "countdown"))
-               for ex in next(batches)]
+    prompts = [data.format_prompt(question) for question in questions]  # or r1jax.rollout.PromptRenderer
 """
 from r1jax.data.arithmetic import Arithmetic, ArithmeticConfig, sample_arithmetic
 from r1jax.data.base_corpus import CorpusStyle, base_corpus
@@ -12,8 +11,7 @@ from r1jax.data.cold_start import build_cold_start, to_r1_format
 from r1jax.data.countdown import Countdown, CountdownConfig, sample_countdown
 from r1jax.data.pipeline import PromptIterator
 from r1jax.data.prompts import (CHAT_TEMPLATES, R1_SYSTEM_PROMPT, R1_ZERO_TEMPLATE,
-                                TEXT_TEMPLATES, chat_messages, format_prompt,
-                                question_text)
+                                TEXT_TEMPLATES, chat_messages, format_prompt)
 from r1jax.data.real import (HendrycksMath, gsm8k_gold_answer, last_boxed_answer,
                              load_gsm8k, load_math)
 from r1jax.data.rejection import load_sft_dataset, rejection_sample, to_sft_pairs
@@ -27,7 +25,7 @@ __all__ = [
     "Countdown", "CountdownConfig", "sample_countdown",
     "PromptIterator",
     "CHAT_TEMPLATES", "R1_SYSTEM_PROMPT", "R1_ZERO_TEMPLATE", "TEXT_TEMPLATES",
-    "chat_messages", "format_prompt", "question_text",
+    "chat_messages", "format_prompt",
     "HendrycksMath", "gsm8k_gold_answer", "last_boxed_answer", "load_gsm8k", "load_math",
     "DatasetNotPreparedError", "ExampleSource",
     "TASK_BUILDERS", "load_task",

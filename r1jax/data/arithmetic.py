@@ -25,19 +25,26 @@ class ArithmeticConfig(SyntheticConfig):
 
     num_operations: int = 2
     max_value: int = 20
+    operations: str = "+-*"  # the operators drawn from, e.g. "+" for sums only
+
+    def generation_params(self):
+        params = super().generation_params()
+        if self.operations == "+-*":  # data generated before this option existed stays valid
+            del params["operations"]
+        return params
 
 
 def random_expression(rng: np.random.Generator, num_operations: int,
-                      max_value: int) -> tuple[int, str, int]:
+                      max_value: int, operations: str = "+-*") -> tuple[int, str, int]:
     """(value, text, precedence of the outermost operation) of a random tree."""
     if num_operations == 0:
         value = int(rng.integers(1, max_value + 1))
         return value, str(value), _ATOM
     num_left = int(rng.integers(num_operations))  # operations in the left subtree
-    left_value, left_text, left_precedence = random_expression(rng, num_left, max_value)
+    left_value, left_text, left_precedence = random_expression(rng, num_left, max_value, operations)
     right_value, right_text, right_precedence = random_expression(
-        rng, num_operations - 1 - num_left, max_value)
-    op = OPERATIONS[int(rng.integers(len(OPERATIONS)))]
+        rng, num_operations - 1 - num_left, max_value, operations)
+    op = operations[int(rng.integers(len(operations)))]
     precedence = _PRECEDENCE[op]
     if left_precedence < precedence:
         left_text = f"({left_text})"
@@ -50,9 +57,11 @@ def random_expression(rng: np.random.Generator, num_operations: int,
 
 
 def sample_arithmetic(rng: np.random.Generator, *, num_operations: int,
-                      max_value: int) -> Example:
+                      max_value: int, operations: str = "+-*") -> Example:
     """One problem: {'expression', 'answer'} with the answer as an integer string."""
-    value, text, _ = random_expression(rng, num_operations, max_value)
+    if not operations or set(operations) - set(OPERATIONS):
+        raise ValueError(f"operations={operations!r}; use a non-empty string of {''.join(OPERATIONS)}")
+    value, text, _ = random_expression(rng, num_operations, max_value, operations)
     return {"expression": text, "answer": str(value)}
 
 
@@ -75,7 +84,7 @@ class Arithmetic(SyntheticTaskBuilder):
     def _sample(self, rng):
         config = self.builder_config
         return sample_arithmetic(rng, num_operations=config.num_operations,
-                                 max_value=config.max_value)
+                                 max_value=config.max_value, operations=config.operations)
 
     def _problem_key(self, example):
         return example["expression"]

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-from r1jax.data.prompts import format_prompt, question_text
 
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}
 _CARELESS_OFFSETS = (-3, -2, -1, 1, 2, 3)
@@ -109,11 +108,7 @@ def sample_completion(expression: str, rng: np.random.Generator,
 
 def base_corpus(examples: Iterable[Mapping[str, Any]], rng: np.random.Generator,
                 style: CorpusStyle = CorpusStyle(), *,
-                template: str = "r1_zero") -> list[tuple[str, str]]:
-    """(prompt, completion) pairs for arithmetic examples, each with a freshly drawn completion."""
-    pairs = []
-    for example in examples:
-        prompt = format_prompt(question_text(example, "arithmetic"), template)
-        completion, _ = sample_completion(example["expression"], rng, style)
-        pairs.append((prompt, completion))
-    return pairs
+                prompt: Callable[[Mapping[str, Any]], str]) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs for arithmetic examples ({"expression", ...}), each with a freshly drawn
+    completion; `prompt(example)` is the prompt text (e.g. a `PromptRenderer` of the task's question)."""
+    return [(prompt(example), sample_completion(example["expression"], rng, style)[0]) for example in examples]

@@ -1,4 +1,4 @@
-"""Prompt templates: the R1-Zero text template, chat messages, task questions.
+"""Prompt templates: the R1-Zero text template and the system prompts of chat templates.
 
 Two kinds of template, each selectable by name:
 
@@ -7,8 +7,8 @@ Two kinds of template, each selectable by name:
 * chat templates (`chat_messages`) return a `messages` list for instruct
   models. We only produce messages: the tokenizer applies its own chat format.
 
-`question_text(example, task)` turns one example of each task into the
-question put in the `{prompt}` slot.
+A task's question (`r1jax.tasks`) goes into the `{prompt}` slot; `r1jax.rollout.PromptRenderer`
+renders either kind, and the tokenizer's own chat template with any system prompt.
 """
 from __future__ import annotations
 
@@ -45,8 +45,6 @@ CHAT_TEMPLATES: dict[str, str | None] = {
     "plain_chat": None,
 }
 
-TASKS = ("countdown", "arithmetic", "gsm8k", "math")
-
 
 def _lookup(table: Mapping[str, Any], name: str, kind: str):
     if name not in table:
@@ -75,28 +73,3 @@ def chat_messages(question: str, template: str = "r1_chat") -> list[dict[str, st
     if system_prompt is not None:
         messages.insert(0, {"role": "system", "content": system_prompt})
     return messages
-
-
-def countdown_question(numbers, target) -> str:
-    numbers = [int(n) for n in numbers]
-    return (
-        f"Using the numbers {numbers}, create an equation that equals {int(target)}. "
-        "You can use basic arithmetic operations (+, -, *, /) and each number can "
-        "be used at most once. Give the equation without '=' as the final answer, "
-        "for example (1 + 2) / 3.")
-
-
-def arithmetic_question(expression: str) -> str:
-    return (f"Compute the value of {expression}. "
-            "Give the exact integer result as the final answer.")
-
-
-def question_text(example: Mapping[str, Any], task: str) -> str:
-    """The question of one example of `task` (one of `TASKS`)."""
-    if task == "countdown":
-        return countdown_question(example["numbers"], example["target"])
-    if task == "arithmetic":
-        return arithmetic_question(example["expression"])
-    if task in ("gsm8k", "math"):
-        return example["question"]
-    raise ValueError(f"Unknown task {task!r}; known tasks: {', '.join(TASKS)}.")

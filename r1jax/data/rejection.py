@@ -41,10 +41,10 @@ import tensorflow_datasets as tfds
 
 from r1jax.data.filters import (MIN_LANGUAGE_SHARE, NGRAM_SIZE, REPETITION_THRESHOLD, dedup_key,
                                 is_language_consistent, is_overlong, is_repetitive)
-from r1jax.data.prompts import format_prompt, question_text
 from r1jax.data.sources import DatasetNotPreparedError, ExampleSource, to_python
 from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P
 from r1jax.files import write_json_atomically
+from r1jax.rewards import get_reward
 from r1jax.rewards.language import chain_of_thought
 
 # Why a sample is dropped, in the order the checks run; each sample counts once.
@@ -98,22 +98,24 @@ def dataset_path(output_dir) -> pathlib.Path:
 
 # ---- sampling and filtering -----------------------------------------------------------------
 
-def rollout_sampler(graphdef, params, tokenizer, *, num_samples: int, max_prompt_length: int,
+def rollout_sampler(graphdef, params, renderer, *, num_samples: int, max_prompt_length: int,
                     max_new_tokens: int, temperature: float, top_p: float, mesh,
                     pad_to_prompts: Optional[int] = None) -> SampleFn:
-    """A `SampleFn` that draws `num_samples` completions per prompt with `train.rollout.rollout`.
+    """A `SampleFn` that draws `num_samples` completions per prompt with `r1jax.rollout.rollout`.
 
+    renderer: the `r1jax.rollout.PromptRenderer` that made the prompt texts (it encodes them).
     pad_to_prompts: repeat the last prompt up to this many prompts (and drop their samples),
       so that a short last chunk reuses the compiled sampler instead of compiling a new shape.
     """
-    # imported here: r1jax.train imports r1jax.data, which may export this module
-    from r1jax.train.rollout import rollout
+    # imported here: r1jax.rollout reads the templates of r1jax.data, whose package exports this module
+    from r1jax.rollout import rollout
 
+    tokenizer = renderer.tokenizer
     stop_ids = np.asarray(sorted(tokenizer.stop_ids), np.int64)
 
     def sample(texts: list[str], rng) -> list[Sample]:
         padded = list(texts) + [texts[-1]] * max(0, (pad_to_prompts or 0) - len(texts))
-        out = rollout(graphdef, params, tokenizer, padded, rng, repeat=num_samples,
+        out = rollout(graphdef, params, tokenizer, renderer.encode_all(padded), rng, repeat=num_samples,
                       max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens,
                       temperature=temperature, top_p=top_p, mesh=mesh)
         rows = len(texts) * num_samples
@@ -192,11 +194,10 @@ def _check_sample(sample) -> Sample:
 # ---- the resumable, sharded run ---------------------------------------------------------------
 
 def rejection_sample(
-    graphdef, params, tokenizer, examples: Sequence[dict], *,
+    graphdef, params, renderer, examples: Sequence[dict], *,
     output_dir,
-    task: str,
-    template: str,
-    correct_fn: Callable[..., Optional[float]],
+    task,
+    correct_fn: Optional[Callable[..., Optional[float]]] = None,
     num_samples: int,
     max_new_tokens: int,
     provenance: dict,
@@ -218,12 +219,14 @@ def rejection_sample(
 ) -> RejectionStats:
     """Sample, filter and write an SFT dataset to `output_dir`; resumable, shardable over hosts.
 
-    graphdef, params, tokenizer, mesh: the policy (`nnx.split` of the RL checkpoint's model),
-      its tokenizer and this host's mesh; unused when `sample_fn` is given.
-    examples: the prompts' examples (e.g. `load_task(...)`); each is rendered with
-      `format_prompt(question_text(example, task), template)` and passed to `correct_fn`.
+    graphdef, params, mesh: the policy (`nnx.split` of the RL checkpoint's model) and this
+      host's mesh; unused when `sample_fn` is given.
+    renderer: the `r1jax.rollout.PromptRenderer` (tokenizer, template, system prompt) of the prompts.
+    examples: the prompts' examples of `task` (an `r1jax.tasks.Task`); each is rendered with
+      `renderer.texts` and passed to `correct_fn`.
     correct_fn: a reward `fn(completion, **example) -> float | None`; truthy is correct.
-      For partial-credit rewards pass an all-or-nothing one (e.g. "code_all_or_nothing").
+      Default: the task's accuracy reward. For partial-credit rewards pass an all-or-nothing
+      one (e.g. "code_all_or_nothing").
     provenance: JSON-serialisable facts about the source the run cannot know, e.g.
       {"checkpoint": path, "step": 1200}; stored with the data and compared on resume.
     language ... max_per_prompt: the filters, see `filter_samples`.
@@ -243,11 +246,13 @@ def rejection_sample(
     # the filters check their own settings: try them once, before any file is written
     is_language_consistent("", language, min_share=min_language_share)
     is_repetitive("", ngram_size=ngram_size, threshold=repetition_threshold)
+    if correct_fn is None:
+        correct_fn = get_reward(task.accuracy_reward)
     if sample_fn is None:
-        if mesh is None or graphdef is None or params is None or tokenizer is None:
-            raise ValueError("rejection_sample needs graphdef, params, tokenizer and mesh to sample "
+        if mesh is None or graphdef is None or params is None or renderer is None:
+            raise ValueError("rejection_sample needs graphdef, params, renderer and mesh to sample "
                              "(or a sample_fn)")
-        sample_fn = rollout_sampler(graphdef, params, tokenizer, num_samples=num_samples,
+        sample_fn = rollout_sampler(graphdef, params, renderer, num_samples=num_samples,
                                     max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens,
                                     temperature=temperature, top_p=top_p, mesh=mesh,
                                     pad_to_prompts=chunk_size)
@@ -256,7 +261,7 @@ def rejection_sample(
                    max_per_prompt=None if max_per_prompt is None else int(max_per_prompt))
     # numbers are cast so that 1 and 1.0, or numpy and Python ints, make the same settings
     settings = {
-        "task": task, "template": template, "num_examples": len(examples),
+        "task": task.name, "template": renderer.template, "num_examples": len(examples),
         "examples_sha256": _digest(examples), "fields": _field_kinds(examples),
         "correct_fn": f"{getattr(correct_fn, '__module__', '?')}.{getattr(correct_fn, '__qualname__', '?')}",
         "num_samples": int(num_samples), "max_prompt_length": int(max_prompt_length),
@@ -264,6 +269,8 @@ def rejection_sample(
         "seed": int(seed), "chunk_size": int(chunk_size),
         "filters": {**filters, "drop_reasons": list(DROP_REASONS)},
     }
+    if renderer.system_prompt is not None:
+        settings["system_prompt"] = renderer.system_prompt
     output_dir = pathlib.Path(output_dir)
     run = _claim_output_dir(output_dir, {"provenance": provenance, "settings": settings})
     digest = _digest(run)
@@ -279,7 +286,7 @@ def rejection_sample(
         else:
             start = chunk_index * chunk_size
             chunk_examples = examples[start:start + chunk_size]
-            prompts = [format_prompt(question_text(example, task), template) for example in chunk_examples]
+            prompts = renderer.texts(chunk_examples, task)
             samples = sample_fn(prompts, jax.random.fold_in(rng, chunk_index))
             records, dropped = filter_samples(chunk_examples, prompts, samples, first_index=start,
                                               num_samples=num_samples, correct_fn=correct_fn,

@@ -19,6 +19,7 @@ from flax import nnx
 
 from r1jax.models.config import ModelConfig
 from r1jax.models.transformer import Transformer
+from r1jax.tokenizers import Tokenizer, save_tokenizer
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
@@ -168,12 +169,18 @@ def load_hf(directory: PathLike, **config_overrides) -> Transformer:
     return model_from_tensors(cfg, lambda name: tensors[name]() if name in tensors else None, str(directory))
 
 
-def save_hf(model: Transformer, directory: PathLike, *, dtype: str | None = None,
-            max_shard_bytes: int = 2 * 1024**3) -> pathlib.Path:
-    """Write `config.json` and safetensors (sharded with an index past `max_shard_bytes`).
+def save_hf(model: Transformer, directory: PathLike, *, tokenizer: Tokenizer | None = None,
+            dtype: str | None = None, max_shard_bytes: int = 2 * 1024**3) -> pathlib.Path:
+    """Write `config.json`, `generation_config.json` and safetensors (sharded with an index past
+    `max_shard_bytes`).
 
-    The result loads with `transformers.AutoModelForCausalLM.from_pretrained` and vLLM.
-    Existing weight files in `directory` are refused rather than overwritten.
+    The result loads with `transformers.AutoModelForCausalLM.from_pretrained` and vLLM. With
+    `tokenizer`, its files go beside the weights (`r1jax.tokenizers.save_tokenizer`: the vocabulary,
+    the chat template, the special tokens) and `generation_config.json` lists every one of its stop ids
+    as `eos_token_id`, so generation ends at the end of a turn (`<|im_end|>`), as in r1jax's sampler;
+    without one, it holds the model config's BOS and EOS.
+    Existing weight, tokenizer or generation config files in `directory` are refused rather than
+    overwritten.
     """
     from safetensors.flax import save_file  # handles bfloat16, unlike safetensors.numpy
 
@@ -183,6 +190,14 @@ def save_hf(model: Transformer, directory: PathLike, *, dtype: str | None = None
     if existing:
         raise FileExistsError(f"{directory} already holds weights ({existing[0].name}); choose an empty directory")
     cfg = model.config
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, directory, model_max_length=cfg.max_position_embeddings)
+    else:
+        generation = directory / "generation_config.json"
+        if generation.exists():
+            raise FileExistsError(f"{directory} already holds {generation.name}; choose an empty directory")
+        ids = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id}
+        generation.write_text(json.dumps({k: v for k, v in ids.items() if v is not None}, indent=2))
     out_dtype = jnp.dtype(dtype or cfg.param_dtype)
     state = nnx.state(model, nnx.Param)
     table = _tensor_table(cfg)

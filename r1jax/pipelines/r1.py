@@ -28,25 +28,25 @@ import types
 
 import jax
 import numpy as np
-from flax import nnx
 
-from r1jax.data import PromptIterator, format_prompt
-from r1jax.data.base_corpus import base_corpus
+from r1jax.data import PromptIterator
 from r1jax.data.cold_start import build_cold_start, to_r1_format
 from r1jax.data.preferences import general_prompts, preference_pairs
 from r1jax.data.rejection import load_sft_dataset, rejection_sample, rollout_sampler
 from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
-from r1jax.models import Transformer, from_pretrained
+from r1jax.models import from_pretrained
 from r1jax.models.reward_model import RewardModel
-from r1jax.pipelines import stages
-from r1jax.pipelines.r1_zero import prepare_base
+from r1jax.pipelines import stages, stand_in
+from r1jax.pipelines.settings import EvalSettings, TrainSettings, settings_from
 from r1jax.rewards import OutputFormat, get_reward
+from r1jax.rollout import PromptRenderer, rollout
 from r1jax.sharding import make_mesh
-from r1jax.tokenizers import R1_TAGS
+from r1jax.tasks import task_from_config
+from r1jax.tokenizers import R1_TAGS, load_tokenizer
+from r1jax.train.grpo import GRPOSettings
 from r1jax.train.loop import LoopSettings, run_training
 from r1jax.train.reward_model import RewardModelJudge, RewardModelSettings, RewardModelTraining
-from r1jax.train.rollout import prompt_texts, rollout
 from r1jax.train.state import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -81,50 +81,59 @@ def _steps_to_reach(metrics_file: pathlib.Path, target: float, window: int = 3) 
     return None
 
 
-def _annotated_pairs(examples, count: int, config) -> list[tuple[str, str]]:
-    """`count` correct worked solutions of random `examples` in R1's format, narrated in English."""
+def _annotated_pairs(examples, count: int, config, renderer, task) -> list[tuple[str, str]]:
+    """`count` correct worked solutions of random `examples` in R1's format, narrated in English
+    (written by the stand-in's corpus generator, so for its task only)."""
     rng = np.random.default_rng(config.seed)
-    style = dataclasses.replace(stages.corpus_style(config.pretrain), worked_rate=1.0, error_rate=0.0,
+    style = dataclasses.replace(stand_in.corpus_style(config.pretrain), worked_rate=1.0, error_rate=0.0,
                                 tagged_rate=1.0, chinese_rate=0.0)
     chosen = [examples[i] for i in rng.integers(len(examples), size=count)]
     return [(prompt, to_r1_format(completion, FORMAT))
-            for prompt, completion in base_corpus(chosen, rng, style, template=config.template)]
+            for prompt, completion in stand_in.corpus_pairs(chosen, rng, style, renderer, task)]
 
 
 def r1_pipeline(config) -> dict:
     """Run (or resume) every stage; returns and writes the findings."""
     lam = config.language_weight
-    for name in ("arithmetic", "format", "r1_format", "language"):
+    task = task_from_config({**dict(config.task), "seed": config.task.get("seed", config.seed)})
+    accuracy = task.accuracy_reward
+    for name in (accuracy, "format", "r1_format", "language"):
         get_reward(name)
-    format_prompt("", config.template)
+    rl_settings, rl_train = settings_from(config.rl, GRPOSettings, TrainSettings, where="rl", template=config.template)
+    eval_settings = settings_from(config.eval, EvalSettings, where="eval", scores=EVAL_SCORES)
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     mesh = make_mesh(dict(config.mesh))
-    symbols = tuple(dict.fromkeys(R1_TAGS + (FORMAT.reasoning_open, FORMAT.reasoning_close)))
-    prepared = prepare_base(config, workdir, mesh, symbols=symbols)
-    if prepared is None:
-        return {"stopped": "pretrain"}
-    train, test, tokenizer, base_dir = prepared
-    eval_examples = test[:config.eval.num_prompts]
-    max_new_tokens = config.rl.max_new_tokens
+    if config.init:  # a real checkpoint: its own tokenizer, the task's own splits
+        tokenizer = load_tokenizer(config.init)  # the one beside the checkpoint
+        base_dir = pathlib.Path(config.init)
+        train = list(task.load("train", data_dir=workdir / "data"))
+        test = list(task.load(eval_settings.split, data_dir=workdir / "data"))
+    else:
+        symbols = tuple(dict.fromkeys(R1_TAGS + (FORMAT.reasoning_open, FORMAT.reasoning_close)))
+        prepared = stand_in.prepare_base(config, workdir, mesh, task, symbols=symbols)
+        if prepared is None:
+            return {"stopped": "pretrain"}
+        train, test, tokenizer, base_dir = prepared
+    renderer = PromptRenderer(tokenizer, config.template)
+    eval_examples = test[:eval_settings.num_prompts] if eval_settings.num_prompts else test
+    max_new_tokens = rl_settings.max_new_tokens
 
     def evaluate(name: str, model_dir: pathlib.Path) -> dict:
         return stages.cached(workdir / "evals" / f"{name}.json", lambda: stages.evaluate_stage(
-            *stages.split(from_pretrained(model_dir)), tokenizer, eval_examples, template=config.template,
-            eval_config=config.eval, max_new_tokens=max_new_tokens, mesh=mesh, seed=config.seed + 1,
-            scores=EVAL_SCORES))
+            *stages.split(from_pretrained(model_dir)), renderer, eval_examples, task=task, settings=eval_settings,
+            max_new_tokens=max_new_tokens, mesh=mesh, seed=config.seed + 1))
 
-    def rl(name: str, init: pathlib.Path, rewards: dict, examples=train, model_reward=None, rl_config=None):
+    def rl(name: str, init: pathlib.Path, rewards: dict, examples=train, model_reward=None):
         log.info("stage %s (%.0fs)", name, time.perf_counter() - started)
-        return stages.grpo_stage(workdir / name, init=init, train=examples, tokenizer=tokenizer,
-                                 rewards=rewards, grpo=rl_config or config.rl, template=config.template,
-                                 mesh=mesh, seed=config.seed, reward_workers=config.reward_workers,
-                                 model_reward=model_reward)
+        return stages.grpo_stage(workdir / name, init=init, train=examples, tokenizer=tokenizer, task=task,
+                                 rewards=rewards, settings=rl_settings, train_settings=rl_train, mesh=mesh,
+                                 seed=config.seed, reward_workers=config.reward_workers, model_reward=model_reward)
 
     def sample_fn(model_dir: pathlib.Path, samples: int, temperature: float, top_p: float):
         graphdef, params = stages.split(from_pretrained(model_dir))
-        return rollout_sampler(graphdef, params, tokenizer, num_samples=samples, max_prompt_length=256,
+        return rollout_sampler(graphdef, params, renderer, num_samples=samples, max_prompt_length=256,
                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, mesh=mesh)
 
     def sft(name: str, init, pairs, steps: int, section) -> pathlib.Path | None:
@@ -137,10 +146,10 @@ def r1_pipeline(config) -> dict:
         return None if model is None else workdir / name / "model"
 
     # -- R1-Zero, with and without the language reward ------------------------------------------
-    r1_zero_dir = rl("r1_zero", base_dir, {"arithmetic": 1.0, "format": 1.0})
+    r1_zero_dir = rl("r1_zero", base_dir, {accuracy: 1.0, "format": 1.0})
     if r1_zero_dir is None:
         return {"stopped": "r1_zero"}
-    r1_zero_language_dir = rl("r1_zero_language", base_dir, {"arithmetic": 1.0, "format": 1.0, "language": lam})
+    r1_zero_language_dir = rl("r1_zero_language", base_dir, {accuracy: 1.0, "format": 1.0, "language": lam})
     if r1_zero_language_dir is None:
         return {"stopped": "r1_zero_language"}
 
@@ -149,7 +158,7 @@ def r1_pipeline(config) -> dict:
     cold_start_data = workdir / "cold_start" / "data.json"
     if not cold_start_data.exists():
         sample = sample_fn(r1_zero_dir, c.samples_per_prompt, c.temperature, c.top_p)
-        texts = prompt_texts(train, "arithmetic", config.template)
+        texts = renderer.texts(train, task)
         records = []
         for start in range(0, len(train), 32):
             chunk = train[start:start + 32]
@@ -158,11 +167,11 @@ def r1_pipeline(config) -> dict:
                 example = chunk[i // c.samples_per_prompt]
                 records.append({"prompt": texts[start + i // c.samples_per_prompt], "completion": completion,
                                 **example})
-        pairs, stats = build_cold_start(records, correct_fn=get_reward("arithmetic"), language="en",
+        pairs, stats = build_cold_start(records, correct_fn=get_reward(accuracy), language="en",
                                         output_format=FORMAT)
         # the paper's cold start also has human-written long CoT: here, worked solutions written
         # by the corpus generator in one language (`annotated` of them; 0 keeps R1-Zero data only)
-        pairs += _annotated_pairs(train, c.annotated, config)
+        pairs += _annotated_pairs(train, c.annotated, config, renderer, task) if c.annotated else []
         stats["annotated"] = c.annotated
         cold_start_data.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomically(cold_start_data, {"pairs": pairs, "stats": stats}, indent=2)
@@ -176,7 +185,7 @@ def r1_pipeline(config) -> dict:
         return {"stopped": "cold_start"}
 
     # -- reasoning RL with the language reward ----------------------------------------------------
-    reasoning_rewards = {"arithmetic": 1.0, "r1_format": 1.0, "language": lam}
+    reasoning_rewards = {accuracy: 1.0, "r1_format": 1.0, "language": lam}
     reasoning_dir = rl("reasoning_rl", cold_start_dir, reasoning_rewards)
     if reasoning_dir is None:
         return {"stopped": "reasoning_rl"}
@@ -185,14 +194,13 @@ def r1_pipeline(config) -> dict:
     r = config.rejection
     rejection_dir = workdir / "rejection"
     rejection_sample(
-        *stages.split(from_pretrained(reasoning_dir)), tokenizer, train, output_dir=rejection_dir,
-        task="arithmetic", template=config.template, correct_fn=get_reward("arithmetic"),
+        *stages.split(from_pretrained(reasoning_dir)), renderer, train, output_dir=rejection_dir, task=task,
         num_samples=r.samples_per_prompt, max_new_tokens=max_new_tokens, temperature=r.temperature,
         top_p=r.top_p, language="en", mesh=mesh, seed=config.seed,
-        provenance={"checkpoint": str(reasoning_dir), "step": config.rl.steps, "stage": "reasoning_rl"})
+        provenance={"checkpoint": str(reasoning_dir), "step": rl_train.steps, "stage": "reasoning_rl"})
     reasoning_pairs = [(rec["prompt"], rec["completion"]) for rec in load_sft_dataset(rejection_dir)]
     general_train = general_prompts(config.seed, config.general.prompts, split="train")
-    general_pairs = [(format_prompt(q, config.template), _r1_layout(chosen))
+    general_pairs = [(renderer(q), _r1_layout(chosen))
                      for q, chosen, _ in preference_pairs(config.seed, config.general.sft_pairs,
                                                           aspects=("harmlessness",))]
     s = config.sft
@@ -203,7 +211,7 @@ def r1_pipeline(config) -> dict:
     # -- the reward model of general prompts ------------------------------------------------------
     m = config.reward_model
     log.info("stage reward_model (%.0fs)", time.perf_counter() - started)
-    rm_pairs = [(format_prompt(q, config.template), _r1_layout(a), _r1_layout(b))
+    rm_pairs = [(renderer(q), _r1_layout(a), _r1_layout(b))
                 for q, a, b in preference_pairs(config.seed, m.pairs, split="train")]
     # a finished run restores its last checkpoint and returns at once: nothing to export
     rm_stage = RewardModelTraining(RewardModelSettings(), tokenizer=tokenizer, mesh=mesh)
@@ -225,20 +233,17 @@ def r1_pipeline(config) -> dict:
 
     # -- distillation vs RL on a smaller student, at equal compute ---------------------------------
     st = config.student
-    student_config = stages.model_config(st.model, tokenizer)
-    student_base = workdir / "student" / "base" / "model"
-    if not stages.exported(student_base, student_config):
-        style = stages.corpus_style(config.pretrain)
-        model = stages.sft_stage(
-            workdir / "student" / "base", init=Transformer(student_config, rngs=nnx.Rngs(config.seed)),
-            examples=train + test, tokenizer=tokenizer,
-            to_pairs=lambda examples, rng: base_corpus(examples, rng, style, template=config.template),
-            steps=config.pretrain.steps, batch_size=config.pretrain.batch_size,
-            learning_rate=config.pretrain.learning_rate, warmup_steps=config.pretrain.warmup_steps, mesh=mesh,
-            seed=config.seed, name="student_pretrain")
-        if model is None:
+    if st.init:  # a real student checkpoint
+        student_base = pathlib.Path(st.init)
+    else:
+        student_base = stand_in.pretrain_stage(
+            workdir / "student" / "base", model_section=st.model, pretrain=config.pretrain,
+            style=stand_in.corpus_style(config.pretrain), examples=train + test, tokenizer=tokenizer,
+            renderer=renderer, task=task, mesh=mesh, seed=config.seed, name="student_pretrain")
+        if student_base is None:
             return {"stopped": "student_pretrain"}
-    student_rl = rl("student/rl", student_base, {"arithmetic": 1.0, "format": 1.0})
+    student_config = from_pretrained(student_base).config
+    student_rl = rl("student/rl", student_base, {accuracy: 1.0, "format": 1.0})
     if student_rl is None:
         return {"stopped": "student_rl"}
     rl_flops = distill_steps = sft_flops_per_step = student_distill = None
@@ -247,9 +252,9 @@ def r1_pipeline(config) -> dict:
         completion_tokens = float(np.mean([len(tokenizer.encode(c)) + 1 for _, c in reasoning_pairs]))
         student_flops = student_config.flops_per_token()
         rl_flops = _rl_flops(workdir / "student" / "rl" / "metrics.jsonl",
-                             rows_per_step=config.rl.prompts_per_step * config.rl.num_generations,
+                             rows_per_step=rl_settings.prompts_per_step * rl_settings.num_generations,
                              prompt_tokens=prompt_tokens, flops_per_token=student_flops,
-                             with_reference=config.rl.beta != 0)
+                             with_reference=rl_settings.beta != 0)
         distill_batch = min(st.distill_batch_size, len(reasoning_pairs))  # as `sft` will use
         sft_flops_per_step = 3 * student_flops * distill_batch * (prompt_tokens + completion_tokens)
         distill_steps = max(1, round(rl_flops / sft_flops_per_step))
@@ -271,7 +276,7 @@ def r1_pipeline(config) -> dict:
     evals = {name: evaluate(name, path) for name, path in models.items()}
     general_test = general_prompts(config.seed + 1, config.eval.num_prompts, split="test")
     general_scores = {name: stages.cached(workdir / "evals" / f"{name}_general.json", lambda path=path: {
-        "judge_score": _judge_score(path, judge, general_test, tokenizer, config, mesh)})["judge_score"]
+        "judge_score": _judge_score(path, judge, general_test, renderer, config, mesh)})["judge_score"]
         for name, path in (("sft", sft_dir), ("all_scenario_rl", final_dir))}
     k = config.eval.num_samples
     target = config.findings.target_accuracy
@@ -283,7 +288,7 @@ def r1_pipeline(config) -> dict:
         "b_cons_at_k_at_least_pass_at_1": {
             name: {"pass_at_1": e["pass_at_1"], f"cons_at_{k}": e[f"cons_at_{k}"]} for name, e in evals.items()},
         "c_rl_steps_to_target_accuracy": {"target": target, "from_base": steps_from_base,
-                                          "from_cold_start": steps_from_cold, "rl_steps": config.rl.steps,
+                                          "from_cold_start": steps_from_cold, "rl_steps": rl_train.steps,
                                           "holds": steps_from_cold is not None and (
                                               steps_from_base is None or steps_from_cold < steps_from_base)},
         "d_language_reward_raises_consistency": {
@@ -309,14 +314,13 @@ def r1_pipeline(config) -> dict:
     return findings
 
 
-def _judge_score(model_dir, judge, examples, tokenizer, config, mesh) -> float:
+def _judge_score(model_dir, judge, examples, renderer, config, mesh) -> float:
     """Mean judge reward of a policy's samples on held-out general prompts."""
     graphdef, params = stages.split(from_pretrained(model_dir))
-    texts = [format_prompt(ex["question"], config.template) for ex in examples]
+    texts = [renderer(ex["question"]) for ex in examples]
     k = config.eval.num_samples
-    out = rollout(graphdef, params, tokenizer, texts, jax.random.key(config.seed + 2), repeat=k,
-                  max_prompt_length=256, max_new_tokens=config.rl.max_new_tokens,
+    out = rollout(graphdef, params, renderer.tokenizer, renderer.encode_all(texts), jax.random.key(config.seed + 2),
+                  repeat=k, max_prompt_length=256, max_new_tokens=config.rl.max_new_tokens,
                   temperature=config.eval.temperature, top_p=config.eval.top_p, mesh=mesh)
     grouped = [ex for ex in examples for _ in range(k)]
     return float(np.mean(judge([texts[i // k] for i in range(len(grouped))], out.completions, grouped)))
-

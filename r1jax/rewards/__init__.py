@@ -7,6 +7,8 @@ them. Importing this package registers every built-in reward by name:
   format_soft         both blocks once each, in order, other text allowed
   format_tag_count    0.25 per think/answer tag present exactly once
   format_reasoning    strict format with <reasoning> instead of <think>
+  boxed_format        exactly one non-empty \\boxed{} answer
+  answer_phrase_format  ends with "The answer is X."
   countdown           Countdown expression vs `numbers` and `target`
   arithmetic          exact number vs `answer`
   r1_format           R1's |special_token|reasoning|special_token|summary output

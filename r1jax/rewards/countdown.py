@@ -111,12 +111,19 @@ def arithmetic_reward(completion: str, answer: str, *, answer_tag: str = "answer
     gold = parse_exact_number(str(answer))
     if gold is None:
         return None
+    predicted = final_number(completion, answer_tag)
+    return float(predicted is not None and parse_exact_number(predicted) == gold)
+
+
+def final_number(completion: str, answer_tag: str = "answer") -> Optional[str]:
+    """The final answer as `arithmetic_reward` reads it: `extract_final_answer`, else the last non-empty
+    line; then what follows its last "=". None when that is not a number."""
     predicted = extract_final_answer(completion, answer_tag)
     if predicted is None:
         lines = [line for line in completion[-200:].splitlines() if line.strip()]
         predicted = lines[-1].strip() if lines else ""
-    predicted_number = parse_exact_number(predicted.split("=")[-1])
-    return float(predicted_number is not None and predicted_number == gold)
+    predicted = predicted.split("=")[-1].strip()
+    return predicted if parse_exact_number(predicted) is not None else None
 
 
 def _as_int(value, field: str) -> int:

@@ -17,6 +17,9 @@ megabyte of repeated tags.
 """
 from __future__ import annotations
 
+import re
+
+from r1jax.rewards.extraction import extract_boxed
 from r1jax.rewards.registry import register_reward
 
 FORMAT_MODES = ("strict", "soft", "tag_count")
@@ -86,3 +89,24 @@ def tag_count_reward(completion: str, **_) -> float:
 def reasoning_format_reward(completion: str, **_) -> float:
     """Strict format with the `<reasoning>`/`<answer>` tag names."""
     return format_reward(completion, mode="strict", think_tag="reasoning")
+
+
+@register_reward("boxed_format")
+def boxed_format_reward(completion: str, **_) -> float:
+    """1.0 iff the completion boxes exactly one non-empty final answer, `\\boxed{…}` (braces balanced):
+    the answer format of prompts that say "put the final answer in \\boxed{}"."""
+    if completion.count("\\boxed") != 1:
+        return 0.0
+    answer = extract_boxed(completion)
+    return 1.0 if answer is not None and answer.strip() else 0.0
+
+
+# "... The answer is 42." at the very end: a short final phrase, on the last line
+_FINAL_PHRASE = re.compile(r"(?i)\bthe answer is\s+([^\n]{1,40}?)\s*\.?\s*$")
+
+
+@register_reward("answer_phrase_format")
+def answer_phrase_format_reward(completion: str, **_) -> float:
+    """1.0 iff the completion ends with "The answer is X." (X: up to 40 characters on the last line):
+    the answer format of prompts that say "end your reply with 'The answer is N.'"."""
+    return 1.0 if _FINAL_PHRASE.search(completion.strip()) else 0.0

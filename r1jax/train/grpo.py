@@ -27,20 +27,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from r1jax.data import format_prompt, question_text
 from r1jax.data.preferences import is_general
 from r1jax.losses import group_advantages
 from r1jax.rewards import RewardEvaluator, RewardResult
 from r1jax.sharding import batch_sharding
+from r1jax.tasks import get_task
 from r1jax.tokenizers import Tokenizer
 from r1jax.train.objectives import grpo_objective
-from r1jax.train.rollout import prompt_texts, rollout, training_batch
+from r1jax.rollout import PromptRenderer, check_template, rollout, training_batch
 from r1jax.train.state import TrainState, copy_params
 from r1jax.train.step import make_logprobs_fn
 
 
 @dataclasses.dataclass(frozen=True)
 class GRPOSettings:
+    prompts_per_step: int = 16  # B, prompts sampled for one rollout
     num_generations: int = 8  # G, completions per prompt
     max_prompt_length: int = 256
     max_new_tokens: int = 64
@@ -54,7 +55,14 @@ class GRPOSettings:
     advantage_scale: str = "group"
     num_iterations: int = 1  # mu
     num_minibatches: int = 1
-    template: str = "r1_zero"
+    template: str = "r1_zero"  # a text template, a named chat template, or "chat" (r1jax.rollout)
+    system_prompt: str | None = None  # the system turn of template "chat"
+
+    def __post_init__(self):
+        check_template(self.template, self.system_prompt)
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations={self.num_generations}: GRPO compares completions within a group, "
+                             "so every advantage would be 0; use 2 or more")
 
 
 # judge(prompts, completions, examples) -> float [N], NaN where it cannot judge
@@ -65,18 +73,20 @@ MODEL_REWARD = "model"  # the judge's name in the reward metrics (`reward/model`
 class GRPO:
     """The GRPO stage: `objective()` for the train step and `make_batches` for the loop.
 
+    task: the `r1jax.tasks.Task` (or its name) of the prompts: their question text, and the
+        reward logged as `accuracy`.
     model_reward: optional judge of the general prompts (module doc); without one, a
         batch with general prompts is an error.
     """
 
     def __init__(self, settings: GRPOSettings, *, tokenizer: Tokenizer, rewards: RewardEvaluator,
-                 task: str, mesh: Mesh, accuracy_reward: str = "accuracy", model_reward: Judge | None = None):
+                 task, mesh: Mesh, model_reward: Judge | None = None):
         self.settings = settings
         self.tokenizer = tokenizer
+        self.renderer = PromptRenderer(tokenizer, settings.template, settings.system_prompt)
         self.rewards = rewards
-        self.task = task
+        self.task = get_task(task)
         self.mesh = mesh
-        self.accuracy_reward = accuracy_reward
         self.model_reward = model_reward
         self._ref_params = None
         self._logprobs_fn = None
@@ -98,7 +108,8 @@ class GRPO:
         if self._logprobs_fn is None:
             raise RuntimeError("call set_reference(initial_state) before the first GRPO step")
         texts = self._prompt_texts(examples)
-        out = rollout(state.graphdef, state.params, self.tokenizer, texts, rng, repeat=s.num_generations,
+        out = rollout(state.graphdef, state.params, self.tokenizer, self.renderer.encode_all(texts), rng,
+                      repeat=s.num_generations,
                       max_prompt_length=s.max_prompt_length, max_new_tokens=s.max_new_tokens,
                       temperature=s.temperature, top_p=s.top_p, mesh=self.mesh)
         grouped_examples = [ex for ex in examples for _ in range(s.num_generations)]
@@ -121,20 +132,17 @@ class GRPO:
                    "valid_fraction": float(result.valid.mean())}
         for name, values in result.per_function.items():
             metrics[f"reward/{name}"] = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
-        if self.accuracy_reward in result.per_function:
-            metrics["accuracy"] = metrics[f"reward/{self.accuracy_reward}"]
+        if self.task.accuracy_reward in result.per_function:
+            metrics["accuracy"] = metrics[f"reward/{self.task.accuracy_reward}"]
         metrics.update({f"rewards/{k}": float(v) for k, v in result.metrics.items()
                         if k.endswith(("failures", "timeouts"))})
         return batches, metrics
 
     def _prompt_texts(self, examples: Sequence[dict]) -> list[str]:
-        if self.model_reward is None:
-            if any(ex.get("kind") == "general" for ex in examples):
-                raise ValueError("the batch has general prompts (kind == 'general') but GRPO has no judge for "
-                                 "them: pass model_reward=RewardModelJudge(...) (r1jax.train.reward_model)")
-            return prompt_texts(examples, self.task, self.settings.template)
-        return [format_prompt(ex["question"] if is_general(ex) else question_text(ex, self.task),
-                              self.settings.template) for ex in examples]
+        if self.model_reward is None and any(is_general(ex) for ex in examples):
+            raise ValueError("the batch has general prompts (kind == 'general') but GRPO has no judge for "
+                             "them: pass model_reward=RewardModelJudge(...) (r1jax.train.reward_model)")
+        return self.renderer.texts(examples, self.task)
 
     def _start_rewards(self, texts: list[str], completions: list[str],
                        grouped_examples: list[dict]) -> Callable[[], RewardResult]:

@@ -35,7 +35,7 @@ from r1jax.data.preferences import is_general
 from r1jax.losses import bradley_terry_loss
 from r1jax.sharding import activate, make_global_batch, num_batch_shards
 from r1jax.tokenizers import Tokenizer
-from r1jax.train.rollout import bucket_length
+from r1jax.sampling import pad_left, round_up
 
 THINK_END = "</think>"
 SPECIAL_TOKEN = "|special_token|"  # R1 cold-start layout: |special_token|<reasoning>|special_token|<summary>
@@ -70,13 +70,7 @@ def encode_responses(tokenizer: Tokenizer, prompts: Sequence[str], responses: Se
     if max_length is not None and longest > max_length:
         raise ValueError(f"a prompt + response has {longest} tokens, more than max_length={max_length}; "
                          "raise max_length or filter long examples")
-    width = bucket_length(longest, pad_to_multiple)
-    tokens = np.full((len(rows), width), tokenizer.pad_id, np.int32)
-    mask = np.zeros_like(tokens)
-    for i, row in enumerate(rows):
-        tokens[i, width - len(row):] = row
-        mask[i, width - len(row):] = 1
-    return tokens, mask
+    return pad_left(rows, tokenizer.pad_id, multiple=pad_to_multiple)
 
 
 def encode_preferences(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str, str]], *,
@@ -172,7 +166,7 @@ def score_texts(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer,
         return np.zeros(0, np.float32)
     tokens, mask = encode_responses(tokenizer, prompts, completions, pad_to_multiple=pad_to_multiple)
     num_rows = tokens.shape[0]
-    padded_rows = bucket_length(num_rows, batch_size)
+    padded_rows = round_up(num_rows, batch_size)
     # padding rows are all mask 0: scored (finitely) and dropped
     tokens = np.pad(tokens, ((0, padded_rows - num_rows), (0, 0)), constant_values=tokenizer.pad_id)
     mask = np.pad(mask, ((0, padded_rows - num_rows), (0, 0)))

@@ -4,7 +4,7 @@ Serves the stand-in pretraining of our tiny base models, R1's cold start, the SF
 rejection sampling and distillation: only the data differs. The loss counts the
 completion tokens (and the EOS that ends them), never the prompt.
 
-    formatter = PairFormatter("arithmetic", template="r1_zero")
+    formatter = PairFormatter(task, template="r1_zero")  # task: an r1jax.tasks.Task or its name
     pairs = [formatter.from_solution(ex, reasoning, answer) for ...]     # cold start
     pairs = [formatter(ex, completion) for ...]                         # rejection-sampled / teacher
     sft = SFT(SFTSettings(max_length=512, packing=True), tokenizer=tokenizer, mesh=mesh)
@@ -29,8 +29,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from r1jax.data import CHAT_TEMPLATES, TEXT_TEMPLATES, chat_messages, format_prompt, question_text
 from r1jax.losses import token_logprobs
+from r1jax.rollout import PromptRenderer
+from r1jax.sampling import pad_left, round_up
+from r1jax.tasks import get_task
 from r1jax.sharding import activate, make_global_batch, num_batch_shards
 from r1jax.tokenizers import Tokenizer
 from r1jax.train.objectives import next_token_targets, sft_forward, sft_objective
@@ -59,43 +61,21 @@ def r1_completion(reasoning: str, answer: str) -> str:
     return f"<think> {reasoning.strip()} </think> <answer> {answer.strip()} </answer>"
 
 
-def example_prompt(example: Mapping, *, task: str, template: str = "r1_zero",
-                   tokenizer: Tokenizer | None = None) -> str:
-    """The prompt text of one example: a text template (`r1_zero`, `plain`) or, through the
-    tokenizer's chat template, a chat template (`r1_chat`, `plain_chat`)."""
-    question = question_text(example, task)
-    if template in TEXT_TEMPLATES:
-        return format_prompt(question, template)
-    if template in CHAT_TEMPLATES:
-        if tokenizer is None:
-            raise ValueError(f"the chat template {template!r} is rendered by a tokenizer; pass tokenizer=...")
-        return tokenizer.apply_chat_template(chat_messages(question, template), add_generation_prompt=True)
-    raise ValueError(f"unknown template {template!r}; text templates: {sorted(TEXT_TEMPLATES)}, "
-                     f"chat templates: {sorted(CHAT_TEMPLATES)}")
-
-
-@dataclasses.dataclass(frozen=True)
 class PairFormatter:
     """Turns task examples into SFT (prompt, completion) pairs, the same way for every stage.
 
     `formatter(example, completion)` keeps a model-written completion as it is (rejection
     sampling, distillation); `formatter.from_solution(example, reasoning, answer)` writes
-    one in the R1 format (cold-start data).
+    one in the R1 format (cold-start data). Prompts are rendered by `r1jax.rollout.PromptRenderer`.
     """
 
-    task: str
-    template: str = "r1_zero"
-    tokenizer: Tokenizer | None = None
-
-    def __post_init__(self):
-        if self.template not in TEXT_TEMPLATES and self.template not in CHAT_TEMPLATES:
-            raise ValueError(f"unknown template {self.template!r}; text templates: {sorted(TEXT_TEMPLATES)}, "
-                             f"chat templates: {sorted(CHAT_TEMPLATES)}")
-        if self.template in CHAT_TEMPLATES and self.tokenizer is None:
-            raise ValueError(f"the chat template {self.template!r} is rendered by a tokenizer; pass tokenizer=...")
+    def __init__(self, task, template: str = "r1_zero", tokenizer: Tokenizer | None = None,
+                 system_prompt: str | None = None):
+        self.task = get_task(task)
+        self.renderer = PromptRenderer(tokenizer, template, system_prompt)
 
     def prompt(self, example: Mapping) -> str:
-        return example_prompt(example, task=self.task, template=self.template, tokenizer=self.tokenizer)
+        return self.renderer.texts([example], self.task)[0]
 
     def __call__(self, example: Mapping, completion: str) -> Pair:
         return self.prompt(example), completion
@@ -138,10 +118,6 @@ def _encode_pair(tokenizer: Tokenizer, prompt: str, completion: str, max_length:
     return prompt_ids + completion_ids, len(completion_ids)
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[Pair], *, max_length: int,
                  pad_to_multiple: int = 32, row_multiple: int = 1) -> dict[str, np.ndarray]:
     """Left-padded rows `prompt + completion + EOS` in the layout of `r1jax.train.objectives`.
@@ -150,13 +126,11 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[Pair], *, max_length: int
     count to `row_multiple` with empty rows, which count nowhere.
     """
     encoded = [_encode_pair(tokenizer, prompt, completion, max_length) for prompt, completion in pairs]
-    width = _round_up(max(len(ids) for ids, _ in encoded), pad_to_multiple)
-    tokens = np.full((_round_up(len(encoded), row_multiple), width), tokenizer.pad_id, np.int32)
-    attention_mask = np.zeros_like(tokens)
-    completion_mask = np.zeros_like(tokens)
-    for i, (ids, num_completion) in enumerate(encoded):
-        tokens[i, width - len(ids):] = ids
-        attention_mask[i, width - len(ids):] = 1
+    width = round_up(max(len(ids) for ids, _ in encoded), pad_to_multiple)
+    empty_rows = [[]] * (round_up(len(encoded), row_multiple) - len(encoded))
+    tokens, attention_mask = pad_left([ids for ids, _ in encoded] + empty_rows, tokenizer.pad_id, width=width)
+    completion_mask = np.zeros_like(attention_mask)
+    for i, (_, num_completion) in enumerate(encoded):
         completion_mask[i, width - num_completion:] = 1
     return {"tokens": tokens, "attention_mask": attention_mask, "completion_mask": completion_mask}
 
@@ -179,7 +153,7 @@ def pack_pairs(tokenizer: Tokenizer, pairs: Sequence[Pair], *, max_length: int,
             row = len(rows) - 1
         rows[row].append((ids, num_completion))
         free[row] -= len(ids)
-    shape = (_round_up(len(rows), row_multiple), max_length)
+    shape = (round_up(len(rows), row_multiple), max_length)
     tokens = np.full(shape, tokenizer.pad_id, np.int32)
     attention_mask, completion_mask, segment_ids = (np.zeros(shape, np.int32) for _ in range(3))
     for r, row in enumerate(rows):

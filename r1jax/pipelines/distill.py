@@ -1,0 +1,154 @@
+"""Distillation (DeepSeek-R1, section 2.4): SFT of a small student on a teacher's reasoning traces.
+
+    workdir/data/            the task's data, when generated locally
+    workdir/traces/          rejection sampling of the teacher on the task's training prompts: the kept
+                             (correct, clean) traces as a TFDS dataset with provenance (r1jax.data.rejection)
+    workdir/sft/             SFT of the student on the traces; sft/model is the student with its tokenizer
+    workdir/evals/           held-out evaluations of the student before and after
+    workdir/summary.json
+
+The config (see `experiments/distill_qwen2_5_1_5b.py`):
+  init, tokenizer, model   the student checkpoint, its tokenizer ("" = beside it), ModelConfig overrides
+  teacher                  init (checkpoint), tokenizer, and the sampling of the traces: num_samples,
+                           max_new_tokens, temperature, top_p, max_prompts (0 = all), keep
+                           ("correct": rejection sampling; "all": every sample, for smoke runs on
+                           random checkpoints, whose samples are never correct)
+  task, data_dir           the task whose training prompts are distilled
+  template, system_prompt  the prompt format of teacher, student and evaluation
+  sft                      TrainSettings (steps, learning_rate, ...) plus batch_size, max_length, packing
+  eval                     EvalSettings
+
+Each stage is skipped when its result is there; a killed run resumes with the same command.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import time
+
+from r1jax.data.rejection import load_sft_dataset, rejection_sample, rollout_sampler
+from r1jax.files import write_json_atomically
+from r1jax.metrics import summary_table
+from r1jax.models import from_pretrained
+from r1jax.pipelines import stages
+from r1jax.pipelines.settings import EvalSettings, TrainSettings, settings_from
+from r1jax.rollout import PromptRenderer, check_template
+from r1jax.sharding import make_mesh
+from r1jax.tasks import task_from_config
+from r1jax.tokenizers import load_tokenizer
+
+log = logging.getLogger(__name__)
+KEEP = ("correct", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSettings:
+    init: str
+    tokenizer: str = ""  # "": the one beside the teacher checkpoint
+    num_samples: int = 4
+    max_new_tokens: int = 1024
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_prompts: int = 0  # 0: every training prompt
+    max_prompt_length: int = 512
+    keep: str = "correct"
+
+    def __post_init__(self):
+        if not self.init or not pathlib.Path(self.init).exists():
+            raise ValueError(f"config.teacher.init={self.init!r}: name the teacher checkpoint, an existing HF "
+                             "directory or .gguf file")
+        if self.keep not in KEEP:
+            raise ValueError(f"config.teacher.keep={self.keep!r}; choose one of {KEEP}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTBatches:
+    batch_size: int = 32
+    max_length: int = 1024
+    packing: bool = False
+
+
+def distill(config) -> dict:
+    """Run (or resume) the recipe; returns and writes the summary."""
+    workdir = pathlib.Path(config.workdir)
+    init = pathlib.Path(config.init) if config.init else None
+    if init is None or not init.exists():
+        raise ValueError(f"config.init={config.init!r}: name the student checkpoint (--config.init=PATH)")
+    teacher_section = dict(config.teacher)
+    if not teacher_section.get("init") and config.get("runlocal"):  # a smoke run: the student is its own teacher
+        teacher_section["init"] = str(init)
+    teacher = settings_from(teacher_section, TeacherSettings, where="teacher")
+    train_settings, batches = settings_from(config.sft, TrainSettings, SFTBatches, where="sft")
+    eval_settings = settings_from(config.eval, EvalSettings, where="eval")
+    task = task_from_config(config.task)
+    check_template(config.template, config.system_prompt)
+    started = time.perf_counter()
+    data_dir = pathlib.Path(config.data_dir) if config.data_dir else workdir / "data"
+    mesh = make_mesh(dict(config.mesh))
+    student_tokenizer = load_tokenizer(config.tokenizer or init)
+    teacher_renderer = PromptRenderer(load_tokenizer(teacher.tokenizer or teacher.init), config.template,
+                                      config.system_prompt)
+    student_renderer = PromptRenderer(student_tokenizer, config.template, config.system_prompt)
+    train = list(task.load("train", data_dir=data_dir))
+    train = train[:teacher.max_prompts] if teacher.max_prompts else train
+    test = list(task.load(eval_settings.split, data_dir=data_dir))
+    eval_examples = test[:eval_settings.num_prompts] if eval_settings.num_prompts else test
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    # -- the teacher's traces ---------------------------------------------------------------------
+    traces_dir = workdir / "traces"
+    graphdef, params = stages.split(from_pretrained(teacher.init))
+    extra = {}
+    if teacher.keep == "all":
+        sample = rollout_sampler(graphdef, params, teacher_renderer, num_samples=teacher.num_samples,
+                                 max_prompt_length=teacher.max_prompt_length, max_new_tokens=teacher.max_new_tokens,
+                                 temperature=teacher.temperature, top_p=teacher.top_p, mesh=mesh)
+        # every sample counts as finished and correct: only duplicates are dropped
+        extra = dict(sample_fn=lambda texts, rng: [s._replace(stopped=True) for s in sample(texts, rng)],
+                     correct_fn=_accept, repetition_threshold=0.999)
+    stats = rejection_sample(
+        graphdef, params, teacher_renderer, train, output_dir=traces_dir, task=task, num_samples=teacher.num_samples,
+        max_new_tokens=teacher.max_new_tokens, max_prompt_length=teacher.max_prompt_length,
+        temperature=teacher.temperature, top_p=teacher.top_p, mesh=mesh, seed=config.seed,
+        provenance={"teacher": str(teacher.init), "keep": teacher.keep}, **extra)
+    del graphdef, params
+    log.info("traces: %s (%.0fs)", stats, time.perf_counter() - started)
+    # the student sees the prompts in its own tokenizer's template
+    pairs = [(student_renderer.texts([record], task)[0], record["completion"])
+             for record in load_sft_dataset(traces_dir)]
+
+    def evaluate(name, model_dir):
+        return stages.cached(workdir / "evals" / f"{name}.json", lambda: stages.evaluate_stage(
+            *stages.split(from_pretrained(model_dir, **dict(config.model))), student_renderer, eval_examples,
+            task=task, settings=eval_settings, max_new_tokens=teacher.max_new_tokens, mesh=mesh,
+            seed=config.seed + 1))
+
+    base_eval = evaluate("student_base", init)
+    summary = {"init": str(init), "teacher": str(teacher.init), "task": task.name, "traces_kept": stats.kept,
+               "traces_sampled": stats.samples, **{f"base_{k}": v for k, v in base_eval.items()}}
+    if not pairs:
+        log.warning("no teacher trace passed the filters (%s): nothing to distill", stats.dropped)
+        summary["distilled"] = False
+    else:
+        model = stages.sft_stage(
+            workdir / "sft", init=init, examples=pairs, to_pairs=None, tokenizer=student_tokenizer,
+            steps=train_settings.steps, batch_size=min(batches.batch_size, len(pairs)),
+            learning_rate=train_settings.learning_rate, warmup_steps=train_settings.warmup_steps, mesh=mesh,
+            seed=config.seed, name="distill", max_length=batches.max_length, packing=batches.packing,
+            schedule=train_settings.schedule, weight_decay=train_settings.weight_decay,
+            model_overrides=dict(config.model))
+        if model is None:
+            return {"stopped": "sft"}
+        del model
+        final_eval = evaluate("student_distilled", workdir / "sft" / "model")
+        summary.update({"distilled": True, "model": str(workdir / "sft" / "model"),
+                        **{f"final_{k}": v for k, v in final_eval.items()}})
+        print(summary_table([{"model": "student", **base_eval}, {"model": "distilled", **final_eval}]))
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    write_json_atomically(workdir / "summary.json", summary, indent=2)
+    return summary
+
+
+def _accept(completion, **_) -> float:
+    return 1.0

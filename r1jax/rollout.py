@@ -1,0 +1,128 @@
+"""The host side of sampling, shared by GRPO, evaluation, rejection sampling, cold start and the judge.
+
+One prompt renderer, one padding helper, one rollout:
+
+    renderer = PromptRenderer(tokenizer, template="chat", system_prompt=None)   # or "r1_zero", "plain", ...
+    texts = renderer.texts(examples, task)          # the prompt strings (kept with the samples)
+    out = rollout(graphdef, params, tokenizer, renderer.encode_all(texts), rng, repeat=8, ...)
+    out.completions                                  # decoded text of every row, grouped by prompt
+
+Templates (`r1jax.data.prompts`): a text template ("r1_zero", "plain") wraps the question
+into the string a base model continues, and the tokenizer's BOS goes first, as in
+pretraining. A chat template ("chat": the tokenizer's own, with `system_prompt` as the
+system turn if given; "r1_chat" / "plain_chat": named system prompts) renders messages
+with the tokenizer's jinja template, and the ids are exactly the rendered text's: what
+`transformers`' `apply_chat_template(..., tokenize=True)` gives, no BOS added on top.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from r1jax.data.prompts import CHAT_TEMPLATES, TEXT_TEMPLATES, chat_messages, format_prompt
+from r1jax.sampling import SampleOutput, generate, pad_left
+from r1jax.sharding import make_global_batch
+from r1jax.tasks import question_of
+from r1jax.tokenizers import Tokenizer
+
+CHAT = "chat"  # the template name of the tokenizer's own chat template
+
+
+def template_names() -> list[str]:
+    return sorted(TEXT_TEMPLATES) + sorted(CHAT_TEMPLATES) + [CHAT]
+
+
+def check_template(template: str, system_prompt: str | None = None) -> None:
+    """Refuse an unknown template name, or a system prompt given to a text template."""
+    if template not in TEXT_TEMPLATES and template not in CHAT_TEMPLATES and template != CHAT:
+        raise ValueError(f"unknown template {template!r}; choose one of {template_names()}")
+    if system_prompt is not None and template != CHAT:
+        raise ValueError(f"system_prompt is used by the 'chat' template only, not by {template!r}; "
+                         "set template='chat' or drop system_prompt")
+
+
+class PromptRenderer:
+    """Questions to prompt text and prompt ids, one way for every stage.
+
+    template: a text template, a named chat template, or "chat" (module doc).
+    system_prompt: the system turn of "chat"; None leaves it to the tokenizer's template
+        (which may add a default one, as SmolLM2's and Qwen2.5's do).
+    """
+
+    def __init__(self, tokenizer: Tokenizer | None, template: str = "r1_zero", system_prompt: str | None = None):
+        check_template(template, system_prompt)
+        self.tokenizer = tokenizer
+        self.template = template
+        self.system_prompt = system_prompt
+        self.is_chat = template not in TEXT_TEMPLATES
+        if self.is_chat and tokenizer is None:
+            raise ValueError(f"the chat template {template!r} is rendered by a tokenizer; pass one")
+
+    def messages(self, question: str) -> list[dict[str, str]]:
+        if self.template != CHAT:
+            return chat_messages(question, self.template)
+        turns = [{"role": "user", "content": question.strip()}]
+        return turns if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}, *turns]
+
+    def __call__(self, question: str) -> str:
+        """The prompt text of one question."""
+        if not self.is_chat:
+            return format_prompt(question, self.template)
+        return self.tokenizer.apply_chat_template(self.messages(question), add_generation_prompt=True)
+
+    def texts(self, examples: Sequence[dict], task) -> list[str]:
+        """Prompt texts of task examples; general prompts (`kind == "general"`) keep their own question."""
+        return [self(question_of(example, task)) for example in examples]
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of a prompt text: BOS first for a text template, the rendered ids alone for a chat one."""
+        # a tokenizer without a jinja template renders chats as plain text (`plain_chat_prompt`): BOS first
+        templated = self.is_chat and getattr(self.tokenizer, "chat_template", None) is not None
+        add_bos = not templated and self.tokenizer.bos_id is not None
+        return self.tokenizer.encode(text, add_bos=add_bos)
+
+    def encode_all(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(text) for text in texts]
+
+
+class Rollout(NamedTuple):
+    samples: SampleOutput  # device arrays, rows grouped by prompt
+    completions: list[str]  # decoded text of each row
+    lengths: np.ndarray  # [rows] completion lengths, on the host
+
+
+def rollout(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
+            rng, *, repeat: int, max_prompt_length: int, max_new_tokens: int, temperature: float, top_p: float,
+            mesh: Mesh, top_k: int = 0, prompt_multiple: int = 32) -> Rollout:
+    """Sample `repeat` completions of each prompt (token ids, e.g. `PromptRenderer.encode_all`) and decode them.
+
+    Prompts are left-padded to a multiple of `prompt_multiple` tokens.
+    """
+    longest = max(len(p) for p in prompts)
+    if longest > max_prompt_length:
+        raise ValueError(f"a prompt has {longest} tokens, more than max_prompt_length={max_prompt_length}; "
+                         "raise max_prompt_length or shorten the prompts")
+    if min(len(p) for p in prompts) == 0:
+        raise ValueError("a prompt has no tokens (and the tokenizer no BOS to start it): give every prompt text")
+    tokens, mask = pad_left(prompts, tokenizer.pad_id, multiple=prompt_multiple, repeat=repeat)
+    tokens, mask = make_global_batch((tokens, mask), mesh)
+    samples = generate(graphdef, params, tokens, mask, rng, max_new_tokens=max_new_tokens,
+                       temperature=temperature, top_p=top_p, top_k=top_k,
+                       stop_ids=tuple(sorted(tokenizer.stop_ids)), pad_id=tokenizer.pad_id, mesh=mesh)
+    # the one device-to-host copy of a rollout: the reward functions read text
+    host_tokens, lengths = jax.device_get((samples.tokens, samples.lengths))
+    completions = [tokenizer.decode(row[:n]) for row, n in zip(host_tokens, lengths)]
+    return Rollout(samples, completions, np.asarray(lengths))
+
+
+def training_batch(samples: SampleOutput) -> dict[str, jax.Array]:
+    """Prompt + completion rows in the layout of `r1jax.train.objectives`."""
+    tokens = jnp.concatenate([samples.prompt_tokens, samples.tokens], axis=1)
+    attention_mask = jnp.concatenate([samples.prompt_mask, samples.mask], axis=1)
+    completion_mask = jnp.concatenate([jnp.zeros_like(samples.prompt_mask), samples.mask], axis=1)
+    return {"tokens": tokens, "attention_mask": attention_mask, "completion_mask": completion_mask}

@@ -1,0 +1,219 @@
+"""Every GRPO option set in a config section reaches what the loss computes (one test per option).
+
+A section goes through the same path as an experiment's `config.grpo`
+(`settings_from(section, GRPOSettings, TrainSettings)` -> `GRPO`), and the loss, the
+advantages, the rollout request or the update batches are compared with those of the
+default settings and with the primitive (`r1jax.losses`) called with that option.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from r1jax.losses import group_advantages, grpo_loss
+from r1jax.models import ModelConfig, Transformer
+from r1jax.pipelines.settings import TrainSettings, settings_from
+from r1jax.rewards import RewardResult
+from r1jax.rollout import Rollout
+from r1jax.sampling import SampleOutput
+from r1jax.sharding import make_mesh
+from r1jax.train import grpo as grpo_module
+from r1jax.train.grpo import GRPO, GRPOSettings
+from r1jax.train.objectives import sequence_logprobs
+from r1jax.train.state import train_state_from_model
+
+BASE = dict(steps=1, learning_rate=1e-3, num_generations=4, prompts_per_step=2, max_new_tokens=6, beta=0.0)
+VOCAB = 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = ModelConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                         num_kv_heads=1, max_position_embeddings=64)
+    return Transformer(config, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def batch(model):
+    """8 rows of 4 prompt + 6 completion tokens; old and reference log-probs moved off the policy's."""
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(3, VOCAB, (8, 10)), jnp.int32)
+    lengths = np.array([6, 2, 5, 3, 6, 1, 4, 6])
+    completion = np.arange(6)[None, :] < lengths[:, None]
+    completion_mask = jnp.asarray(np.concatenate([np.zeros((8, 4), bool), completion], axis=1), jnp.int32)
+    attention_mask = jnp.asarray(np.concatenate([np.ones((8, 4), bool), completion], axis=1), jnp.int32)
+    logps = sequence_logprobs(model(tokens, attention_mask=attention_mask), tokens)
+    # ratios up to e^0.5: some tokens fall outside every clip range used below
+    old = logps + jnp.asarray(rng.uniform(-0.5, 0.5, logps.shape), jnp.float32)
+    ref = logps + jnp.asarray(rng.uniform(-1.0, 1.0, logps.shape), jnp.float32)
+    advantages = jnp.asarray([1.5, -0.5, 0.8, -1.8, 0.3, -0.2, 1.1, -1.2], jnp.float32)
+    return {"tokens": tokens, "attention_mask": attention_mask, "completion_mask": completion_mask,
+            "old_logps": old, "ref_logps": ref, "advantages": advantages, "logps": logps}
+
+
+def stage(**options) -> GRPO:
+    settings, _ = settings_from({**BASE, **options}, GRPOSettings, TrainSettings, where="grpo")
+    return GRPO(settings, tokenizer=FakeTokenizer(), rewards=None, task="arithmetic", mesh=make_mesh({"data": -1}))
+
+
+def loss_of(model, batch, **options) -> float:
+    inputs = {k: v for k, v in batch.items() if k != "logps"}
+    tokens = int(batch["completion_mask"].sum())
+    loss, _ = stage(**options).objective()(model, inputs, jax.random.key(0), tokens_per_microbatch=tokens)
+    return float(loss)
+
+
+def reference(batch, **options) -> float:
+    """The primitive itself, with `options` on top of the defaults the objective passes."""
+    kwargs = dict(epsilon_low=0.2, epsilon_high=None, beta=0.0, loss_type="grpo", importance_sampling_level="token",
+                  max_completion_length=BASE["max_new_tokens"])
+    kwargs.update(options)
+    loss, _ = grpo_loss(batch["logps"], batch["old_logps"], batch["ref_logps"] if kwargs["beta"] else None,
+                        batch["advantages"], batch["completion_mask"], **kwargs)
+    return float(loss)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("beta", 0.3),
+    ("epsilon_low", 0.05),
+    ("epsilon_high", 0.45),
+    ("loss_type", "bnpo"),
+    ("loss_type", "dr_grpo"),
+    ("loss_type", "dapo"),
+    ("importance_sampling_level", "sequence"),
+])
+def test_a_loss_option_changes_the_loss_as_the_primitive_does(model, batch, option, value):
+    default = loss_of(model, batch)
+    changed = loss_of(model, batch, **{option: value})
+    assert changed != pytest.approx(default, rel=1e-4, abs=1e-6)
+    np.testing.assert_allclose(changed, reference(batch, **{option: value}), rtol=1e-5, atol=1e-6)
+
+
+def test_max_new_tokens_sets_the_dr_grpo_normaliser(model, batch):
+    short = loss_of(model, batch, loss_type="dr_grpo")
+    long = loss_of(model, batch, loss_type="dr_grpo", max_new_tokens=12)
+    np.testing.assert_allclose(long, short * 6 / 12, rtol=1e-5)
+
+
+# ---- options that act through the rollout ---------------------------------------------------------
+
+class FakeTokenizer:
+    """Just what GRPO's renderer and rollout read."""
+
+    bos_id, eos_id, pad_id, vocab_size, chat_template = 1, 2, 0, VOCAB, None
+    stop_ids = frozenset({2})
+
+    def encode(self, text, add_bos=False):
+        return ([1] if add_bos else []) + [3 + len(word) % 20 for word in text.split()]
+
+    def apply_chat_template(self, messages, add_generation_prompt=True):
+        return " | ".join(f"{m['role']}: {m['content']}" for m in messages) + " | assistant:"
+
+
+class FakeRewards:
+    """Rewards 0, 1, 2, ... per row: groups with different spreads."""
+
+    names = ("arithmetic",)
+
+    def submit(self, completions, examples):
+        total = np.arange(len(completions), dtype=np.float32) ** 1.5
+        result = RewardResult({"arithmetic": total}, total, np.ones(len(total), bool), {}, [])
+        return type("Pending", (), {"result": lambda self: result})()
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Replace the sampler: record what GRPO asks of the rollout, return fixed completions."""
+    calls = []
+
+    def fake_rollout(graphdef, params, tokenizer, prompts, rng, *, repeat, max_prompt_length, max_new_tokens,
+                     temperature, top_p, mesh, **_):
+        calls.append(dict(prompts=prompts, repeat=repeat, max_prompt_length=max_prompt_length,
+                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p))
+        rows, width = len(prompts) * repeat, max(len(p) for p in prompts)
+        prompt_tokens = np.ones((rows, width), np.int32)
+        tokens = np.full((rows, max_new_tokens), 5, np.int32)
+        mask = np.ones_like(tokens)
+        samples = SampleOutput(jnp.asarray(tokens), jnp.zeros(tokens.shape), jnp.asarray(mask),
+                               jnp.full(rows, max_new_tokens), jnp.asarray(prompt_tokens), jnp.ones_like(prompt_tokens))
+        return Rollout(samples, ["7"] * rows, np.full(rows, max_new_tokens))
+
+    monkeypatch.setattr(grpo_module, "rollout", fake_rollout)
+    return calls
+
+
+EXAMPLES = [{"expression": "1 + 2", "answer": "3"}, {"expression": "2 * 3", "answer": "6"}]
+
+
+def make_batches(model, captured, **options):
+    grpo = stage(**options)
+    grpo.rewards = FakeRewards()
+    state = train_state_from_model(model, optax.identity(), make_mesh({"data": -1}))
+    grpo.set_reference(state)
+    batches, metrics = grpo.make_batches(state, EXAMPLES, jax.random.key(0))
+    return batches, captured[-1]
+
+
+@pytest.mark.parametrize("option, value", [("temperature", 0.7), ("top_p", 0.9), ("max_new_tokens", 9),
+                                           ("max_prompt_length", 77), ("num_generations", 3)])
+def test_a_sampling_option_reaches_the_rollout(model, captured, option, value):
+    _, request = make_batches(model, captured, **{option: value})
+    key = "repeat" if option == "num_generations" else option
+    assert request[key] == value
+    _, default = make_batches(model, captured)
+    assert default[key] != value
+
+
+def test_advantage_scale_changes_the_advantages(model, captured):
+    rewards = jnp.arange(8, dtype=jnp.float32) ** 1.5
+    for scale in ("group", "batch", "none"):
+        batches, _ = make_batches(model, captured, advantage_scale=scale)
+        np.testing.assert_allclose(batches[0]["advantages"], group_advantages(rewards, 4, scale=scale), rtol=1e-6)
+    group, _ = make_batches(model, captured)
+    none, _ = make_batches(model, captured, advantage_scale="none")
+    assert not np.allclose(group[0]["advantages"], none[0]["advantages"])
+
+
+def test_num_iterations_repeats_the_rollout_with_its_own_old_logprobs(model, captured):
+    batches, _ = make_batches(model, captured, num_iterations=3)
+    assert len(batches) == 3 and all("old_logps" in b for b in batches)
+    default, _ = make_batches(model, captured)
+    assert len(default) == 1 and "old_logps" not in default[0]
+
+
+def test_num_minibatches_splits_the_rollout_into_updates(model, captured):
+    batches, _ = make_batches(model, captured, num_minibatches=2)
+    assert [b["tokens"].shape[0] for b in batches] == [4, 4]
+    np.testing.assert_array_equal(np.concatenate([b["advantages"] for b in batches]),
+                                  make_batches(model, captured)[0][0]["advantages"])
+
+
+def test_template_and_system_prompt_change_the_prompts(model, captured):
+    _, text = make_batches(model, captured, template="plain")
+    _, chat = make_batches(model, captured, template="chat")
+    _, system = make_batches(model, captured, template="chat", system_prompt="Be brief and exact.")
+    assert len({str(text["prompts"]), str(chat["prompts"]), str(system["prompts"])}) == 3
+    assert len(system["prompts"][0]) > len(chat["prompts"][0])
+
+
+def test_unknown_and_bad_options_fail_naming_the_field():
+    with pytest.raises(ValueError, match="config.grpo has no field 'betta'"):
+        settings_from({**BASE, "betta": 0.1}, GRPOSettings, TrainSettings, where="grpo")
+    with pytest.raises(ValueError, match="num_generations=1"):
+        settings_from({**BASE, "num_generations": 1}, GRPOSettings, TrainSettings, where="grpo")
+    with pytest.raises(ValueError, match="system_prompt"):
+        settings_from({**BASE, "template": "r1_zero", "system_prompt": "x"}, GRPOSettings, TrainSettings,
+                      where="grpo")
+    with pytest.raises(ValueError, match="learning_rate=nan"):
+        settings_from({**BASE, "learning_rate": float("nan")}, GRPOSettings, TrainSettings, where="grpo")
+
+
+def test_every_settings_field_is_a_config_field():
+    """The experiment modules' grpo sections name every GRPOSettings field: nothing is left unsettable."""
+    import experiments.grpo_smollm2 as smollm2
+    fields = {f.name for f in dataclasses.fields(GRPOSettings)}
+    assert fields <= set(smollm2.get_config().grpo.keys())
