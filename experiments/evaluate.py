@@ -29,7 +29,8 @@ _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer path (default: th
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data folder (default: TFDS's own).")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Local copy of MATH, to prepare the math task once.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 8, "Completions sampled per prompt (k).")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 512, "Completion token budget.")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None, "Completion token budget (default: each task's own, "
+                                      "e.g. 128 for arithmetic, 2048 for math).")
 _MAX_PROMPT_LENGTH = flags.DEFINE_integer("max_prompt_length", 512, "Longest prompt, in tokens.")
 _TEMPERATURE = flags.DEFINE_float("temperature", EVAL_TEMPERATURE, "Sampling temperature (R1: 0.6).")
 _TOP_P = flags.DEFINE_float("top_p", EVAL_TOP_P, "Nucleus sampling threshold (R1: 0.95).")

@@ -8,7 +8,7 @@ is N." where N is the result.' in SmolLM2's chat template (with its default syst
 prompt); rewards: the exact answer (`arithmetic`) and the requested final phrase
 (`answer_phrase_format`). Held-out
 pass@1 over 4 samples at T=0.6, top-p 0.95 before and after; `summary.json` has
-base_pass_at_1, final_pass_at_1, final_format_reward. See README "GRPO on SmolLM2".
+base_pass_at_1, final_pass_at_1, final_format_reward. See README "GRPO on a real checkpoint".
 `--config.init=PATH` starts from another Llama/Qwen2 checkpoint (HF directory or GGUF).
 """
 from __future__ import annotations
@@ -39,7 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = dict(dtype="float32", param_dtype="float32", remat=False)
     # every one-operation problem on 1..9 (243): 183 for RL, 60 held out
     c.task = dict(name="arithmetic", num_operations=1, max_value=9, operations="+-*", train_size=183, test_size=60,
-                  question_template='Compute {expression}. End your reply with "The answer is N." where N is the result.')
+                  question_template=('Compute {expression}. End your reply with "The answer is N." '
+                                     'where N is the result.'))
     c.data_dir = ""
     # system_prompt None: the chat template's own default system turn
     c.grpo = dict(template="chat", system_prompt=placeholder(str), prompts_per_step=4, num_generations=8,

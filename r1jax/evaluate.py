@@ -84,7 +84,7 @@ def load_examples(task: TaskSpec, *, data_dir: PathLike | None, manual_dir: Path
     if task.config is None:
         return get_task(task.name).load(task.split, data_dir=data_dir, manual_dir=manual_dir)
     try:
-        return get_task(task.name, config=task.config).load(task.split, data_dir=data_dir, manual_dir=manual_dir)
+        built_in = get_task(task.name, config=task.config)
     except ValueError as error:  # not a built-in config: read what a recipe generated under that name
         where = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR) / task.name / task.config
         versions = sorted(where.glob("*/dataset_info.json"))
@@ -92,6 +92,8 @@ def load_examples(task: TaskSpec, *, data_dir: PathLike | None, manual_dir: Path
             raise DatasetNotPreparedError(
                 f"no prepared {task.name} dataset with config {task.config!r} in {where}; pass the --data_dir of "
                 f"the run that generated it, or a built-in config ({error})") from None
+    else:
+        return built_in.load(task.split, data_dir=data_dir, manual_dir=manual_dir)
     builder = tfds.builder_from_directory(versions[-1].parent)
     return open_split(builder, task.split, how_to_prepare=f"rerun the recipe that generated {where}")
 
@@ -154,7 +156,8 @@ def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptR
     Rewards are scored inline (no worker pool): evaluation is rare and its completions are
     short, and keeping it synchronous makes its numbers independent of timeouts.
     """
-    samples = sample_task(graphdef, params, renderer, examples, task=task, num_samples=num_samples, max_prompt_length=max_prompt_length,
+    samples = sample_task(graphdef, params, renderer, examples, task=task, num_samples=num_samples,
+                          max_prompt_length=max_prompt_length,
                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, rng=rng,
                           mesh=mesh, batch_prompts=batch_prompts, correct_fn=correct_fn, scores=scores)
     result = {"pass_at_1": pass_at_1(samples.correct),
@@ -182,13 +185,15 @@ def build_report(samples: Mapping[str, TaskSamples]) -> dict[str, dict[str, floa
 
 def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: Tokenizer | PathLike | None = None,
                    data_dir: PathLike | None = None, manual_dir: PathLike | None = None, num_samples: int = 8,
-                   max_new_tokens: int = 512, max_prompt_length: int = 512,
+                   max_new_tokens: int | None = None, max_prompt_length: int = 512,
                    temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P, template: str = "r1_zero",
-                   system_prompt: str | None = None, max_prompts: int | None = None, seed: int = 0, mesh: Mesh | None = None,
+                   system_prompt: str | None = None, max_prompts: int | None = None, seed: int = 0,
+                   mesh: Mesh | None = None,
                    batch_prompts: int = 64) -> dict[str, dict[str, float]]:
     """The evaluation report of the model at `model` (an HF directory or a .gguf file) on `tasks`.
 
     tasks: "name:split" entries, name a registered task (`r1jax.tasks`); a str is split at commas.
+    max_new_tokens: the completion budget; None: each task's own (`Task.eval_defaults`).
     tokenizer: a tokenizer, a path for `load_tokenizer`, or None for the one beside the
         model (tokenizer.json / tokenizer.model in its directory, or the GGUF's own).
     data_dir: the TFDS data folder (None: TFDS's default); manual_dir: a local MATH copy.
@@ -199,7 +204,8 @@ def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: To
     """
     specs = parse_tasks(tasks)
     check_template(template, system_prompt)
-    if num_samples < 1 or max_new_tokens < 1 or batch_prompts < 1 or (max_prompts is not None and max_prompts < 1):
+    if num_samples < 1 or (max_new_tokens is not None and max_new_tokens < 1) or batch_prompts < 1 or (
+            max_prompts is not None and max_prompts < 1):
         raise ValueError(f"need num_samples, max_new_tokens, batch_prompts and max_prompts >= 1, got "
                          f"{num_samples}, {max_new_tokens}, {batch_prompts}, {max_prompts}")
     if not pathlib.Path(model).exists():
@@ -222,7 +228,8 @@ def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: To
         log.info("%s: %d prompts x %d samples", spec, len(examples), num_samples)
         samples[str(spec)] = sample_task(
             graphdef, params, renderer, examples, task=get_task(spec.name), num_samples=num_samples,
-            max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens, temperature=temperature,
+            max_prompt_length=max_prompt_length, temperature=temperature,
+            max_new_tokens=max_new_tokens or get_task(spec.name).eval_defaults.max_new_tokens,
             top_p=top_p, rng=jax.random.fold_in(rng, index), mesh=mesh, batch_prompts=batch_prompts)
     return build_report(samples)
 

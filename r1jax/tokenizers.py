@@ -437,7 +437,8 @@ class HFTokenizer:
         if not (directory / "tokenizer.json").is_file():
             raise FileNotFoundError(f"{directory} has no tokenizer.json (only 'fast' tokenizers are supported).")
 
-        config = {**_read_json(directory / "special_tokens_map.json"), **_read_json(directory / "tokenizer_config.json")}
+        config = {**_read_json(directory / "special_tokens_map.json"),
+                  **_read_json(directory / "tokenizer_config.json")}
 
         def token_text(token: Any) -> str | None:  # saved either as text or as an AddedToken dict
             return token.get("content") if isinstance(token, dict) else token

@@ -24,7 +24,8 @@ Example = Mapping[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class EvalDefaults:
-    """How a task is evaluated unless a config says otherwise (the paper: k samples at T=0.6, top-p 0.95)."""
+    """How a task is evaluated unless told otherwise (the paper: k samples at T=0.6, top-p 0.95); the
+    evaluation CLI takes its completion budget from here."""
 
     num_samples: int = 8
     max_new_tokens: int = 512
@@ -61,10 +62,6 @@ class Task:
     def answer(self, completion: str) -> str | None:
         """The final answer a completion gives (the key of cons@k's majority vote)."""
         return extract_final_answer(completion)
-
-    def options(self) -> dict[str, Any]:
-        """The fields that select this task's data, as a config section writes them."""
-        return {"name": self.name, **dataclasses.asdict(self)}
 
 
 _TASKS: dict[str, type[Task]] = {}
