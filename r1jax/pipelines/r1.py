@@ -95,7 +95,7 @@ def _annotated_pairs(examples, count: int, config, renderer, task) -> list[tuple
 def r1_pipeline(config) -> dict:
     """Run (or resume) every stage; returns and writes the findings."""
     lam = config.language_weight
-    task = task_from_config({**dict(config.task), "seed": config.task.get("seed", config.seed)})
+    task = task_from_config({"seed": config.seed, **dict(config.task)})
     accuracy = task.accuracy_reward
     for name in (accuracy, "format", "r1_format", "language"):
         get_reward(name)

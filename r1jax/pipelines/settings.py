@@ -10,7 +10,6 @@ import dataclasses
 from typing import Any, Mapping
 
 from r1jax.rewards import get_reward
-from r1jax.rollout import check_template
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,4 +82,4 @@ def check_rewards(rewards: Mapping[str, float]) -> dict[str, float]:
     return {name: float(weight) for name, weight in rewards.items()}
 
 
-__all__ = ["EvalSettings", "TrainSettings", "check_rewards", "check_template", "settings_from"]
+__all__ = ["EvalSettings", "TrainSettings", "check_rewards", "settings_from"]

@@ -14,13 +14,16 @@ import dataclasses
 import pathlib
 from typing import Callable, Sequence
 
+import ml_collections
 import numpy as np
 from flax import nnx
 
 from r1jax.data.base_corpus import CorpusStyle, base_corpus
 from r1jax.models import ModelConfig, Transformer
 from r1jax.pipelines import stages
+from r1jax.pipelines.r1_zero import RunSettings, r1_zero
 from r1jax.rollout import PromptRenderer
+from r1jax.sharding import make_mesh
 from r1jax.tasks import Task
 from r1jax.tokenizers import R1_TAGS, SentencePieceTokenizer, Tokenizer, train_sentencepiece
 
@@ -103,33 +106,22 @@ def prepare_base(config, workdir: pathlib.Path, mesh, task: Task, *, symbols=Non
     return train, test, tokenizer, base_dir
 
 
-def generic_config(config, base_dir: pathlib.Path, tokenizer_path: pathlib.Path, *, grpo=None):
+def generic_config(config, base_dir: pathlib.Path, tokenizer_path: pathlib.Path) -> ml_collections.ConfigDict:
     """The generic recipe config (`r1jax.pipelines.r1_zero`) of a tiny experiment whose base is `base_dir`."""
-    import ml_collections
-
-    task = dict(config.task)
-    task.setdefault("seed", config.seed)
     workdir = pathlib.Path(config.workdir)
     return ml_collections.ConfigDict({
         "workdir": str(workdir), "seed": config.seed, "mesh": dict(config.mesh), "init": str(base_dir),
-        "tokenizer": str(tokenizer_path), "model": {}, "task": task, "data_dir": str(workdir / "data"),
-        "grpo": {**dict(grpo or config.grpo), "template": config.template}, "rewards": dict(config.rewards),
-        "reward_workers": config.reward_workers, "eval": dict(config.eval)})
+        "tokenizer": str(tokenizer_path), "model": {}, "task": {"seed": config.seed, **dict(config.task)},
+        "data_dir": str(workdir / "data"), "grpo": {**dict(config.grpo), "template": config.template},
+        "rewards": dict(config.rewards), "reward_workers": config.reward_workers, "eval": dict(config.eval)})
 
 
 def r1_zero_tiny(config) -> dict:
     """R1-Zero in miniature: pretrain the stand-in base, then the generic R1-Zero recipe from it."""
-    from r1jax.pipelines.r1_zero import RunSettings, r1_zero
-    from r1jax.sharding import make_mesh
-    from r1jax.tasks import task_from_config
-
     workdir = pathlib.Path(config.workdir)
-    # every setting of the RL stage is checked before pretraining starts, the base it makes aside
-    RunSettings(generic_config(config, workdir / "base" / "model", workdir / "tokenizer.model"), init_exists=False)
-    task = task_from_config({**dict(config.task), "seed": config.task.get("seed", config.seed)})
+    generic = generic_config(config, workdir / "base" / "model", workdir / "tokenizer.model")
+    run = RunSettings(generic, init_exists=False)  # every RL setting is checked before pretraining starts
     workdir.mkdir(parents=True, exist_ok=True)
-    prepared = prepare_base(config, workdir, make_mesh(dict(config.mesh)), task)
-    if prepared is None:
+    if prepare_base(config, workdir, make_mesh(run.mesh), run.task) is None:
         return {"stopped": "pretrain"}
-    _, _, _, base_dir = prepared
-    return r1_zero(generic_config(config, base_dir, workdir / "tokenizer.model"))
+    return r1_zero(generic)
