@@ -58,10 +58,11 @@ class RunSettings:
         self.seed, self.mesh, self.reward_workers = config.seed, dict(config.mesh), config.reward_workers
 
 
-def r1_zero(config) -> dict:
-    """Run (or resume) the recipe; returns and writes the summary."""
+def r1_zero(config, *, started: float | None = None) -> dict:
+    """Run (or resume) the recipe; returns and writes the summary (`seconds` counts from `started`, a
+    `time.perf_counter()` reading of a caller that did work first, or from now)."""
     run = RunSettings(config)
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     tokenizer = load_tokenizer(run.tokenizer_path)
     run.workdir.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(run.mesh)

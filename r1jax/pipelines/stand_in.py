@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import time
 from typing import Callable, Sequence
 
 import ml_collections
@@ -118,10 +119,11 @@ def generic_config(config, base_dir: pathlib.Path, tokenizer_path: pathlib.Path)
 
 def r1_zero_tiny(config) -> dict:
     """R1-Zero in miniature: pretrain the stand-in base, then the generic R1-Zero recipe from it."""
+    started = time.perf_counter()
     workdir = pathlib.Path(config.workdir)
     generic = generic_config(config, workdir / "base" / "model", workdir / "tokenizer.model")
     run = RunSettings(generic, init_exists=False)  # every RL setting is checked before pretraining starts
     workdir.mkdir(parents=True, exist_ok=True)
     if prepare_base(config, workdir, make_mesh(run.mesh), run.task) is None:
         return {"stopped": "pretrain"}
-    return r1_zero(generic)
+    return r1_zero(generic, started=started)
