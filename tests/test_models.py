@@ -227,3 +227,34 @@ def test_smollm2_gguf_logits_match_transformers(smollm2):
     np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
     # the model is real: it predicts the same next token as transformers, and a sensible one
     assert got[0, -1].argmax() == want[0, -1].argmax()
+
+
+def test_remat_changes_memory_not_numbers_and_works_inside_loops():
+    """remat=True: the same logits and gradients, also under lax.map (the log-prob pass) and in the
+    sampler's while_loop, where the blocks' parameters were traced outside the remat."""
+    import jax
+
+    from r1jax.sampling import Sampler
+
+    cfg = ModelConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                      num_kv_heads=2)
+    plain = Transformer(cfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(plain, nnx.Param)
+    remat_graphdef, _ = nnx.split(Transformer(cfg.replace(remat=True), rngs=nnx.Rngs(0)), nnx.Param)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, VOCAB, (4, 7)), jnp.int32)
+
+    def loss(graph, params):
+        return jnp.mean(jax.nn.log_softmax(nnx.merge(graph, params)(tokens))[..., 0])
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)
+    (value, grads), (remat_value, remat_grads) = value_and_grad(graphdef, params), value_and_grad(remat_graphdef, params)
+    np.testing.assert_allclose(value, remat_value, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    mapped = jax.jit(lambda params: jax.lax.map(lambda row: nnx.merge(remat_graphdef, params)(row[None])[0], tokens))
+    np.testing.assert_allclose(mapped(params), plain(tokens), rtol=1e-5, atol=1e-6)
+    prompts = [[1, 2, 3], [4, 5]]
+    greedy = [Sampler((graph, params), pad_id=0, stop_ids=())(prompts, max_new_tokens=4, rng=jax.random.key(0),
+                                                                temperature=0.0).tokens
+              for graph in (graphdef, remat_graphdef)]
+    np.testing.assert_array_equal(*greedy)

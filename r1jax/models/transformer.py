@@ -195,6 +195,17 @@ def _run_block(block, x, positions, key_mask, inv_freq, cache_kv, cache_index, s
     return block(x, positions, key_mask, inv_freq, cache_kv, cache_index, segment_ids)
 
 
+def _run_block_remat(block, *args):
+    """`_run_block` whose activations are recomputed in the backward pass instead of stored.
+
+    `jax.checkpoint` of a pure function of the block's parameters, rather than `nnx.remat` of
+    the module: the parameters enter as arguments, so this works at any trace level (inside
+    `lax.map` or a `while_loop`), where `nnx.remat` refuses Params traced outside it.
+    """
+    graphdef, state = nnx.split(block)
+    return jax.checkpoint(lambda state, *args: _run_block(nnx.merge(graphdef, state), *args))(state, *args)
+
+
 class Transformer(nnx.Module):
     """`model(tokens)` -> logits [B, T, V]; see `__call__` for padding and the KV cache."""
 
@@ -252,7 +263,8 @@ class Transformer(nnx.Module):
         x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.dtype)
         x = constrain(x, ("batch", "seq", "act_embed"))
         inv_freq = rope_frequencies(cfg)
-        run = nnx.remat(_run_block) if cfg.remat else _run_block
+        # remat saves activation memory for a backward pass; decoding with a cache has none
+        run = _run_block_remat if cfg.remat and cache is None else _run_block
         new_keys, new_values = [], []
         for i, block in enumerate(self.layers):
             cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
