@@ -208,6 +208,8 @@ def test_unknown_and_bad_options_fail_naming_the_field():
     with pytest.raises(ValueError, match="system_prompt"):
         settings_from({**BASE, "template": "r1_zero", "system_prompt": "x"}, GRPOSettings, TrainSettings,
                       where="grpo")
+    with pytest.raises(ValueError, match="loss_type='bogus'; choose one of"):
+        settings_from({**BASE, "loss_type": "bogus"}, GRPOSettings, TrainSettings, where="grpo")
     with pytest.raises(ValueError, match="learning_rate=nan"):
         settings_from({**BASE, "learning_rate": float("nan")}, GRPOSettings, TrainSettings, where="grpo")
 

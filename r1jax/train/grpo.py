@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from r1jax.data.preferences import is_general
-from r1jax.losses import group_advantages
+from r1jax.losses import ADVANTAGE_SCALES, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, group_advantages
 from r1jax.rewards import RewardEvaluator, RewardResult
 from r1jax.sharding import batch_sharding
 from r1jax.tasks import get_task
@@ -60,6 +60,10 @@ class GRPOSettings:
 
     def __post_init__(self):
         check_template(self.template, self.system_prompt)
+        for name, known in (("loss_type", LOSS_TYPES), ("importance_sampling_level", IMPORTANCE_SAMPLING_LEVELS),
+                            ("advantage_scale", ADVANTAGE_SCALES)):
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {known}")
         if self.num_generations < 2:
             raise ValueError(f"num_generations={self.num_generations}: GRPO compares completions within a group, "
                              "so every advantage would be 0; use 2 or more")
