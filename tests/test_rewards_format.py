@@ -71,3 +71,27 @@ def test_bad_arguments_are_explained():
         format_reward(GOOD, mode="loose")
     with pytest.raises(TypeError, match="completion must be a str"):
         format_reward(None)
+
+
+@pytest.mark.parametrize("completion, expected", [
+    ("7 * 8 = 56, so \\boxed{56}", 1.0),
+    ("\\boxed{56} or \\boxed{54}", 0.0),  # two boxes: not one final answer
+    ("\\boxed{}", 0.0),  # empty
+    ("\\boxed{56", 0.0),  # unclosed
+    ("The answer is 56.", 0.0),
+])
+def test_boxed_format_by_hand(completion, expected):
+    assert get_reward("boxed_format")(completion) == expected
+
+
+@pytest.mark.parametrize("completion, expected", [
+    ("The answer is 56.", 1.0),
+    ("7 * 8 = 56. So the answer is 56", 1.0),
+    ("the answer is -3/4.", 1.0),
+    ("The answer is 56.\n\nHope this helps!", 0.0),  # not the end of the reply
+    ("The answer is", 0.0),  # no answer
+    ("The answer is N, where N is " + "x" * 60 + ".", 0.0),  # not a short final phrase
+    ("56", 0.0),
+])
+def test_answer_phrase_format_by_hand(completion, expected):
+    assert get_reward("answer_phrase_format")(completion) == expected
