@@ -98,7 +98,8 @@ def distill(config) -> dict:
 
     # -- the teacher's traces ---------------------------------------------------------------------
     traces_dir = workdir / "traces"
-    graphdef, params = stages.split(from_pretrained(teacher.init))
+    # the teacher samples under the same dtype policy as the student trains (remat does not apply)
+    graphdef, params = stages.split(from_pretrained(teacher.init, **dict(config.model)))
     extra = {}
     if teacher.keep == "all":
         sample = rollout_sampler(graphdef, params, teacher_renderer, num_samples=teacher.num_samples,

@@ -126,9 +126,10 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[Pair], *, max_length: int
     count to `row_multiple` with empty rows, which count nowhere.
     """
     encoded = [_encode_pair(tokenizer, prompt, completion, max_length) for prompt, completion in pairs]
-    width = round_up(max(len(ids) for ids, _ in encoded), pad_to_multiple)
     empty_rows = [[]] * (round_up(len(encoded), row_multiple) - len(encoded))
-    tokens, attention_mask = pad_left([ids for ids, _ in encoded] + empty_rows, tokenizer.pad_id, width=width)
+    tokens, attention_mask = pad_left([ids for ids, _ in encoded] + empty_rows, tokenizer.pad_id,
+                                      multiple=pad_to_multiple)
+    width = tokens.shape[1]
     completion_mask = np.zeros_like(attention_mask)
     for i, (_, num_completion) in enumerate(encoded):
         completion_mask[i, width - num_completion:] = 1
