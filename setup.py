@@ -6,12 +6,15 @@ TORCH = "torch==2.13.0"  # the CPU build; a bare "torch" pulls a multi-GB CUDA w
 EXTRAS = {
     # Import/export of Hugging Face checkpoints, GGUF files and their tokenizers.
     "hf": ["tokenizers>=0.19", "gguf>=0.10", "jinja2>=3.0"],
+    # Accelerators: the matching jaxlib plugin (the base install runs on CPU).
+    "tpu": ["jax[tpu]>=0.5"],  # Cloud TPU VMs: libtpu
+    "cuda": ["jax[cuda13]>=0.7"],  # NVIDIA GPUs, CUDA 13 wheels (for CUDA 12 drivers: pip install "jax[cuda12]")
 }
 EXTRAS["test"] = sorted(set(
     EXTRAS["hf"] + ["pytest>=8", "pytest-xdist>=3", TORCH, "transformers>=4.46", "accelerate",
                     "nbclient", "nbformat", "ipykernel"]))  # the last three execute the notebooks
 EXTRAS["bench"] = sorted(set(EXTRAS["test"]))
-EXTRAS["all"] = sorted(set(sum(EXTRAS.values(), [])))
+EXTRAS["all"] = sorted(set(sum((v for k, v in EXTRAS.items() if k not in ("tpu", "cuda")), [])))
 
 setup(
     name="r1jax",

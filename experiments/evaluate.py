@@ -11,15 +11,15 @@ The logic lives in `r1jax.evaluate`.
 """
 from __future__ import annotations
 
-import logging
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 
 from r1jax import evaluate
-from r1jax.tasks import list_tasks
+from r1jax.distributed import is_primary
 from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P, report_markdown
+from r1jax.pipelines.cli import launch_flags
+from r1jax.tasks import list_tasks
 
 _MODEL = flags.DEFINE_string("model", None, "Hugging Face model directory or .gguf file.", required=True)
 _TASKS = flags.DEFINE_list("tasks", None, f"<task>:<split> entries; tasks: {', '.join(list_tasks())}.",
@@ -42,13 +42,13 @@ _MAX_PROMPTS = flags.DEFINE_integer("max_prompts", None, "Evaluate only the firs
 _BATCH_PROMPTS = flags.DEFINE_integer("batch_prompts", 64, "Prompts sampled together.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing report in --out.")
+_JOIN = launch_flags()  # several hosts: the same command on each (see r1jax.pipelines.cli)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS logs every file it touches
-    logging.getLogger("r1jax").setLevel(logging.INFO)
+    _JOIN()
     settings = {flag.name: flag.value for flag in (
         _MODEL, _TASKS, _TOKENIZER, _DATA_DIR, _NUM_SAMPLES, _MAX_NEW_TOKENS, _MAX_PROMPT_LENGTH, _TEMPERATURE,
         _TOP_P, _TEMPLATE, _SYSTEM_PROMPT, _MAX_PROMPTS, _SEED)}
@@ -62,9 +62,10 @@ def main(argv):
             seed=_SEED.value, batch_prompts=_BATCH_PROMPTS.value)
     except (ValueError, FileNotFoundError, FileExistsError) as error:  # bad input: say what, not where
         sys.exit(f"error: {error}")
-    out = evaluate.write_report(report, _OUT.value, settings=settings, overwrite=_OVERWRITE.value)
-    print(report_markdown(report))
-    print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+    if is_primary():  # every process holds the whole report
+        out = evaluate.write_report(report, _OUT.value, settings=settings, overwrite=_OVERWRITE.value)
+        print(report_markdown(report))
+        print(f"wrote {out / 'report.json'} and {out / 'report.md'}")
 
 
 if __name__ == "__main__":

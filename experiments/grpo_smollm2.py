@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.runlocal = False
     c.seed = 0
     c.mesh = {"data": -1}
+    c.sampler_mesh = {}  # rollouts on a mesh of their own, e.g. {"tensor": 2, "data": -1}; {}: the training mesh
     c.init = default_init()
     c.tokenizer = ""  # the GGUF's own
     c.model = dict(dtype="float32", param_dtype="float32", remat=False)

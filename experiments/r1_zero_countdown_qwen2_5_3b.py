@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.runlocal = False
     c.seed = 0
     c.mesh = {"data": -1}
+    c.sampler_mesh = {}  # rollouts on a mesh of their own, e.g. {"tensor": 2, "data": -1}; {}: the training mesh
     c.init = ""  # Qwen2.5-3B (base): an HF directory with its tokenizer.json
     c.tokenizer = ""
     c.model = dict(dtype="bfloat16", param_dtype="float32", remat=True)

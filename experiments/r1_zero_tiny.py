@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.workdir = "runs/r1_zero_tiny"
     c.seed = 0
     c.mesh = {"data": -1}
+    c.sampler_mesh = {}  # rollouts on a mesh of their own, e.g. {"tensor": 2, "data": -1}; {}: the training mesh
     c.template = "r1_zero"  # the paper's prompt; "plain" is the bare question (4x shorter rows)
     # one operation on 1..6: every problem there is (108), split into RL training and held-out tests
     c.task = dict(name="arithmetic", num_operations=1, max_value=6, train_size=78, test_size=30)

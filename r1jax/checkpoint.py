@@ -42,6 +42,8 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from r1jax.distributed import primary_value
+
 CHECKPOINT_SUBDIR = "checkpoints"  # checkpoints live in workdir/checkpoints, beside metrics
 _MAX_LISTED_DIFFERENCES = 12
 
@@ -89,8 +91,9 @@ class Checkpointer:
         self.workdir = os.path.abspath(os.fspath(workdir))
         self.directory = os.path.join(self.workdir, CHECKPOINT_SUBDIR)
         self.model_signature = _as_json(model_signature, "model_signature")
-        # Check before the writable manager exists: it deletes stale tmp directories.
-        if os.path.isdir(self.directory):
+        # Check before the writable manager exists: it deletes stale tmp directories. Process 0's
+        # view decides for all (another process may look after the writable manager made the directory).
+        if primary_value(os.path.isdir(self.directory)):
             with ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
                     read_only=True, create=False, save_interval_steps=0,
                     enable_async_checkpointing=False)) as reader:

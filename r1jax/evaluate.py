@@ -31,7 +31,8 @@ from r1jax.evaluation import (EVAL_TEMPERATURE, EVAL_TOP_P, cons_at_k, evaluatio
                               pass_at_1, report_markdown)
 from r1jax.models import from_pretrained
 from r1jax.rollout import PromptRenderer, check_template, rollout
-from r1jax.sharding import make_mesh, num_batch_shards, shard_model
+from r1jax.distributed import allgather_objects, process_share
+from r1jax.sharding import make_mesh, num_batch_shards
 from r1jax.tokenizers import Tokenizer, load_tokenizer
 from r1jax.tasks import Task, get_task, list_tasks
 
@@ -121,27 +122,44 @@ def sample_task(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptRende
     correct_fn = correct_fn or (lambda completion, **example: task.accuracy(completion, example))
     tokenizer = renderer.tokenizer
     scores = dict(scores or {})
-    # rows must split evenly over the data-parallel devices: fill a short chunk with repeats
+    # rows must split evenly over the processes and the data-parallel devices: fill a short chunk with repeats
     shards = num_batch_shards(mesh)
-    prompts_multiple = shards // np.gcd(shards, num_samples)
-    correct, answers, lengths = [], [], []
-    scored: dict[str, list[float]] = {name: [] for name in scores}
+    prompts_multiple = int(np.lcm(shards // np.gcd(shards, num_samples), jax.process_count()))
+    parts = []
     for start in range(0, len(examples), batch_prompts):
         chunk = list(examples[start:start + batch_prompts])
-        filler = -len(chunk) % prompts_multiple
-        texts = renderer.texts(chunk + chunk[:1] * filler, task)
-        out = rollout(graphdef, params, tokenizer, renderer.encode_all(texts), jax.random.fold_in(rng, start),
-                      repeat=num_samples,
+        padded = chunk + chunk[:1] * (-len(chunk) % prompts_multiple)
+        share = process_share(len(padded))  # this process samples and scores its part of the chunk
+        mine = padded[share]
+        out = rollout(graphdef, params, tokenizer, renderer.encode_all(renderer.texts(mine, task)),
+                      jax.random.fold_in(rng, start), repeat=num_samples,
                       max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens,
                       temperature=temperature, top_p=top_p, mesh=mesh)
-        for i, example in enumerate(chunk):
-            completions = out.completions[i * num_samples:(i + 1) * num_samples]
-            correct.append([bool(correct_fn(c, **example)) for c in completions])
-            answers.append([task.answer(c) for c in completions])
-            lengths.append(out.lengths[i * num_samples:(i + 1) * num_samples])
-            for name, score_fn in scores.items():
-                scored[name].extend(v for v in (score_fn(c, **example) for c in completions) if v is not None)
-    return TaskSamples(np.asarray(correct, bool), answers, np.asarray(lengths), scored)
+        kept = max(0, min(len(chunk) - share.start, len(mine)))  # the fillers are not scored
+        parts.append(_score(mine[:kept], out.completions, out.lengths, num_samples, task, correct_fn, scores))
+    # every process's results, in example order
+    gathered = allgather_objects(parts)
+    scored = [by_process[c] for c in range(len(parts)) for by_process in gathered]
+    return TaskSamples(np.asarray([c for p in scored for c in p.correct], bool).reshape(-1, num_samples),
+                       [a for p in scored for a in p.answers],
+                       np.asarray([n for p in scored for n in p.lengths]).reshape(-1, num_samples),
+                       {name: [v for p in scored for v in p.scores[name]] for name in scores})
+
+
+def _score(examples: Sequence[dict], completions: Sequence[str], lengths: np.ndarray, num_samples: int,
+           task: Task, correct_fn, scores: Mapping[str, Callable]) -> TaskSamples:
+    """The `TaskSamples` of `examples`, whose `num_samples` completions each come first in `completions`."""
+    correct, answers, kept_lengths = [], [], []
+    scored: dict[str, list[float]] = {name: [] for name in scores}
+    for i, example in enumerate(examples):
+        own = completions[i * num_samples:(i + 1) * num_samples]
+        correct.append([bool(correct_fn(c, **example)) for c in own])
+        answers.append([task.answer(c) for c in own])
+        kept_lengths.append(lengths[i * num_samples:(i + 1) * num_samples])
+        for name, score_fn in scores.items():
+            scored[name].extend(v for v in (score_fn(c, **example) for c in own) if v is not None)
+    return TaskSamples(np.asarray(correct, bool).reshape(-1, num_samples), answers,
+                       np.asarray(kept_lengths).reshape(-1, num_samples), scored)
 
 
 def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptRenderer,
@@ -216,11 +234,11 @@ def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: To
         examples = load_examples(spec, data_dir=data_dir, manual_dir=manual_dir)
         datasets[spec] = examples[:max_prompts] if max_prompts else examples[:]
     mesh = make_mesh({"data": -1}) if mesh is None else mesh
-    loaded = from_pretrained(model)
+    loaded = from_pretrained(model, mesh=mesh)
     if tokenizer.vocab_size > loaded.config.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
                          f"{loaded.config.vocab_size}: they do not belong together; pass the model's tokenizer")
-    graphdef, params = nnx.split(shard_model(loaded, mesh), nnx.Param)
+    graphdef, params = nnx.split(loaded, nnx.Param)
     renderer = PromptRenderer(tokenizer, template, system_prompt)
     rng = jax.random.key(seed)
     samples = {}

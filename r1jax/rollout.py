@@ -25,8 +25,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from r1jax.data.prompts import CHAT_TEMPLATES, TEXT_TEMPLATES, chat_messages, format_prompt
-from r1jax.sampling import SampleOutput, generate, pad_left
-from r1jax.sharding import make_global_batch
+from r1jax.distributed import allgather_objects, local_rows
+from r1jax.sampling import SampleOutput, generate, pad_left, round_up
+from r1jax.sharding import batch_sharding, make_global_batch
 from r1jax.tasks import question_of
 from r1jax.tokenizers import Tokenizer
 
@@ -91,9 +92,9 @@ class PromptRenderer:
 
 
 class Rollout(NamedTuple):
-    samples: SampleOutput  # device arrays, rows grouped by prompt
-    completions: list[str]  # decoded text of each row
-    lengths: np.ndarray  # [rows] completion lengths, on the host
+    samples: SampleOutput  # global device arrays, rows grouped by prompt
+    completions: list[str]  # decoded text of this process's rows
+    lengths: np.ndarray  # [rows of this process] completion lengths, on the host
 
 
 def rollout(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
@@ -101,28 +102,40 @@ def rollout(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, pro
             mesh: Mesh, top_k: int = 0, prompt_multiple: int = 32) -> Rollout:
     """Sample `repeat` completions of each prompt (token ids, e.g. `PromptRenderer.encode_all`) and decode them.
 
-    Prompts are left-padded to a multiple of `prompt_multiple` tokens.
+    Prompts are left-padded to a multiple of `prompt_multiple` tokens. With several
+    processes, `prompts` are this process's: the samples are one global batch of every
+    process's rows (in process order), sampled on `mesh`, and each process decodes only
+    its own rows. `params` must live on `mesh` (see `r1jax.sharding.reshard`).
     """
-    longest = max(len(p) for p in prompts)
+    longest, shortest = _global_extent([len(p) for p in prompts])
     if longest > max_prompt_length:
         raise ValueError(f"a prompt has {longest} tokens, more than max_prompt_length={max_prompt_length}; "
                          "raise max_prompt_length or shorten the prompts")
-    if min(len(p) for p in prompts) == 0:
+    if shortest == 0:
         raise ValueError("a prompt has no tokens (and the tokenizer no BOS to start it): give every prompt text")
-    tokens, mask = pad_left(prompts, tokenizer.pad_id, multiple=prompt_multiple, repeat=repeat)
+    # every process pads to the same width: one global batch
+    tokens, mask = pad_left(prompts, tokenizer.pad_id, width=round_up(longest, prompt_multiple), repeat=repeat)
     tokens, mask = make_global_batch((tokens, mask), mesh)
     samples = generate(graphdef, params, tokens, mask, rng, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_p=top_p, top_k=top_k,
                        stop_ids=tuple(sorted(tokenizer.stop_ids)), pad_id=tokenizer.pad_id, mesh=mesh)
-    # the one device-to-host copy of a rollout: the reward functions read text
-    host_tokens, lengths = jax.device_get((samples.tokens, samples.lengths))
+    # the one device-to-host copy of a rollout, of this process's rows: the reward functions read text
+    host_tokens, lengths = local_rows(samples.tokens), local_rows(samples.lengths)
     completions = [tokenizer.decode(row[:n]) for row, n in zip(host_tokens, lengths)]
     return Rollout(samples, completions, np.asarray(lengths))
 
 
-def training_batch(samples: SampleOutput) -> dict[str, jax.Array]:
-    """Prompt + completion rows in the layout of `r1jax.train.objectives`."""
+def _global_extent(lengths: Sequence[int]) -> tuple[int, int]:
+    """(longest, shortest) prompt over every process's prompts."""
+    extents = allgather_objects((max(lengths), min(lengths)))
+    return max(e[0] for e in extents), min(e[1] for e in extents)
+
+
+def training_batch(samples: SampleOutput, mesh: Mesh) -> dict[str, jax.Array]:
+    """Prompt + completion rows in the layout of `r1jax.train.objectives`, batch-sharded on `mesh`
+    (the training mesh, when the samples come from a sampler mesh of their own)."""
     tokens = jnp.concatenate([samples.prompt_tokens, samples.tokens], axis=1)
     attention_mask = jnp.concatenate([samples.prompt_mask, samples.mask], axis=1)
     completion_mask = jnp.concatenate([jnp.zeros_like(samples.prompt_mask), samples.mask], axis=1)
-    return {"tokens": tokens, "attention_mask": attention_mask, "completion_mask": completion_mask}
+    batch = {"tokens": tokens, "attention_mask": attention_mask, "completion_mask": completion_mask}
+    return jax.device_put(batch, batch_sharding(mesh))

@@ -8,7 +8,7 @@ so changing the parallelism layout is an edit of one table, never of model code.
 The same code runs on one CPU, on fake CPU devices
 (`XLA_FLAGS=--xla_force_host_platform_device_count=8`) and on a multi-host pod:
 
-    initialize_distributed()                      # multi-host only; before any other JAX call
+    r1jax.distributed.initialize()                # multi-host only; before any other JAX call
     mesh = make_mesh({"fsdp": -1})
     shardings = tree_shardings(abstract_state, mesh)   # from the `axes` metadata
     batch = make_global_batch(local_batch, mesh)  # each host passes its own rows
@@ -175,6 +175,15 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules=None) -> nnx.Module:
     return model
 
 
+def reshard(tree, mesh: Mesh, rules=None):
+    """`tree` (global arrays, e.g. parameters) moved onto `mesh` by the logical table, device to device.
+
+    For a sampler mesh of its own: XLA copies the shards between devices (collectives),
+    nothing goes through the host, with one process or several.
+    """
+    return jax.device_put(tree, tree_shardings(tree, mesh, rules))
+
+
 # ---- batches ---------------------------------------------------------------------------
 
 
@@ -240,16 +249,3 @@ def _put_full_value(x, sharding: NamedSharding):
     # each process fills only its own devices' shards
     full = np.asarray(x)
     return jax.make_array_from_callback(full.shape, sharding, lambda index: full[index])
-
-
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, **kwargs) -> None:
-    """`jax.distributed.initialize`, a no-op when it already ran; call it before any other JAX call.
-
-    On TPU pods and SLURM clusters every argument is discovered automatically; on other
-    machines (or several processes on one host) pass all three.
-    """
-    if jax.distributed.is_initialized():
-        return
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id, **kwargs)

@@ -133,11 +133,12 @@ def main():
     import jax
     import numpy as np
 
-    from r1jax.sharding import initialize_distributed, make_mesh
+    from r1jax.distributed import initialize
+    from r1jax.sharding import make_mesh
 
     jax.config.update("jax_platforms", "cpu")
     if args.num_processes > 1:
-        initialize_distributed(f"localhost:{args.port}", args.num_processes, args.process_id)
+        initialize(f"localhost:{args.port}", args.num_processes, args.process_id)
     mesh = make_mesh({name: int(size) for name, size in
                       (item.split("=") for item in args.mesh.split(","))})
     params = run(mesh, from_model=args.from_model)

@@ -1,10 +1,13 @@
-"""The R1-Zero main job end to end: resume after SIGKILL, SIGTERM, bad input, and learning.
+"""The R1-Zero main job end to end: on one process and on two, SIGTERM, SIGKILL, resume, bad input.
 
 These run `python -m experiments.r1_zero_tiny` in subprocesses, as a user would, with a
-tiny model and budget so that each run takes seconds.
+tiny model and budget so that each run takes seconds. The reference run is one process
+with 4 fake CPU devices; the multi-host runs are 2 localhost processes with 2 devices each
+(tests/_launch.py), joined as the hosts of a pod are.
 """
 import json
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -12,8 +15,10 @@ import time
 
 import numpy as np
 import pytest
+from _launch import launch, wait
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+MAIN_JOB = "experiments.r1_zero_tiny"
 
 TINY = [
     "--config.model.hidden_size=32", "--config.model.intermediate_size=64", "--config.model.num_layers=1",
@@ -22,7 +27,10 @@ TINY = [
     "--config.pretrain.warmup_steps=1", "--config.grpo.steps=6", "--config.grpo.prompts_per_step=2",
     "--config.grpo.num_generations=4", "--config.grpo.max_new_tokens=8", "--config.grpo.save_every=1",
     "--config.grpo.warmup_steps=1", "--config.eval.num_prompts=4", "--config.eval.num_samples=2",
+    "--config.mesh={'fsdp': -1}",
 ]
+# rollouts and evaluations on a mesh of their own: tensor-parallel decoding while training is FSDP
+TENSOR_PARALLEL_SAMPLER = "--config.sampler_mesh={'tensor': 2, 'data': 2}"
 
 
 def _command(workdir, *extra):
@@ -31,11 +39,6 @@ def _command(workdir, *extra):
 
 def _run(workdir, *extra, timeout=600):
     return subprocess.run(_command(workdir, *extra), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def _start(workdir, *extra):
-    return subprocess.Popen(_command(workdir, *extra), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
 
 
 def _grpo_steps(workdir) -> list[int]:
@@ -57,22 +60,10 @@ def _wait_for_step(process, workdir, step, timeout=300):
 
 
 def _final_params(workdir):
-    """The parameters of the last GRPO checkpoint, as numpy arrays by path."""
-    import orbax.checkpoint as ocp
+    """(last GRPO checkpoint step, the exported final parameters as numpy arrays by tensor name)."""
+    from safetensors.numpy import load_file
 
-    step = _grpo_steps(workdir)[-1]
-    path = pathlib.Path(workdir) / "grpo" / "checkpoints" / str(step) / "state"
-    restored = ocp.StandardCheckpointer().restore(path)
-    return step, {k: np.asarray(v) for k, v in _flatten(restored["params"]).items()}
-
-
-def _flatten(tree, prefix=""):
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}/{k}"))
-        return out
-    return {prefix: tree}
+    return _grpo_steps(workdir)[-1], load_file(pathlib.Path(workdir) / "grpo" / "model" / "model.safetensors")
 
 
 def _metrics(workdir):
@@ -84,11 +75,28 @@ def _metrics(workdir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = _run(workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
+def main_jobs(tmp_path_factory):
+    """The reduced main job as 1 process x 4 devices, and as 2 processes x 2 devices sampling on a
+    tensor-parallel mesh; launched together."""
+    tmp = tmp_path_factory.mktemp("main_jobs")
+    runs = {"one": launch(MAIN_JOB, [f"--config.workdir={tmp / 'one'}", *TINY], processes=1, devices=4,
+                          log_dir=tmp, name="one"),
+            "two": launch(MAIN_JOB, [f"--config.workdir={tmp / 'two'}", *TINY, TENSOR_PARALLEL_SAMPLER],
+                          processes=2, devices=2, log_dir=tmp, name="two")}
+    for processes in runs.values():
+        wait(processes)
+    return {name: tmp / name for name in runs}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(main_jobs):
+    return main_jobs["one"]
+
+
+def _summary(workdir) -> dict:
+    """summary.json without the wall time and the workdir's own paths."""
+    summary = json.loads((pathlib.Path(workdir) / "summary.json").read_text())
+    return {k: v for k, v in summary.items() if k not in ("seconds", "init", "model")}
 
 
 def test_main_job_writes_summary_and_plots(uninterrupted):
@@ -99,35 +107,71 @@ def test_main_job_writes_summary_and_plots(uninterrupted):
     assert len(_metrics(uninterrupted)) == 6
 
 
-def test_resume_after_sigkill_is_bit_exact(uninterrupted, tmp_path):
-    process = _start(tmp_path)
-    _wait_for_step(process, tmp_path, 3)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert _grpo_steps(tmp_path)[-1] < 6, "the run finished before it was killed"
-    result = _run(tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    step, params = _final_params(tmp_path)
-    want_step, want = _final_params(uninterrupted)
+def test_two_processes_and_a_tensor_parallel_sampler_compute_what_one_process_computes(main_jobs):
+    """Measured: the same summary figures; parameters within 1e-8 (the cross-process all-reduces
+    add in another order), per-step metrics within 1e-6 relative."""
+    one, two = main_jobs["one"], main_jobs["two"]
+    assert _summary(two) == _summary(one)
+    step, params = _final_params(two)
+    want_step, want = _final_params(one)
+    assert step == want_step == 6
+    worst = max(float(np.abs(params[name] - want[name]).max()) for name in want)
+    assert worst <= 1e-5, f"parameters differ by up to {worst:.1e}"
+    for row, want_row in zip(_metrics(two), _metrics(one), strict=True):
+        assert row.keys() == want_row.keys()
+        for key, value in want_row.items():
+            assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (row["step"], key)
+
+
+def test_sigterm_to_one_process_saves_every_process_at_the_same_step(main_jobs, tmp_path):
+    runs = launch(MAIN_JOB, [f"--config.workdir={tmp_path / 'run'}", *TINY, TENSOR_PARALLEL_SAMPLER], processes=2,
+                  devices=2, log_dir=tmp_path, name="sigterm")
+    _wait_for_checkpoint(runs, tmp_path / "run", 2)
+    runs[1].send_signal(signal.SIGTERM)  # a preemption notice reaches one host
+    codes = [process.wait(timeout=180) for process in runs]
+    logs = [pathlib.Path(process.log_path).read_text() for process in runs]
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    stopped = [re.findall(r"preempted \(SIGTERM\) at step (\d+)", log) for log in logs]
+    assert stopped[0] and stopped[0] == stopped[1], stopped  # both saved, at the same step
+    step = int(stopped[0][0])
+    assert step in _grpo_steps(tmp_path / "run")
+    assert [row["step"] for row in _metrics(tmp_path / "run")][-1] == step
+    assert '"stopped": "grpo"' in logs[0] and not (tmp_path / "run" / "summary.json").exists()
+    # the checkpoints of 2 processes x 2 devices restore onto 1 process x 4 devices, data-parallel
+    wait(launch(MAIN_JOB, [f"--config.workdir={tmp_path / 'run'}", *TINY, "--config.mesh={'data': -1}"], processes=1,
+                devices=4, log_dir=tmp_path, name="resumed_on_one"))
+    assert f"resumed from step {step}" in pathlib.Path(tmp_path / "resumed_on_one.0.log").read_text()
+    assert _summary(tmp_path / "run") == _summary(main_jobs["one"])
+    params, want = _final_params(tmp_path / "run")[1], _final_params(main_jobs["one"])[1]
+    assert max(float(np.abs(params[name] - want[name]).max()) for name in want) <= 1e-5
+
+
+def test_a_killed_process_stops_the_other_and_a_relaunch_resumes_bit_exact(main_jobs, tmp_path):
+    workdir, command = tmp_path / "run", [f"--config.workdir={tmp_path / 'run'}", *TINY, TENSOR_PARALLEL_SAMPLER]
+    runs = launch(MAIN_JOB, command, processes=2, devices=2, log_dir=tmp_path, name="killed")
+    _wait_for_checkpoint(runs, workdir, 3)
+    runs[1].send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    code = runs[0].wait(timeout=180)
+    waited = time.time() - killed_at
+    assert code != 0 and waited < 120, f"exit {code} after {waited:.0f}s"  # not a hang
+    wait(launch(MAIN_JOB, command, processes=2, devices=2, log_dir=tmp_path, name="relaunched"))
+    step, params = _final_params(workdir)
+    want_step, want = _final_params(main_jobs["two"])
     assert step == want_step == 6
     for name in want:
         np.testing.assert_array_equal(params[name], want[name], err_msg=name)
-    assert _metrics(tmp_path) == _metrics(uninterrupted)
-    assert json.loads((tmp_path / "summary.json").read_text()) | {"seconds": 0, "init": "", "model": ""} == \
-        json.loads((uninterrupted / "summary.json").read_text()) | {"seconds": 0, "init": "", "model": ""}
+    assert _metrics(workdir) == _metrics(main_jobs["two"])
+    assert _summary(workdir) == _summary(main_jobs["two"])
 
 
-def test_sigterm_saves_current_step_and_exits_cleanly(tmp_path):
-    process = _start(tmp_path)
-    _wait_for_step(process, tmp_path, 2)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-3000:]
-    steps = _grpo_steps(tmp_path)
-    logged = [row["step"] for row in _metrics(tmp_path)]
-    assert steps and steps[-1] == logged[-1] < 6  # a checkpoint at the step it stopped on
-    assert not any(p.name.endswith("tmp") for p in (tmp_path / "grpo" / "checkpoints").iterdir())
-    assert not (tmp_path / "summary.json").exists()
+def _wait_for_checkpoint(runs, workdir, step, timeout=600):
+    deadline = time.time() + timeout
+    while not any(s >= step for s in _grpo_steps(workdir)):
+        ended = [process.log_path for process in runs if process.poll() is not None]
+        assert not ended, f"ended before GRPO step {step}: " + pathlib.Path(ended[0]).read_text()[-3000:]
+        assert time.time() < deadline, f"no checkpoint of step {step} within {timeout}s"
+        time.sleep(0.05)
 
 
 def test_unknown_config_key_is_named(tmp_path):

@@ -14,8 +14,14 @@ from typing import Any
 import numpy as np
 
 
+class HostBatch(list):
+    """This host's examples of a global batch; `offset` is the position of the first one in it."""
+
+    offset: int = 0
+
+
 class PromptIterator:
-    """Yields this host's part of each global batch (a list of examples).
+    """Yields this host's part of each global batch (a `HostBatch`, a list of examples).
 
     Args:
       source: a random-access sequence of examples (e.g. `load_task(...)`).
@@ -24,14 +30,19 @@ class PromptIterator:
       shuffle: False walks the source in its stored order.
       drop_remainder: False also yields the last, smaller batch of an epoch;
         its examples are split over the hosts as evenly as possible.
-      process_index, process_count: this host and the number of hosts
-        (`jax.process_index()`, `jax.process_count()`).
+      process_index, process_count: this host and the number of hosts (default:
+        `jax.process_index()`, `jax.process_count()`).
       num_epochs: stop after this many epochs; None repeats forever.
     """
 
     def __init__(self, source: Sequence, *, batch_size: int, seed: int, shuffle: bool = True,
-                 drop_remainder: bool = True, process_index: int = 0, process_count: int = 1,
+                 drop_remainder: bool = True, process_index: int | None = None, process_count: int | None = None,
                  num_epochs: int | None = None):
+        if process_index is None or process_count is None:
+            import jax  # only for the defaults: the data layer stays usable without devices
+
+            process_index = jax.process_index() if process_index is None else process_index
+            process_count = jax.process_count() if process_count is None else process_count
         if len(source) == 0:
             raise ValueError("PromptIterator got an empty source.")
         if batch_size < 1 or batch_size % process_count:
@@ -81,11 +92,14 @@ class PromptIterator:
         remaining = len(self.source) - self._index
         if remaining == 0 or (self.drop_remainder and remaining < self.batch_size):
             self._epoch, self._index = self._epoch + 1, 0
-        mine = np.array_split(global_batch, self.process_count)[self.process_index]
-        indices = [int(i) for i in mine]
+        parts = np.array_split(global_batch, self.process_count)
+        indices = [int(i) for i in parts[self.process_index]]
         if hasattr(self.source, "__getitems__"):  # one batched read (array_record)
-            return list(self.source.__getitems__(indices))
-        return [self.source[i] for i in indices]
+            batch = HostBatch(self.source.__getitems__(indices))
+        else:
+            batch = HostBatch(self.source[i] for i in indices)
+        batch.offset = sum(len(part) for part in parts[:self.process_index])
+        return batch
 
     def state(self) -> dict[str, int]:
         """The position of the next batch, JSON-serialisable, for the checkpoint."""

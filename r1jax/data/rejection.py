@@ -18,9 +18,14 @@ The work is resumable and shardable over hosts: chunk i covers prompts
 [i * chunk_size, (i + 1) * chunk_size) and samples with `fold_in(key(seed), i)`, so it does
 not matter which host makes it, or whether a killed run made it before. A chunk file
 appears only once complete (written to a temporary name, then renamed); a restarted run
-skips the chunks that exist. Host p makes chunks p, p + P, ...; host 0 assembles the
-dataset once every chunk file exists (all hosts need a shared file system). Each host
-samples on its own devices, so `mesh` should span this host's devices only.
+skips the chunks that exist. Two ways to use several hosts (all need a shared file system):
+
+- one multi-controller job (`jax.distributed`, as the recipes run): every chunk is sampled
+  on the global `mesh`, each process sampling its share of the chunk's prompts; process 0
+  writes the chunk and assembles the dataset. Leave process_index/process_count alone.
+- independent processes, each with a mesh of its own devices: pass process_index and
+  process_count; host p makes chunks p, p + P, ... and host 0 assembles the dataset once
+  every chunk file exists.
 """
 from __future__ import annotations
 
@@ -42,9 +47,12 @@ import tensorflow_datasets as tfds
 from r1jax.data.filters import (MIN_LANGUAGE_SHARE, NGRAM_SIZE, REPETITION_THRESHOLD, dedup_key,
                                 is_language_consistent, is_overlong, is_repetitive)
 from r1jax.data.sources import DatasetNotPreparedError, ExampleSource, to_python
+from r1jax.distributed import (allgather_objects, barrier, is_primary, local_rows, primary_first, primary_value,
+                               process_share)
 from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P
 from r1jax.files import write_json_atomically
 from r1jax.rewards import get_reward
+from r1jax.sampling import round_up
 from r1jax.rewards.language import chain_of_thought
 
 # Why a sample is dropped, in the order the checks run; each sample counts once.
@@ -114,16 +122,17 @@ def rollout_sampler(graphdef, params, renderer, *, num_samples: int, max_prompt_
     stop_ids = np.asarray(sorted(tokenizer.stop_ids), np.int64)
 
     def sample(texts: list[str], rng) -> list[Sample]:
-        padded = list(texts) + [texts[-1]] * max(0, (pad_to_prompts or 0) - len(texts))
-        out = rollout(graphdef, params, tokenizer, renderer.encode_all(padded), rng, repeat=num_samples,
+        # several processes: each samples its share of the prompts, and every one gets all samples
+        count = round_up(max(len(texts), pad_to_prompts or 0), jax.process_count())
+        padded = list(texts) + [texts[-1]] * (count - len(texts))
+        mine = padded[process_share(count)]
+        out = rollout(graphdef, params, tokenizer, renderer.encode_all(mine), rng, repeat=num_samples,
                       max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens,
                       temperature=temperature, top_p=top_p, mesh=mesh)
-        rows = len(texts) * num_samples
         # a row that used its whole budget stopped only if its last token is a stop token
-        last_tokens = np.asarray(jax.device_get(out.samples.tokens[:rows, -1]))
-        lengths = out.lengths[:rows]
-        stopped = (lengths < max_new_tokens) | np.isin(last_tokens, stop_ids)
-        return [Sample(text, int(n), bool(s)) for text, n, s in zip(out.completions, lengths, stopped)]
+        stopped = (out.lengths < max_new_tokens) | np.isin(local_rows(out.samples.tokens)[:, -1], stop_ids)
+        own = [Sample(text, int(n), bool(s)) for text, n, s in zip(out.completions, out.lengths, stopped)]
+        return [s for part in allgather_objects(own) for s in part][:len(texts) * num_samples]
 
     return sample
 
@@ -272,7 +281,11 @@ def rejection_sample(
     if renderer.system_prompt is not None:
         settings["system_prompt"] = renderer.system_prompt
     output_dir = pathlib.Path(output_dir)
-    run = _claim_output_dir(output_dir, {"provenance": provenance, "settings": settings})
+    if process_count > 1 and jax.process_count() > 1:
+        raise ValueError("process_index/process_count split the chunks between independent processes; in a "
+                         "multi-controller job (jax.distributed) every process samples every chunk on the global "
+                         "mesh: leave them at their defaults")
+    run = primary_first(lambda: _claim_output_dir(output_dir, {"provenance": provenance, "settings": settings}))
     digest = _digest(run)
 
     rng = jax.random.key(seed)
@@ -280,7 +293,7 @@ def rejection_sample(
     num_chunks = math.ceil(len(examples) / chunk_size)
     for chunk_index in range(process_index, num_chunks, process_count):
         path = _chunk_path(output_dir, chunk_index)
-        if path.exists():
+        if primary_value(path.exists()):
             chunk = _read_chunk(path, digest)
             skipped += 1
         else:
@@ -294,14 +307,18 @@ def rejection_sample(
             chunk = {"run_sha256": digest, "chunk_index": chunk_index,
                      "counts": _counts(len(chunk_examples), num_samples, len(records), dropped),
                      "records": records}
-            write_json_atomically(path, chunk)
+            if is_primary():  # every process holds the whole chunk
+                write_json_atomically(path, chunk)
+            barrier(f"rejection chunk {chunk_index}")
             sampled += 1
         totals.update(_flat_counts(chunk["counts"]))
 
-    ready = dataset_path(output_dir).exists()
+    ready = primary_value(dataset_path(output_dir).exists())
     if process_index == 0 and not ready:
-        _wait_for_chunks(output_dir, num_chunks, assembly_timeout)
-        assemble_dataset(output_dir)
+        if is_primary():
+            _wait_for_chunks(output_dir, num_chunks, assembly_timeout)
+            assemble_dataset(output_dir)
+        barrier("rejection dataset")
         ready = True
     return RejectionStats(prompts=totals["prompts"], samples=totals["samples"], kept=totals["kept"],
                           dropped={reason: totals[f"dropped/{reason}"] for reason in DROP_REASONS},

@@ -13,6 +13,7 @@ from r1jax.data.arithmetic import Arithmetic, ArithmeticConfig
 from r1jax.data.countdown import Countdown, CountdownConfig
 from r1jax.data.sources import ExampleSource, open_split
 from r1jax.data.synthetic import SyntheticConfig
+from r1jax.distributed import primary_first
 
 TASK_BUILDERS = {"countdown": Countdown, "arithmetic": Arithmetic}
 TASK_CONFIGS = {"countdown": CountdownConfig, "arithmetic": ArithmeticConfig}
@@ -61,12 +62,17 @@ def load_task(name: str, split: str, *, data_dir, config=None) -> ExampleSource:
     Returns:
       Examples as dicts of plain Python values (str, int, list[int]).
     """
-    builder = _builder(name, config, data_dir)
-    if builder.is_prepared():
-        _check_same_generation(builder)
-    else:
-        builder.download_and_prepare(
-            # The data is made here; never ask GCS for a prepared copy.
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    def prepare():
+        builder = _builder(name, config, data_dir)
+        if builder.is_prepared():
+            _check_same_generation(builder)
+        else:
+            builder.download_and_prepare(
+                # The data is made here; never ask GCS for a prepared copy.
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        return builder
+
+    # several hosts share the data dir: one generates, the others then read
+    builder = primary_first(prepare, name=f"prepare {name}")
     return open_split(builder, split,
                       how_to_prepare=f"load_task({name!r}, ...) should have generated it.")

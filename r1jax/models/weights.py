@@ -2,8 +2,9 @@
 
 Our parameter layout keeps heads as their own axis ([D, H, E] for q/k/v, [H, E, D] for
 the output projection), so every conversion is a transpose plus a reshape. One table,
-`_tensor_table`, names each of our parameters, its HF tensor and both conversions;
-import, export and GGUF share it.
+`_tensor_table`, names each of our parameters, its HF tensor, both conversions, and which
+slice of the HF tensor holds a given slice of ours (for loading straight into shards on a
+mesh); import, export and GGUF share it.
 """
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ import json
 import logging
 import os
 import pathlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 
 from r1jax.models.config import ModelConfig
 from r1jax.models.transformer import Transformer
+from r1jax.sharding import shard_model, tree_shardings
 from r1jax.tokenizers import Tokenizer, save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -31,41 +35,57 @@ class CheckpointError(ValueError):
 
 # ---- the naming table ---------------------------------------------------------------
 
-def _tensor_table(cfg: ModelConfig) -> dict[str, tuple[str, Callable, Callable]]:
-    """our dotted path -> (HF tensor name, hf_to_ours(array), ours_to_hf(array))."""
-    d, h, k, e = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    same = (lambda w: w, lambda w: w)
-    transpose = (lambda w: w.T, lambda w: w.T)
+class _Tensor(NamedTuple):
+    """One of our parameters as an HF tensor.
 
-    def heads_in(n):  # HF [n*E, D] <-> ours [D, n, E]
-        return (lambda w: w.T.reshape(d, n, e), lambda w: w.reshape(d, n * e).T)
+    `hf_index(index)` maps an index of ours (a tuple of slices with bounds) to
+    `(index into the HF tensor, cut)`: `to_ours(hf[hf_index])[cut]` is `ours[index]`, so a
+    shard is read without reading the rest of the tensor.
+    """
 
-    def heads_bias(n):  # HF [n*E] <-> ours [n, E]
-        return (lambda b: b.reshape(n, e), lambda b: b.reshape(n * e))
+    hf_name: str
+    to_ours: Callable  # HF array (whole, or a block of whole heads) -> ours
+    to_hf: Callable
+    hf_index: Callable
 
-    heads_out = (lambda w: w.T.reshape(h, e, d), lambda w: w.reshape(h * e, d).T)  # HF [D, H*E]
-    table = {"embed": ("model.embed_tokens.weight", *same),
-             "final_norm.scale": ("model.norm.weight", *same)}
+
+def _tensor_table(cfg: ModelConfig) -> dict[str, _Tensor]:
+    """our dotted path -> its `_Tensor`."""
+    e = cfg.head_dim
+
+    def heads(s):  # the HF rows of whole heads s; `cut` then takes the head_dim slice
+        return slice(s.start * e, s.stop * e)
+
+    same = (lambda w: w, lambda w: w, lambda i: (i, ()))
+    transpose = (lambda w: w.T, lambda w: w.T, lambda i: (i[::-1], ()))
+    heads_in = (lambda w: w.T.reshape(w.shape[1], -1, e), lambda w: w.reshape(w.shape[0], -1).T,
+                lambda i: ((heads(i[1]), i[0]), (..., i[2])))  # HF [n*E, D] <-> ours [D, n, E]
+    heads_bias = (lambda b: b.reshape(-1, e), lambda b: b.reshape(-1),
+                  lambda i: ((heads(i[0]),), (..., i[1])))  # HF [n*E] <-> ours [n, E]
+    heads_out = (lambda w: w.T.reshape(-1, e, w.shape[0]), lambda w: w.reshape(-1, w.shape[-1]).T,
+                 lambda i: ((i[2], heads(i[0])), (slice(None), i[1])))  # HF [D, H*E] <-> ours [H, E, D]
+    table = {"embed": _Tensor("model.embed_tokens.weight", *same),
+             "final_norm.scale": _Tensor("model.norm.weight", *same)}
     if not cfg.tie_embeddings:
-        table["lm_head"] = ("lm_head.weight", *transpose)
+        table["lm_head"] = _Tensor("lm_head.weight", *transpose)
     for i in range(cfg.num_layers):
         ours, hf = f"layers.{i}.", f"model.layers.{i}."
         table.update({
-            ours + "attn_norm.scale": (hf + "input_layernorm.weight", *same),
-            ours + "mlp_norm.scale": (hf + "post_attention_layernorm.weight", *same),
-            ours + "attn.q": (hf + "self_attn.q_proj.weight", *heads_in(h)),
-            ours + "attn.k": (hf + "self_attn.k_proj.weight", *heads_in(k)),
-            ours + "attn.v": (hf + "self_attn.v_proj.weight", *heads_in(k)),
-            ours + "attn.o": (hf + "self_attn.o_proj.weight", *heads_out),
-            ours + "mlp.gate": (hf + "mlp.gate_proj.weight", *transpose),
-            ours + "mlp.up": (hf + "mlp.up_proj.weight", *transpose),
-            ours + "mlp.down": (hf + "mlp.down_proj.weight", *transpose),
+            ours + "attn_norm.scale": _Tensor(hf + "input_layernorm.weight", *same),
+            ours + "mlp_norm.scale": _Tensor(hf + "post_attention_layernorm.weight", *same),
+            ours + "attn.q": _Tensor(hf + "self_attn.q_proj.weight", *heads_in),
+            ours + "attn.k": _Tensor(hf + "self_attn.k_proj.weight", *heads_in),
+            ours + "attn.v": _Tensor(hf + "self_attn.v_proj.weight", *heads_in),
+            ours + "attn.o": _Tensor(hf + "self_attn.o_proj.weight", *heads_out),
+            ours + "mlp.gate": _Tensor(hf + "mlp.gate_proj.weight", *transpose),
+            ours + "mlp.up": _Tensor(hf + "mlp.up_proj.weight", *transpose),
+            ours + "mlp.down": _Tensor(hf + "mlp.down_proj.weight", *transpose),
         })
         if cfg.qkv_bias:
             table.update({
-                ours + "attn.q_bias": (hf + "self_attn.q_proj.bias", *heads_bias(h)),
-                ours + "attn.k_bias": (hf + "self_attn.k_proj.bias", *heads_bias(k)),
-                ours + "attn.v_bias": (hf + "self_attn.v_proj.bias", *heads_bias(k)),
+                ours + "attn.q_bias": _Tensor(hf + "self_attn.q_proj.bias", *heads_bias),
+                ours + "attn.k_bias": _Tensor(hf + "self_attn.k_proj.bias", *heads_bias),
+                ours + "attn.v_bias": _Tensor(hf + "self_attn.v_proj.bias", *heads_bias),
             })
     return table
 
@@ -74,34 +94,50 @@ def _dotted(path) -> str:
     return ".".join(str(p) for p in path)
 
 
-def model_from_tensors(cfg: ModelConfig, get_tensor: Callable[[str], np.ndarray | None],
-                       source: str) -> Transformer:
-    """Build a Transformer whose parameters come from `get_tensor(hf_name)`.
+def _assemble(cfg: ModelConfig, make_value: Callable, mesh: Mesh | None = None) -> Transformer:
+    """A Transformer whose parameter `name` is `make_value(name, _Tensor, abstract variable, sharding)`.
 
     The module is built abstractly (`nnx.eval_shape`), so no random weights are
-    initialised and no second full copy of the model exists during loading.
+    initialised and no second full copy of the model exists during loading. `sharding`
+    is the parameter's place on `mesh` (`tree_shardings`), None without a mesh.
     """
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
+    shardings = {} if mesh is None else dict(nnx.to_flat_state(tree_shardings(abstract_state, mesh)))
     table = _tensor_table(cfg)
-    flat = nnx.to_flat_state(abstract_state)
     leaves = []
-    for path, variable in flat:
+    for path, variable in nnx.to_flat_state(abstract_state):
         name = _dotted(path)
-        hf_name, to_ours, _ = table[name]
-        tensor = get_tensor(hf_name)
+        sharding = shardings[path].get_value() if mesh is not None else None
+        leaves.append((path, variable.replace(make_value(name, table[name], variable, sharding))))
+    return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+
+
+def model_from_tensors(cfg: ModelConfig, get_tensor: Callable[[str], np.ndarray | None],
+                       source: str) -> Transformer:
+    """Build a Transformer whose parameters come from `get_tensor(hf_name)`, a whole tensor each."""
+    def make_value(name, entry, variable, _):
+        tensor = get_tensor(entry.hf_name)
         if tensor is None:
-            raise CheckpointError(f"{source}: tensor {hf_name!r} is missing (needed for {name})")
+            raise _missing(source, entry.hf_name, name)
         try:
-            value = to_ours(tensor)
+            value = entry.to_ours(tensor)
         except (ValueError, TypeError):  # a reshape that cannot fit: reported just below
             value = tensor
         if value.shape != variable.shape:
-            raise CheckpointError(
-                f"{source}: tensor {hf_name!r} has shape {tuple(np.shape(tensor))}, which does not fit "
-                f"{name} {variable.shape} of config {_shape_summary(cfg)}")
-        leaves.append((path, variable.replace(jnp.asarray(value, dtype=variable.dtype))))
-    return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+            raise _misfit(source, entry.hf_name, np.shape(tensor), name, variable.shape, cfg)
+        return jnp.asarray(value, dtype=variable.dtype)
+
+    return _assemble(cfg, make_value)
+
+
+def _missing(source, hf_name, name) -> CheckpointError:
+    return CheckpointError(f"{source}: tensor {hf_name!r} is missing (needed for {name})")
+
+
+def _misfit(source, hf_name, hf_shape, name, shape, cfg) -> CheckpointError:
+    return CheckpointError(f"{source}: tensor {hf_name!r} has shape {tuple(hf_shape)}, which does not fit "
+                           f"{name} {shape} of config {_shape_summary(cfg)}")
 
 
 def _shape_summary(cfg: ModelConfig) -> str:
@@ -127,17 +163,20 @@ def _safetensors_files(directory: pathlib.Path) -> list[pathlib.Path]:
     return files
 
 
-def _open_safetensors(files: list[pathlib.Path]) -> dict[str, Callable[[], np.ndarray]]:
-    """tensor name -> a loader, so each tensor is read only when the model needs it."""
+def _safe_open(f: pathlib.Path, framework: str):
     from safetensors import safe_open
 
+    try:
+        return safe_open(str(f), framework=framework)
+    except Exception as err:  # safetensors reports truncation as a header/buffer mismatch
+        raise CheckpointError(f"cannot read {f}: {err} (is the file truncated or not safetensors?)") from err
+
+
+def _open_safetensors(files: list[pathlib.Path]) -> dict[str, Callable[[], np.ndarray]]:
+    """tensor name -> a loader, so each tensor is read only when the model needs it."""
     loaders = {}
     for f in files:
-        try:
-            # the flax framework reads bfloat16, which plain numpy cannot
-            handle = safe_open(str(f), framework="flax")
-        except Exception as err:  # safetensors reports truncation as a header/buffer mismatch
-            raise CheckpointError(f"cannot read {f}: {err} (is the file truncated or not safetensors?)") from err
+        handle = _safe_open(f, "flax")  # whole tensors as jax arrays, converted on the device
         for name in handle.keys():
             loaders[name] = (lambda h=handle, n=name, f=f: _read_tensor(h, n, f))
     return loaders
@@ -150,8 +189,55 @@ def _read_tensor(handle, name, f):
         raise CheckpointError(f"cannot read tensor {name!r} from {f}: {err} (is the file truncated?)") from err
 
 
-def load_hf(directory: PathLike, **config_overrides) -> Transformer:
-    """Load a `LlamaForCausalLM` / `Qwen2ForCausalLM` directory saved by transformers."""
+def _sharded_model(cfg: ModelConfig, files: dict[str, pathlib.Path], source: str, mesh: Mesh) -> Transformer:
+    """A Transformer whose parameters are global arrays on `mesh`, read from `files` (tensor name ->
+    its file) shard by shard: this process reads only the slices its own devices hold."""
+    def make_value(name, entry, variable, sharding):
+        if entry.hf_name not in files:
+            raise _missing(source, entry.hf_name, name)
+        f = files[entry.hf_name]
+        tensor = _safe_open(f, "numpy").get_slice(entry.hf_name)
+        hf_shape = tuple(tensor.get_shape())
+        if hf_shape != jax.eval_shape(entry.to_hf, jax.ShapeDtypeStruct(variable.shape, variable.dtype)).shape:
+            raise _misfit(source, entry.hf_name, hf_shape, name, variable.shape, cfg)
+        return _read_shards(tensor, entry, f, variable, sharding)
+
+    return _assemble(cfg, make_value, mesh)
+
+
+def _read_shards(tensor, entry: _Tensor, f: pathlib.Path, variable, sharding: NamedSharding) -> jax.Array:
+    """One parameter as a global array whose local shards are read from `tensor`, a safetensors slice.
+
+    `tensor` keeps its file mapped, and the pages that reads touch count in the process's
+    memory while it is, so `_sharded_model` opens the file anew for each parameter and
+    nothing keeps `tensor` once this returns.
+    """
+    def read(index):
+        # make_array_from_callback passes slice(None) for a whole dimension
+        hf_index, cut = entry.hf_index(tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, variable.shape)))
+        try:
+            block = tensor[hf_index]
+        except Exception as err:
+            raise CheckpointError(f"cannot read tensor {entry.hf_name!r} from {f}: {err} "
+                                  "(is the file truncated?)") from err
+        return np.asarray(entry.to_ours(block)[cut], dtype=variable.dtype)
+
+    return jax.make_array_from_callback(variable.shape, sharding, read)
+
+
+def _tensor_files(files: list[pathlib.Path]) -> dict[str, pathlib.Path]:
+    """tensor name -> the file that holds it."""
+    return {name: f for f in files for name in _safe_open(f, "numpy").keys()}
+
+
+def load_hf(directory: PathLike, *, mesh: Mesh | None = None, **config_overrides) -> Transformer:
+    """Load a `LlamaForCausalLM` / `Qwen2ForCausalLM` directory saved by transformers.
+
+    With `mesh`, every parameter is built directly as a global array in its shards
+    (`tree_shardings`), and each process reads from the files only the slices its own
+    devices hold: no process ever holds the whole model, so a model larger than one host's
+    memory loads on a multi-host mesh. Without, the model lives whole on the default device.
+    """
     directory = pathlib.Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a directory")
@@ -159,14 +245,23 @@ def load_hf(directory: PathLike, **config_overrides) -> Transformer:
     if not config_path.exists():
         raise CheckpointError(f"{directory} has no config.json; expected a Hugging Face model directory")
     cfg = ModelConfig.from_hf(json.loads(config_path.read_text()), **config_overrides)
-    tensors = _open_safetensors(_safetensors_files(directory))
+    files = _safetensors_files(directory)
+    if mesh is not None:
+        tensor_files = _tensor_files(files)
+        _warn_unused(cfg, tensor_files, directory)
+        return _sharded_model(cfg, tensor_files, str(directory), mesh)
+    tensors = _open_safetensors(files)
+    _warn_unused(cfg, tensors, directory)
+    return model_from_tensors(cfg, lambda name: tensors[name]() if name in tensors else None, str(directory))
+
+
+def _warn_unused(cfg: ModelConfig, names, directory: pathlib.Path) -> None:
+    used = {entry.hf_name for entry in _tensor_table(cfg).values()}
     if cfg.tie_embeddings:
-        tensors.pop("lm_head.weight", None)  # some exporters write the tied copy too
-    used = {hf for hf, _, _ in _tensor_table(cfg).values()}
-    unused = sorted(set(tensors) - used)
+        used.add("lm_head.weight")  # some exporters write the tied copy too
+    unused = sorted(set(names) - used)
     if unused:
         log.warning("%s: ignoring %d tensors r1jax does not use, e.g. %s", directory, len(unused), unused[:3])
-    return model_from_tensors(cfg, lambda name: tensors[name]() if name in tensors else None, str(directory))
 
 
 def save_hf(model: Transformer, directory: PathLike, *, tokenizer: Tokenizer | None = None,
@@ -203,8 +298,8 @@ def save_hf(model: Transformer, directory: PathLike, *, tokenizer: Tokenizer | N
     table = _tensor_table(cfg)
     tensors = {}
     for path, variable in nnx.to_flat_state(state):
-        hf_name, _, to_hf = table[_dotted(path)]
-        tensors[hf_name] = jnp.asarray(to_hf(variable[...]), out_dtype)
+        entry = table[_dotted(path)]
+        tensors[entry.hf_name] = jnp.asarray(entry.to_hf(variable[...]), out_dtype)
     shards = list(_split_shards(tensors, max_shard_bytes))
     if len(shards) == 1:
         save_file(shards[0], str(directory / "model.safetensors"), metadata={"format": "pt"})
@@ -307,7 +402,11 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def load_gguf(path: PathLike, **config_overrides) -> Transformer:
-    """Load a Llama-architecture GGUF file, dequantising every tensor to float32."""
+    """Load a Llama-architecture GGUF file, dequantising every tensor to float32.
+
+    Always whole on the default device: GGUF packs quantised blocks, so there is no cheap
+    slice of a tensor to read per shard; `from_pretrained(..., mesh=)` shards it afterwards.
+    """
     import gguf
 
     path = pathlib.Path(path)
@@ -335,17 +434,21 @@ def load_gguf(path: PathLike, **config_overrides) -> Transformer:
     return model_from_tensors(cfg, get, str(path))
 
 
-def from_pretrained(path: PathLike, **config_overrides) -> Transformer:
+def from_pretrained(path: PathLike, *, mesh: Mesh | None = None, **config_overrides) -> Transformer:
     """Load a model from an HF directory (config.json + safetensors) or a `.gguf` file.
 
     Keyword arguments override `ModelConfig` fields, e.g. `dtype="bfloat16"`,
-    `param_dtype="bfloat16"`, `remat=True`.
+    `param_dtype="bfloat16"`, `remat=True`. With `mesh`, the parameters come back sharded
+    on it: an HF directory is read shard by shard (`load_hf`); a GGUF, whose tensors are
+    quantised in packed blocks, is loaded whole on every process and then sharded
+    (`shard_model`).
     """
     path = pathlib.Path(path)
     if path.suffix == ".gguf":
-        return load_gguf(path, **config_overrides)
+        model = load_gguf(path, **config_overrides)
+        return model if mesh is None else shard_model(model, mesh)
     if path.is_dir():
-        return load_hf(path, **config_overrides)
+        return load_hf(path, mesh=mesh, **config_overrides)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass an HF model directory or a .gguf file")
     raise CheckpointError(f"{path} is neither an HF model directory nor a .gguf file")

@@ -7,9 +7,11 @@ import sys
 from typing import Callable
 
 import ml_collections
-from absl import app
+from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from r1jax import distributed
 
 Shrink = Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
 
@@ -25,6 +27,11 @@ def run(pipeline: Callable[..., dict], config: ml_collections.ConfigDict, runloc
     """Parse `--config.<field>=<value>` overrides of `config` (an unknown field is an error that
     names it), run `pipeline(config)` and print what it returns as JSON.
 
+    Several hosts: run the same command on every host. `--coordinator_address=HOST:PORT
+    --num_processes=N --process_id=I` join them (needed off a cluster, e.g. several processes
+    on one machine); on TPU VM slices, SLURM and Open MPI JAX finds them itself. Process 0
+    prints and writes logs, metrics, plots and exports.
+
     `--config.runlocal=True` (big_vision's convention) starts from `runlocal(config)`, the
     experiment's smoke setting (small batch, lengths and steps: about a minute on a CPU);
     the other overrides apply on top of it. The flag is defined here, not when an experiment
@@ -35,13 +42,37 @@ def run(pipeline: Callable[..., dict], config: ml_collections.ConfigDict, runloc
             raise app.UsageError("this experiment has no runlocal setting")
         config = runlocal(config)
     config_flag = config_flags.DEFINE_config_dict("config", config, lock_config=True)
+    join = launch_flags()
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.<field>=<value>")
-        # Orbax and TFDS log every file they touch: keep their warnings, and our own progress
-        absl_logging.set_verbosity(absl_logging.ERROR)
-        logging.getLogger("r1jax").setLevel(logging.INFO)
-        print(json.dumps(pipeline(config_flag.value), indent=2))
+        join()
+        result = pipeline(config_flag.value)
+        if distributed.is_primary():
+            print(json.dumps(result, indent=2))
 
     app.run(main)
+
+
+def launch_flags() -> Callable[[], None]:
+    """Define `--coordinator_address`, `--num_processes` and `--process_id`; returns `join()`.
+
+    `join()`, first thing in `main`, joins the processes (`r1jax.distributed.initialize`: the
+    flags, or the cluster's own environment) and sets the logging: Orbax and TFDS log
+    every file they touch, so only their errors; our progress from process 0 only.
+    """
+    coordinator = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for several "
+                                      "processes off a cluster (TPU VMs, SLURM and Open MPI are detected)")
+    num_processes = flags.DEFINE_integer("num_processes", None, "how many processes take part")
+    process_id = flags.DEFINE_integer("process_id", None, "this process's index, 0 .. num_processes - 1")
+
+    def join():
+        try:  # before any other JAX call
+            distributed.initialize(coordinator.value, num_processes.value, process_id.value)
+        except ValueError as error:
+            raise app.UsageError(str(error)) from None
+        absl_logging.set_verbosity(absl_logging.ERROR)
+        logging.getLogger("r1jax").setLevel(logging.INFO if distributed.is_primary() else logging.WARNING)
+
+    return join

@@ -99,7 +99,7 @@ def distill(config) -> dict:
     # -- the teacher's traces ---------------------------------------------------------------------
     traces_dir = workdir / "traces"
     # the teacher samples under the same dtype policy as the student trains (remat does not apply)
-    graphdef, params = stages.split(from_pretrained(teacher.init, **dict(config.model)))
+    graphdef, params = stages.split(from_pretrained(teacher.init, mesh=mesh, **dict(config.model)))
     extra = {}
     if teacher.keep == "all":
         sample = rollout_sampler(graphdef, params, teacher_renderer, num_samples=teacher.num_samples,
@@ -121,7 +121,7 @@ def distill(config) -> dict:
 
     def evaluate(name, model_dir):
         return stages.cached(workdir / "evals" / f"{name}.json", lambda: stages.evaluate_stage(
-            *stages.split(from_pretrained(model_dir, **dict(config.model))), student_renderer, eval_examples,
+            *stages.split(from_pretrained(model_dir, mesh=mesh, **dict(config.model))), student_renderer, eval_examples,
             task=task, settings=eval_settings, max_new_tokens=teacher.max_new_tokens, mesh=mesh,
             seed=config.seed + 1))
 

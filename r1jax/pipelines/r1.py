@@ -122,8 +122,8 @@ def r1_pipeline(config) -> dict:
 
     def evaluate(name: str, model_dir: pathlib.Path) -> dict:
         return stages.cached(workdir / "evals" / f"{name}.json", lambda: stages.evaluate_stage(
-            *stages.split(from_pretrained(model_dir)), renderer, eval_examples, task=task, settings=eval_settings,
-            max_new_tokens=max_new_tokens, mesh=mesh, seed=config.seed + 1))
+            *stages.split(from_pretrained(model_dir, mesh=mesh)), renderer, eval_examples, task=task,
+            settings=eval_settings, max_new_tokens=max_new_tokens, mesh=mesh, seed=config.seed + 1))
 
     def rl(name: str, init: pathlib.Path, rewards: dict, examples=train, model_reward=None):
         log.info("stage %s (%.0fs)", name, time.perf_counter() - started)
@@ -132,7 +132,7 @@ def r1_pipeline(config) -> dict:
                                  seed=config.seed, reward_workers=config.reward_workers, model_reward=model_reward)
 
     def sample_fn(model_dir: pathlib.Path, samples: int, temperature: float, top_p: float):
-        graphdef, params = stages.split(from_pretrained(model_dir))
+        graphdef, params = stages.split(from_pretrained(model_dir, mesh=mesh))
         return rollout_sampler(graphdef, params, renderer, num_samples=samples, max_prompt_length=256,
                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, mesh=mesh)
 
@@ -194,7 +194,7 @@ def r1_pipeline(config) -> dict:
     r = config.rejection
     rejection_dir = workdir / "rejection"
     rejection_sample(
-        *stages.split(from_pretrained(reasoning_dir)), renderer, train, output_dir=rejection_dir, task=task,
+        *stages.split(from_pretrained(reasoning_dir, mesh=mesh)), renderer, train, output_dir=rejection_dir, task=task,
         num_samples=r.samples_per_prompt, max_new_tokens=max_new_tokens, temperature=r.temperature,
         top_p=r.top_p, language="en", mesh=mesh, seed=config.seed,
         provenance={"checkpoint": str(reasoning_dir), "step": rl_train.steps, "stage": "reasoning_rl"})
@@ -217,7 +217,7 @@ def r1_pipeline(config) -> dict:
     rm_stage = RewardModelTraining(RewardModelSettings(), tokenizer=tokenizer, mesh=mesh)
     rm_result = run_training(
         LoopSettings(steps=m.steps, save_every=m.steps, seed=config.seed, plot_keys=("loss", "accuracy")),
-        workdir=workdir / "reward_model", model=RewardModel.from_transformer(from_pretrained(sft_dir)),
+        workdir=workdir / "reward_model", model=RewardModel.from_transformer(from_pretrained(sft_dir, mesh=mesh)),
         optimizer=make_optimizer(m.learning_rate, m.warmup_steps, m.steps, weight_decay=0.01),
         loss_fn=rm_stage.objective(), data=PromptIterator(rm_pairs, batch_size=m.batch_size, seed=config.seed),
         make_batches=rm_stage.make_batches, mesh=mesh, name="reward_model")
@@ -316,7 +316,7 @@ def r1_pipeline(config) -> dict:
 
 def _judge_score(model_dir, judge, examples, renderer, config, mesh) -> float:
     """Mean judge reward of a policy's samples on held-out general prompts."""
-    graphdef, params = stages.split(from_pretrained(model_dir))
+    graphdef, params = stages.split(from_pretrained(model_dir, mesh=mesh))
     texts = [renderer(ex["question"]) for ex in examples]
     k = config.eval.num_samples
     out = rollout(graphdef, params, renderer.tokenizer, renderer.encode_all(texts), jax.random.key(config.seed + 2),

@@ -15,6 +15,9 @@ The config (see `experiments/grpo_smollm2.py`):
                  `TrainSettings` fields (steps, learning_rate, warmup_steps, ...)
   rewards        {registered reward: weight}; reward_workers
   eval           `EvalSettings` of the held-out evaluation
+  mesh           the training mesh ({"data": -1}, {"fsdp": -1}, ...: `r1jax.sharding.make_mesh`)
+  sampler_mesh   optional: the mesh of rollouts and evaluations (e.g. {"tensor": 2, "data": -1});
+                 weights are resharded onto it in device memory
 
 Each stage is skipped when its result is there, so a run killed at any point resumes
 with the same command (see `r1jax.pipelines.stages`).
@@ -25,13 +28,14 @@ import logging
 import pathlib
 import time
 
+from r1jax.distributed import is_primary
 from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
 from r1jax.models import from_pretrained
 from r1jax.pipelines import stages
 from r1jax.pipelines.settings import EvalSettings, TrainSettings, check_rewards, settings_from
 from r1jax.rollout import PromptRenderer
-from r1jax.sharding import make_mesh
+from r1jax.sharding import make_mesh, reshard
 from r1jax.tasks import task_from_config
 from r1jax.tokenizers import load_tokenizer
 from r1jax.train.grpo import GRPOSettings
@@ -56,6 +60,7 @@ class RunSettings:
         self.rewards = check_rewards(config.rewards)
         self.eval = settings_from(config.eval, EvalSettings, where="eval")
         self.seed, self.mesh, self.reward_workers = config.seed, dict(config.mesh), config.reward_workers
+        self.sampler_mesh = dict(config.get("sampler_mesh") or {})  # {}: sample on the training mesh
 
 
 def r1_zero(config, *, started: float | None = None) -> dict:
@@ -66,25 +71,28 @@ def r1_zero(config, *, started: float | None = None) -> dict:
     tokenizer = load_tokenizer(run.tokenizer_path)
     run.workdir.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(run.mesh)
+    sampler_mesh = make_mesh(run.sampler_mesh) if run.sampler_mesh else mesh
     train = list(run.task.load("train", data_dir=run.data_dir))
     test = list(run.task.load(run.eval.split, data_dir=run.data_dir))
     eval_examples = test[:run.eval.num_prompts] if run.eval.num_prompts else test
     renderer = PromptRenderer(tokenizer, run.grpo.template, run.grpo.system_prompt)
 
     def evaluate_params(graphdef, params):
+        if sampler_mesh is not mesh:
+            params = reshard(params, sampler_mesh)
         return stages.evaluate_stage(graphdef, params, renderer, eval_examples, task=run.task, settings=run.eval,
-                                     max_new_tokens=run.grpo.max_new_tokens, mesh=mesh, seed=run.seed + 1)
+                                     max_new_tokens=run.grpo.max_new_tokens, mesh=sampler_mesh, seed=run.seed + 1)
 
     def evaluate(name, model_dir):
         return stages.cached(run.workdir / "evals" / f"{name}.json", lambda: evaluate_params(
-            *stages.split(from_pretrained(model_dir, **run.model_overrides))))
+            *stages.split(from_pretrained(model_dir, mesh=mesh, **run.model_overrides))))
 
     base_eval = evaluate("base", run.init)
     log.info("base: %s (%.0fs)", base_eval, time.perf_counter() - started)
     final_dir = stages.grpo_stage(
         run.workdir / "grpo", init=run.init, train=train, tokenizer=tokenizer, task=run.task, rewards=run.rewards,
         settings=run.grpo, train_settings=run.train, mesh=mesh, seed=run.seed, reward_workers=run.reward_workers,
-        model_overrides=run.model_overrides,
+        model_overrides=run.model_overrides, sampler_mesh=sampler_mesh,
         evaluate=(lambda state, step: evaluate_params(state.graphdef, state.params)) if run.train.eval_every
         else None)
     if final_dir is None:
@@ -96,7 +104,8 @@ def r1_zero(config, *, started: float | None = None) -> dict:
         summary.update({f"{name}_{key}": value for key, value in result.items()})
     summary.update({"eval_prompts": len(eval_examples), "eval_samples_per_prompt": k,
                     "seconds": round(time.perf_counter() - started, 1)})
-    write_json_atomically(run.workdir / "summary.json", summary, indent=2)
-    print(summary_table([{"model": name, **{key: result[key] for key in result}}
-                         for name, result in (("base", base_eval), ("R1-Zero", final_eval))]))
+    if is_primary():
+        write_json_atomically(run.workdir / "summary.json", summary, indent=2)
+        print(summary_table([{"model": name, **{key: result[key] for key in result}}
+                             for name, result in (("base", base_eval), ("R1-Zero", final_eval))]))
     return summary

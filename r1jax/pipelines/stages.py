@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 
 from r1jax.checkpoint import IncompatibleCheckpointError
 from r1jax.data import PromptIterator
+from r1jax.distributed import barrier, host_copy, is_primary
 from r1jax.evaluate import evaluate_policy
 from r1jax.files import write_json_atomically
 from r1jax.models import ModelConfig, Transformer, from_pretrained, save_pretrained
@@ -59,12 +60,20 @@ def exported(directory: pathlib.Path, wanted: ModelConfig | None = None) -> bool
 
 def export_model(model: Transformer, directory: pathlib.Path, tokenizer: Tokenizer | None = None):
     """Save `model` (and its tokenizer files) as a Hugging Face checkpoint in `directory`, all at once or
-    not at all."""
-    partial = directory.with_name(directory.name + ".partial")
-    if partial.exists():  # our own leftover of a run killed while exporting
-        shutil.rmtree(partial)
-    save_pretrained(model, partial, tokenizer=tokenizer)
-    partial.rename(directory)
+    not at all.
+
+    With several processes, every process calls it: the weights are gathered, process 0
+    writes them, and the others wait until the export is in place.
+    """
+    graphdef, state = nnx.split(model)
+    model = nnx.merge(graphdef, host_copy(state))
+    if is_primary():
+        partial = directory.with_name(directory.name + ".partial")
+        if partial.exists():  # our own leftover of a run killed while exporting
+            shutil.rmtree(partial)
+        save_pretrained(model, partial, tokenizer=tokenizer)
+        partial.rename(directory)
+    barrier(f"export {directory}")
 
 
 def sft_stage(workdir: pathlib.Path, *, init: Transformer | pathlib.Path, examples: Sequence,
@@ -80,8 +89,9 @@ def sft_stage(workdir: pathlib.Path, *, init: Transformer | pathlib.Path, exampl
     """
     out = workdir / "model"
     if exported(out):
-        return from_pretrained(out)
-    model = from_pretrained(init, **dict(model_overrides or {})) if isinstance(init, pathlib.Path) else init
+        return from_pretrained(out, mesh=mesh)
+    model = (from_pretrained(init, mesh=mesh, **dict(model_overrides or {})) if isinstance(init, pathlib.Path)
+             else init)
     sft = SFT(SFTSettings(max_length=max_length, packing=packing), tokenizer=tokenizer, mesh=mesh, to_pairs=to_pairs)
     result = run_training(
         LoopSettings(steps=steps, save_every=max(steps // 3, 1), seed=seed, plot_keys=("loss", "accuracy")),
@@ -92,7 +102,7 @@ def sft_stage(workdir: pathlib.Path, *, init: Transformer | pathlib.Path, exampl
     if not result.completed:
         return None
     export_model(result.state.model(), out, tokenizer)
-    return from_pretrained(out)
+    return from_pretrained(out, mesh=mesh)
 
 
 def evaluate_stage(graphdef, params, renderer: PromptRenderer, examples: Sequence[dict], *, task: Task,
@@ -110,23 +120,25 @@ def evaluate_stage(graphdef, params, renderer: PromptRenderer, examples: Sequenc
 def grpo_stage(workdir: pathlib.Path, *, init: pathlib.Path, train: Sequence[dict], tokenizer: Tokenizer,
                task: Task, rewards: Mapping[str, float], settings: GRPOSettings, train_settings: TrainSettings,
                mesh: Mesh, seed: int, reward_workers: int, evaluate: Callable | None = None, model_reward=None,
-               model_overrides: Mapping | None = None) -> pathlib.Path | None:
+               model_overrides: Mapping | None = None, sampler_mesh: Mesh | None = None) -> pathlib.Path | None:
     """GRPO from the checkpoint `init` on the `train` prompts of `task`, with the KL reference = `init`.
 
     Exports the result (with the tokenizer's files) to `workdir/model` and returns that
     path; None when SIGTERM stopped the run. `model_overrides`: `ModelConfig` fields such
     as the dtype policy and remat. `model_reward` is an optional judge for prompts the rule
-    rewards do not cover (see `r1jax.train.grpo`).
+    rewards do not cover (see `r1jax.train.grpo`). `sampler_mesh`: where the rollout runs
+    (None: `mesh`).
     """
     out = workdir / "model"
     if exported(out):
         return out
     for name in rewards:
         get_reward(name)
-    model = from_pretrained(init, **dict(model_overrides or {}))
+    model = from_pretrained(init, mesh=mesh, **dict(model_overrides or {}))  # each host reads its shards
     t = train_settings
     with RewardEvaluator(dict(rewards), num_workers=reward_workers) as evaluator:
-        stage = GRPO(settings, tokenizer=tokenizer, rewards=evaluator, task=task, mesh=mesh, model_reward=model_reward)
+        stage = GRPO(settings, tokenizer=tokenizer, rewards=evaluator, task=task, mesh=mesh, model_reward=model_reward,
+                     sampler_mesh=sampler_mesh)
         # the reference keeps a copy of the initial parameters (`set_reference`): one load serves both
         stage.set_reference(train_state_from_model(model, optax.identity(), mesh))
         result = run_training(
@@ -146,9 +158,11 @@ def cached(path: pathlib.Path, compute: Callable[[], dict]) -> dict:
     """`compute()`'s result, stored as JSON at `path` the first time (evaluations are slow)."""
     if path.exists():
         return json.loads(path.read_text())
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(path, value, indent=2)
+    value = compute()  # every process computes it (a collective); process 0 writes it
+    if is_primary():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(path, value, indent=2)
+    barrier(f"cached {path}")
     return value
 
 

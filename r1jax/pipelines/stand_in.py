@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from r1jax.data.base_corpus import CorpusStyle, base_corpus
+from r1jax.distributed import primary_first
 from r1jax.models import ModelConfig, Transformer
 from r1jax.pipelines import stages
 from r1jax.pipelines.r1_zero import RunSettings, r1_zero
@@ -37,10 +38,13 @@ def corpus_style(pretrain) -> CorpusStyle:
 
 def tokenizer_stage(path: pathlib.Path, texts: Callable[[], list[str]], *, vocab_size: int,
                     symbols: Sequence[str] = R1_TAGS) -> SentencePieceTokenizer:
-    """The SentencePiece model at `path`, trained on `texts()` first if it is not there."""
-    if path.exists():
-        return SentencePieceTokenizer.from_file(path)
-    return train_sentencepiece(texts(), path, vocab_size=vocab_size, user_defined_symbols=tuple(symbols))
+    """The SentencePiece model at `path`, trained on `texts()` first if it is not there (by process 0)."""
+    def train_or_read():
+        if path.exists():
+            return SentencePieceTokenizer.from_file(path)
+        return train_sentencepiece(texts(), path, vocab_size=vocab_size, user_defined_symbols=tuple(symbols))
+
+    return primary_first(train_or_read, name=f"tokenizer {path}")
 
 
 def model_config(model, tokenizer: Tokenizer) -> ModelConfig:
@@ -111,7 +115,8 @@ def generic_config(config, base_dir: pathlib.Path, tokenizer_path: pathlib.Path)
     """The generic recipe config (`r1jax.pipelines.r1_zero`) of a tiny experiment whose base is `base_dir`."""
     workdir = pathlib.Path(config.workdir)
     return ml_collections.ConfigDict({
-        "workdir": str(workdir), "seed": config.seed, "mesh": dict(config.mesh), "init": str(base_dir),
+        "workdir": str(workdir), "seed": config.seed, "mesh": dict(config.mesh),
+        "sampler_mesh": dict(config.sampler_mesh), "init": str(base_dir),
         "tokenizer": str(tokenizer_path), "model": {}, "task": {"seed": config.seed, **dict(config.task)},
         "data_dir": str(workdir / "data"), "grpo": {**dict(config.grpo), "template": config.template},
         "rewards": dict(config.rewards), "reward_workers": config.reward_workers, "eval": dict(config.eval)})

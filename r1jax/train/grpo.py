@@ -20,17 +20,17 @@ completions, so the two scales never mix inside a group.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from r1jax.data.preferences import is_general
 from r1jax.losses import ADVANTAGE_SCALES, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, group_advantages
 from r1jax.rewards import RewardEvaluator, RewardResult
-from r1jax.sharding import batch_sharding
+from r1jax.distributed import allgather_objects
+from r1jax.sharding import make_global_batch, reshard
 from r1jax.tasks import get_task
 from r1jax.tokenizers import Tokenizer
 from r1jax.train.objectives import grpo_objective
@@ -80,17 +80,28 @@ class GRPO:
     task: the `r1jax.tasks.Task` (or its name) of the prompts: their question text, and the
         reward logged as `accuracy`.
     model_reward: optional judge of the general prompts (module doc); without one, a
-        batch with general prompts is an error.
+        batch with general prompts is an error. With several processes it is called on
+        every process at every step (with this process's rows, possibly none), since a
+        model judge is a computation on the global mesh.
+    sampler_mesh: where the rollout runs (e.g. tensor-parallel decoding while training is
+        FSDP); None: the training `mesh`. The weights move between the two in device
+        memory (a reshard), never through the host.
+
+    With several processes, `make_batches` gets this process's prompts (whole groups stay
+    on their host): sampling runs on the global mesh, each process decodes and scores its
+    own rows in its own reward workers, and then the per-row rewards (a few floats a row)
+    are gathered, so that advantages and metrics are exactly those of one process.
     """
 
     def __init__(self, settings: GRPOSettings, *, tokenizer: Tokenizer, rewards: RewardEvaluator,
-                 task, mesh: Mesh, model_reward: Judge | None = None):
+                 task, mesh: Mesh, model_reward: Judge | None = None, sampler_mesh: Mesh | None = None):
         self.settings = settings
         self.tokenizer = tokenizer
         self.renderer = PromptRenderer(tokenizer, settings.template, settings.system_prompt)
         self.rewards = rewards
         self.task = get_task(task)
         self.mesh = mesh
+        self.sampler_mesh = mesh if sampler_mesh is None else sampler_mesh
         self.model_reward = model_reward
         self._ref_params = None
         self._logprobs_fn = None
@@ -112,13 +123,14 @@ class GRPO:
         if self._logprobs_fn is None:
             raise RuntimeError("call set_reference(initial_state) before the first GRPO step")
         texts = self._prompt_texts(examples)
-        out = rollout(state.graphdef, state.params, self.tokenizer, self.renderer.encode_all(texts), rng,
+        params = state.params if self.sampler_mesh is self.mesh else reshard(state.params, self.sampler_mesh)
+        out = rollout(state.graphdef, params, self.tokenizer, self.renderer.encode_all(texts), rng,
                       repeat=s.num_generations,
                       max_prompt_length=s.max_prompt_length, max_new_tokens=s.max_new_tokens,
-                      temperature=s.temperature, top_p=s.top_p, mesh=self.mesh)
+                      temperature=s.temperature, top_p=s.top_p, mesh=self.sampler_mesh)
         grouped_examples = [ex for ex in examples for _ in range(s.num_generations)]
         rewards_result = self._start_rewards(texts, out.completions, grouped_examples)  # host work starts now...
-        batch = training_batch(out.samples)
+        batch = training_batch(out.samples, self.mesh)
         # ...while the device computes the log-probs the loss compares against
         if s.beta != 0:
             batch["ref_logps"] = self._logprobs_fn(self._ref_params, batch["tokens"], batch["attention_mask"])
@@ -126,21 +138,27 @@ class GRPO:
             # later updates of this rollout see a moved policy: keep the sampling one's log-probs
             batch["old_logps"] = self._logprobs_fn(state.params, batch["tokens"], batch["attention_mask"])
         result = rewards_result()
-        advantages = group_advantages(jnp.asarray(np.nan_to_num(result.total)), s.num_generations,
-                                      scale=s.advantage_scale, valid=jnp.asarray(result.valid))
-        batch["advantages"] = jax.device_put(advantages, batch_sharding(self.mesh))
+        every = _gather_rows(result, out.lengths)
+        # advantages from the rewards of every process's rows (N floats): exact for every
+        # scale, "batch" included; each process keeps its own rows, whole groups
+        advantages = np.asarray(group_advantages(np.nan_to_num(every.total), s.num_generations,
+                                                 scale=s.advantage_scale, valid=every.valid))
+        batch["advantages"] = make_global_batch(advantages[every.mine], self.mesh)
         batches = [batch_slice for _ in range(s.num_iterations)
                    for batch_slice in _minibatches(batch, s.num_minibatches)]
-        metrics = {"reward": float(np.nanmean(result.total)) if result.valid.any() else 0.0,
-                   "response_length": float(out.lengths.mean()),
-                   "valid_fraction": float(result.valid.mean())}
-        for name, values in result.per_function.items():
+        return batches, self._metrics(every)
+
+    def _metrics(self, every: RewardResult) -> dict[str, float]:
+        """The step's reward metrics over the rows of every process."""
+        metrics = {"reward": float(np.nanmean(every.total)) if every.valid.any() else 0.0,
+                   "response_length": float(every.lengths.mean()),
+                   "valid_fraction": float(every.valid.mean())}
+        for name, values in every.per_function.items():
             metrics[f"reward/{name}"] = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
-        if self.task.accuracy_reward in result.per_function:
+        if self.task.accuracy_reward in every.per_function:
             metrics["accuracy"] = metrics[f"reward/{self.task.accuracy_reward}"]
-        metrics.update({f"rewards/{k}": float(v) for k, v in result.metrics.items()
-                        if k.endswith(("failures", "timeouts"))})
-        return batches, metrics
+        metrics.update({f"rewards/{k}": v for k, v in every.counts.items()})
+        return metrics
 
     def _prompt_texts(self, examples: Sequence[dict]) -> list[str]:
         if self.model_reward is None and any(is_general(ex) for ex in examples):
@@ -173,7 +191,7 @@ class GRPO:
         return result
 
     def _judge(self, prompts, completions, examples) -> np.ndarray:
-        if not completions:
+        if not completions and jax.process_count() == 1:  # with several processes, every one calls the judge
             return np.zeros(0, np.float32)
         scores = np.asarray(self.model_reward(prompts, completions, examples), np.float32)
         if scores.shape != (len(completions),):
@@ -205,6 +223,27 @@ def merge_rewards(rule: RewardResult | None, rule_rows: np.ndarray, model_scores
         metrics = dict(rule.metrics)
         failures = [dataclasses.replace(f, row=int(rule_rows[f.row])) for f in rule.failures]
     return RewardResult(per_function, total, valid, metrics, failures)
+
+
+class _EveryRow(NamedTuple):
+    total: np.ndarray  # [all rows] of every process, in process (= global row) order
+    valid: np.ndarray
+    per_function: dict[str, np.ndarray]
+    lengths: np.ndarray
+    counts: dict[str, float]  # failure and timeout counts, summed over processes
+    mine: slice  # this process's rows
+
+
+def _gather_rows(result: RewardResult, lengths: np.ndarray) -> _EveryRow:
+    """The per-row rewards and lengths of every process, on every process."""
+    counts = {k: v for k, v in result.metrics.items() if k.endswith(("failures", "timeouts"))}
+    parts = allgather_objects((result.total, result.valid, result.per_function, lengths, counts))
+    start = sum(len(part[0]) for part in parts[:jax.process_index()])
+    return _EveryRow(total=np.concatenate([p[0] for p in parts]), valid=np.concatenate([p[1] for p in parts]),
+                     per_function={name: np.concatenate([p[2][name] for p in parts]) for name in result.per_function},
+                     lengths=np.concatenate([p[3] for p in parts]),
+                     counts={k: float(sum(p[4][k] for p in parts)) for k in counts},
+                     mine=slice(start, start + len(result.total)))
 
 
 def _minibatches(batch: dict, num_minibatches: int) -> list[dict]:

@@ -9,6 +9,11 @@ step's batches are made (`make_batches`) and how the policy is evaluated.
 Resuming is exact: step `s` draws its randomness from `fold_in(rng, s)` and its data
 from the iterator position saved with the checkpoint, so a run killed and restarted
 computes the same updates as one that never stopped.
+
+Several processes run the loop together (`r1jax.distributed`): the data iterator hands
+each its share of a batch, Orbax saves and restores the sharded state (onto any mesh and
+process count), a SIGTERM on any host stops every host at the same step, and process 0
+alone writes metrics and plots.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from r1jax.checkpoint import Checkpointer, Preemption, model_signature
+from r1jax.distributed import is_primary
 from r1jax.metrics import MetricsLogger, plot_metrics
 from r1jax.models import Transformer
 from r1jax.train.state import TrainState, train_state_from_model
@@ -113,7 +119,8 @@ def run_training(settings: LoopSettings, *, workdir: str | pathlib.Path, model: 
                 log.warning("%s: preempted (SIGTERM) at step %d; checkpoint saved, exiting", name, done)
                 break
     try:
-        plot_metrics(workdir / "metrics.jsonl", workdir / "metrics.png", keys=settings.plot_keys)
+        if is_primary():  # the one writer of metrics
+            plot_metrics(workdir / "metrics.jsonl", workdir / "metrics.png", keys=settings.plot_keys)
     except ValueError as err:  # none of the keys logged, e.g. a zero-step run
         log.info("no plot: %s", err)
     return TrainResult(state, eval_metrics, completed=not stop)

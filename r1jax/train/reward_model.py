@@ -32,6 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from r1jax.data.preferences import is_general
+from r1jax.distributed import allgather_objects, common_shape, local_rows
 from r1jax.losses import bradley_terry_loss
 from r1jax.sharding import activate, make_global_batch, num_batch_shards
 from r1jax.tokenizers import Tokenizer
@@ -140,7 +141,10 @@ class RewardModelTraining:
         del state, rng
         batch = encode_preferences(self.tokenizer, pairs, max_length=self.settings.max_length,
                                    pad_to_multiple=self.settings.pad_to_multiple)
-        return [make_global_batch(batch, self.mesh)], {"pairs": float(len(pairs))}
+        # several processes: every host's rows get one width (left padding)
+        batch = common_shape(batch, pad_values={"chosen_tokens": self.tokenizer.pad_id,
+                                                "rejected_tokens": self.tokenizer.pad_id})
+        return [make_global_batch(batch, self.mesh)], {"pairs": float(len(pairs) * jax.process_count())}
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="mesh")
@@ -159,21 +163,27 @@ def score_texts(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer,
     rows (the last is padded) of a width rounded up to a multiple of `pad_to_multiple`,
     so scoring compiles for a few shapes only. `batch_size` must split over the mesh's data axes.
     """
-    if batch_size < 1 or batch_size % num_batch_shards(mesh):
+    if batch_size < 1 or batch_size % num_batch_shards(mesh) or batch_size % jax.process_count():
         raise ValueError(f"batch_size={batch_size} must be a positive multiple of the mesh's "
-                         f"{num_batch_shards(mesh)} data-parallel shards")
-    if len(prompts) == 0 and len(completions) == 0:
+                         f"{num_batch_shards(mesh)} data-parallel shards and of the {jax.process_count()} processes")
+    if len(prompts):
+        tokens, mask = encode_responses(tokenizer, prompts, completions, pad_to_multiple=pad_to_multiple)
+    else:
+        tokens = mask = np.zeros((0, 0), np.int32)
+    # several processes score their own rows in the same calls: every call has the same shape on each
+    shapes = allgather_objects(tokens.shape)
+    rows, width = max(r for r, _ in shapes), max(w for _, w in shapes)
+    if rows == 0:
         return np.zeros(0, np.float32)
-    tokens, mask = encode_responses(tokenizer, prompts, completions, pad_to_multiple=pad_to_multiple)
-    num_rows = tokens.shape[0]
-    padded_rows = round_up(num_rows, batch_size)
-    # padding rows are all mask 0: scored (finitely) and dropped
-    tokens = np.pad(tokens, ((0, padded_rows - num_rows), (0, 0)), constant_values=tokenizer.pad_id)
-    mask = np.pad(mask, ((0, padded_rows - num_rows), (0, 0)))
-    scores = [_score_rows(graphdef, params, *make_global_batch((tokens[i:i + batch_size], mask[i:i + batch_size]),
-                                                               mesh), mesh=mesh)
-              for i in range(0, padded_rows, batch_size)]
-    return np.concatenate(jax.device_get(scores))[:num_rows].astype(np.float32)
+    local_batch = batch_size // jax.process_count()
+    padded_rows = round_up(rows, local_batch)
+    # padding rows are all mask 0: scored (finitely) and dropped; columns are added on the left
+    pad = ((0, padded_rows - tokens.shape[0]), (width - tokens.shape[1], 0))
+    tokens, mask = np.pad(tokens, pad, constant_values=tokenizer.pad_id), np.pad(mask, pad)
+    scores = [local_rows(_score_rows(graphdef, params, *make_global_batch(
+        (tokens[i:i + local_batch], mask[i:i + local_batch]), mesh), mesh=mesh))
+        for i in range(0, padded_rows, local_batch)]
+    return np.concatenate(scores)[:len(prompts)].astype(np.float32)
 
 
 class RewardModelJudge:
@@ -233,9 +243,8 @@ class RewardModelJudge:
                              f"{len(prompts)} prompts, {len(completions)} completions, {len(examples)} examples")
         general = np.array([is_general(example) for example in examples], bool)
         rewards = np.full(len(completions), np.nan, np.float32)
-        if general.any():
-            rows = np.flatnonzero(general)
-            parts = self.scores([prompts[i] for i in rows], [completions[i] for i in rows])
-            rewards[rows] = self.weight * parts["helpfulness"] + self.harmlessness_weight * parts.get(
-                "harmlessness", 0.0)
+        rows = np.flatnonzero(general)
+        # scored even when this process has no general rows: with several, every one takes part
+        parts = self.scores([prompts[i] for i in rows], [completions[i] for i in rows])
+        rewards[rows] = self.weight * parts["helpfulness"] + self.harmlessness_weight * parts.get("harmlessness", 0.0)
         return rewards

@@ -33,6 +33,7 @@ from r1jax.losses import token_logprobs
 from r1jax.rollout import PromptRenderer
 from r1jax.sampling import pad_left, round_up
 from r1jax.tasks import get_task
+from r1jax.distributed import allgather_objects, common_shape, process_share
 from r1jax.sharding import activate, make_global_batch, num_batch_shards
 from r1jax.tokenizers import Tokenizer
 from r1jax.train.objectives import next_token_targets, sft_forward, sft_objective
@@ -204,24 +205,42 @@ class SFT:
         return sft_objective()
 
     def encode(self, pairs: Sequence[Pair]) -> dict[str, np.ndarray]:
-        """Host rows of `pairs`, padded or packed as the settings say."""
-        if not pairs:
-            raise ValueError("got no SFT pairs to encode")
+        """Host rows of `pairs` (this process's), padded or packed as the settings say.
+
+        Every process's rows get the same shape (empty rows at the bottom, padding columns
+        on the left), a row count whose total over processes splits into
+        `row_multiple` x the data-parallel devices: one global batch, even when packing
+        fills a different number of rows on each host.
+        """
         s = self.settings
-        row_multiple = s.row_multiple * num_batch_shards(self.mesh)
         if s.packing:
-            return pack_pairs(self.tokenizer, pairs, max_length=s.max_length, row_multiple=row_multiple)
-        return encode_pairs(self.tokenizer, pairs, max_length=s.max_length, row_multiple=row_multiple)
+            batch = pack_pairs(self.tokenizer, pairs, max_length=s.max_length)
+        else:
+            batch = encode_pairs(self.tokenizer, pairs, max_length=s.max_length)
+        parts = s.row_multiple * num_batch_shards(self.mesh)
+        batch = common_shape(batch, pad_values={"tokens": self.tokenizer.pad_id},
+                             row_multiple=parts // np.gcd(parts, jax.process_count()))
+        if not len(batch["tokens"]):
+            raise ValueError("got no SFT pairs to encode")
+        return batch
 
     def make_batches(self, state, pairs: Sequence, rng):
         del state
         if self.to_pairs is not None:
-            seed = np.asarray(jax.random.key_data(rng)).ravel().tolist()
-            pairs = self.to_pairs(pairs, np.random.default_rng(seed))
+            pairs = self._draw_pairs(pairs, rng)
         batch = self.encode(pairs)
-        metrics = {"completion_tokens": float(batch["completion_mask"].sum()),
-                   "padding_fraction": float(1 - batch["attention_mask"].mean())}
+        totals = np.sum(allgather_objects((batch["completion_mask"].sum(), batch["attention_mask"].sum(),
+                                           batch["attention_mask"].size)), axis=0)
+        metrics = {"completion_tokens": float(totals[0]), "padding_fraction": float(1 - totals[1] / totals[2])}
         return [make_global_batch(batch, self.mesh)], metrics
+
+    def _draw_pairs(self, examples: Sequence, rng) -> list[Pair]:
+        """`to_pairs` of each example with a generator of its own, seeded by the step's key and the
+        example's place in the global batch: the same pairs on any number of hosts, and on resume."""
+        seed = np.asarray(jax.random.key_data(rng)).ravel().tolist()
+        offset = getattr(examples, "offset", 0)
+        return [pair for i, example in enumerate(examples)
+                for pair in self.to_pairs([example], np.random.default_rng([*seed, offset + i]))]
 
     def evaluate(self, state, pairs: Sequence[Pair]) -> dict[str, float]:
         """Mean token cross-entropy and argmax accuracy of the completion tokens of `pairs`.
@@ -234,7 +253,8 @@ class SFT:
         size = self.settings.eval_batch_size
         totals = None
         for start in range(0, len(pairs), size):
-            batch = make_global_batch(self.encode(pairs[start:start + size]), self.mesh)
+            chunk = pairs[start:start + size]
+            batch = make_global_batch(self.encode(chunk[process_share(len(chunk))]), self.mesh)  # our share
             stats = _token_stats(state.graphdef, self.mesh, state.params, batch)
             totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
         totals = jax.device_get(totals)  # the one device-to-host copy

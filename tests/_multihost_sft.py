@@ -1,0 +1,87 @@
+"""SFT with packing, its evaluation and a sampled evaluation of a tiny model; results to a JSON and an .npz.
+
+Run by tests/test_multihost.py as 1 process x 4 fake devices and as 2 processes x 2, so that
+every process first sets its fake device count and joins the others:
+
+    python tests/_multihost_sft.py --out DIR [--coordinator_address=localhost:PORT --num_processes=2 --process_id=I]
+
+Half the pairs are long and half are short, and the data is not shuffled: the first
+process packs its long pairs into more rows than the second packs its short ones.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+
+def pairs():
+    from r1jax.train.sft import PairFormatter
+
+    formatter = PairFormatter("arithmetic", template="plain")
+    long = [formatter.from_solution({"expression": f"{a} + {b}", "answer": str(a + b)},
+                                    " ".join([f"{a} + {b} = {a + b}"] * 6), str(a + b)) for a, b in
+            [(8, 6), (3, 4), (9, 1), (2, 7), (5, 5), (6, 3), (1, 8), (4, 9)]]
+    short = [formatter.from_solution({"expression": f"{a} * {b}", "answer": str(a * b)}, "", str(a * b))
+             for a, b in [(2, 3), (4, 2), (3, 3), (5, 1), (2, 2), (6, 1), (1, 7), (3, 2)]]
+    return long + short  # global batch of 16: process 0 gets the long ones, process 1 the short ones
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--coordinator_address")
+    parser.add_argument("--num_processes", type=int)
+    parser.add_argument("--process_id", type=int)
+    args = parser.parse_args()
+
+    from r1jax import distributed
+
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id, detect=False)
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from r1jax.data import PromptIterator
+    from r1jax.evaluate import evaluate_policy
+    from r1jax.models import ModelConfig, Transformer
+    from r1jax.rollout import PromptRenderer
+    from r1jax.sharding import make_mesh
+    from r1jax.tasks import get_task
+    from r1jax.tokenizers import train_sentencepiece
+    from r1jax.train.loop import LoopSettings, run_training
+    from r1jax.train.sft import SFT, SFTSettings, pack_pairs
+    from r1jax.train.state import make_optimizer
+
+    out = pathlib.Path(args.out)
+    data = pairs()
+    tokenizer = distributed.primary_first(lambda: train_sentencepiece(
+        [p + c for p, c in data] * 4, out / "t.model", vocab_size=160, byte_fallback=False, hard_vocab_limit=False))
+    mesh = make_mesh({"fsdp": -1})
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2,
+                         num_heads=4, num_kv_heads=2, max_position_embeddings=256, bos_token_id=tokenizer.bos_id,
+                         eos_token_id=tokenizer.eos_id)
+    sft = SFT(SFTSettings(max_length=128, packing=True), tokenizer=tokenizer, mesh=mesh)
+    # the rows each process packs its share into, before they are evened out
+    rows = distributed.allgather_objects(len(pack_pairs(tokenizer, data[distributed.process_share(len(data))],
+                                                        max_length=128)["tokens"]))
+    result = run_training(
+        LoopSettings(steps=3, save_every=10, progress=False), workdir=out / "sft",
+        model=Transformer(config, rngs=nnx.Rngs(0)), optimizer=make_optimizer(1e-2, 1, 3), loss_fn=sft.objective(),
+        data=PromptIterator(data, batch_size=len(data), seed=0, shuffle=False), make_batches=sft.make_batches,
+        mesh=mesh, evaluate=lambda state, step: sft.evaluate(state, data[:5]))
+    examples = [{"expression": f"{a} + {b}", "answer": str(a + b)} for a, b in [(1, 2), (3, 3), (2, 5)]]
+    sampled = evaluate_policy(result.state.graphdef, result.state.params, PromptRenderer(tokenizer, "plain"),
+                              examples, task=get_task("arithmetic"),
+                              rng=jax.random.key(1), num_samples=4, max_prompt_length=64, max_new_tokens=12,
+                              temperature=1.0, top_p=1.0, mesh=mesh)
+    params = {"/".join(map(str, path)): np.asarray(v) for path, v in
+              nnx.to_flat_state(distributed.host_copy(result.state.params))}
+    if distributed.is_primary():
+        np.savez(out / "params.npz", **params)
+        (out / "result.json").write_text(json.dumps({"rows_per_process": rows, "eval": result.eval_metrics,
+                                                     "sampled": sampled}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

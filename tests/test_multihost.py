@@ -1,0 +1,46 @@
+"""SFT and evaluation on two processes compute what one computes; the host-side helpers of `r1jax.distributed`.
+
+The main job on two processes (and killed, preempted, relaunched) is in tests/test_r1_zero.py.
+Here tests/_multihost_sft.py runs packed SFT, its held-out loss and a sampled evaluation as
+1 process x 4 fake devices and as 2 processes x 2 (tests/_launch.py), with data that packs
+into more rows on one host than on the other.
+"""
+import json
+
+import jax
+import numpy as np
+import pytest
+from _launch import launch, wait
+
+from r1jax import distributed
+from r1jax.sharding import make_global_batch, make_mesh
+
+
+def test_sft_and_evaluation_on_two_processes_with_uneven_packed_rows(tmp_path):
+    runs = {}
+    for name, processes, devices in (("one", 1, 4), ("two", 2, 2)):
+        (tmp_path / name).mkdir()
+        runs[name] = launch("tests/_multihost_sft.py", [f"--out={tmp_path / name}"], processes=processes,
+                            devices=devices, log_dir=tmp_path, name=name)
+    for run in runs.values():
+        wait(run)
+    one, two = (json.loads((tmp_path / name / "result.json").read_text()) for name in ("one", "two"))
+    rows = two["rows_per_process"]
+    assert rows[0] > rows[1], f"the long pairs should fill more rows: {rows}"
+    assert two["eval"] == pytest.approx(one["eval"], rel=1e-5)
+    assert two["sampled"] == one["sampled"]
+    params, want = dict(np.load(tmp_path / "two" / "params.npz")), dict(np.load(tmp_path / "one" / "params.npz"))
+    worst = max(float(np.abs(params[k] - want[k]).max()) for k in want)
+    assert worst <= 1e-5, f"parameters differ by up to {worst:.1e}"  # measured: 1.4e-6
+
+
+def test_helpers_on_one_process_are_the_identity():
+    assert distributed.allgather_objects({"a": [1, "x"]}) == [{"a": [1, "x"]}]
+    assert distributed.primary_value(3) == 3 and distributed.is_primary()
+    assert distributed.process_share(5) == slice(0, 5)
+    assert distributed.primary_first(lambda: "done") == "done"
+    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+    rows = np.arange(12).reshape(6, 2)
+    np.testing.assert_array_equal(distributed.local_rows(make_global_batch(rows, mesh)), rows)
+    tree = {"w": np.ones(3)}
+    assert distributed.host_copy(tree) is not None and np.all(distributed.host_copy(tree)["w"] == 1)
