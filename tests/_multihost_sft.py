@@ -1,4 +1,8 @@
-"""SFT with packing, its evaluation and a sampled evaluation of a tiny model; results to a JSON and an .npz.
+"""The stages besides GRPO on a tiny model; results to a JSON and an .npz.
+
+Packed SFT and its held-out loss, a sampled evaluation, rejection sampling into a dataset,
+reward-model training on preference triples, and the reward model scoring a different
+number of texts on each process.
 
 Run by tests/test_multihost.py as 1 process x 4 fake devices and as 2 processes x 2, so that
 every process first sets its fake device count and joins the others:
@@ -43,13 +47,16 @@ def main():
     from flax import nnx
 
     from r1jax.data import PromptIterator
+    from r1jax.data.rejection import load_sft_dataset, rejection_sample
     from r1jax.evaluate import evaluate_policy
     from r1jax.models import ModelConfig, Transformer
+    from r1jax.models.reward_model import RewardModel
     from r1jax.rollout import PromptRenderer
     from r1jax.sharding import make_mesh
     from r1jax.tasks import get_task
     from r1jax.tokenizers import train_sentencepiece
     from r1jax.train.loop import LoopSettings, run_training
+    from r1jax.train.reward_model import RewardModelSettings, RewardModelTraining, score_texts
     from r1jax.train.sft import SFT, SFTSettings, pack_pairs
     from r1jax.train.state import make_optimizer
 
@@ -77,10 +84,33 @@ def main():
                               temperature=1.0, top_p=1.0, mesh=mesh)
     params = {"/".join(map(str, path)): np.asarray(v) for path, v in
               nnx.to_flat_state(distributed.host_copy(result.state.params))}
+
+    renderer = PromptRenderer(tokenizer, "plain")
+    stats = rejection_sample(result.state.graphdef, result.state.params, renderer, examples * 2,
+                             output_dir=out / "rejection", task=get_task("arithmetic"),
+                             correct_fn=lambda completion, **example: 1.0, num_samples=4, max_new_tokens=12,
+                             max_prompt_length=64, temperature=1.0, top_p=1.0, provenance={}, chunk_size=4,
+                             mesh=mesh, seed=0)  # 6 prompts: a full chunk and a short one
+    records = [(r["prompt"], r["completion"]) for r in load_sft_dataset(out / "rejection")]
+
+    triples = [(p, c, "?") for p, c in data]  # prefer each pair's completion to "?"
+    rm_stage = RewardModelTraining(RewardModelSettings(max_length=128), tokenizer=tokenizer, mesh=mesh)
+    rm = run_training(
+        LoopSettings(steps=2, save_every=10, progress=False), workdir=out / "reward_model",
+        model=RewardModel.from_transformer(result.state.model()), optimizer=make_optimizer(1e-2, 1, 2),
+        loss_fn=rm_stage.objective(), data=PromptIterator(triples, batch_size=len(triples), seed=0, shuffle=False),
+        make_batches=rm_stage.make_batches, mesh=mesh)
+    texts = [c for _, c in data[:7]]
+    share = slice(0, 5) if jax.process_index() == 0 else slice(5, 7)  # 5 texts here, 2 there (all 7 on 1)
+    mine = texts if jax.process_count() == 1 else texts[share]
+    scores = np.concatenate(distributed.allgather_objects(score_texts(
+        rm.state.graphdef, rm.state.params, tokenizer, ["Q:"] * len(mine), mine, mesh=mesh, batch_size=4)))
     if distributed.is_primary():
         np.savez(out / "params.npz", **params)
-        (out / "result.json").write_text(json.dumps({"rows_per_process": rows, "eval": result.eval_metrics,
-                                                     "sampled": sampled}, indent=2))
+        (out / "result.json").write_text(json.dumps({
+            "rows_per_process": rows, "eval": result.eval_metrics, "sampled": sampled,
+            "rejection": {"kept": stats.kept, "dropped": stats.dropped, "records": records},
+            "scores": scores.tolist()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""SFT and evaluation on two processes compute what one computes; the host-side helpers of `r1jax.distributed`.
+"""The stages besides GRPO on two processes compute what one computes; `r1jax.distributed`'s helpers.
 
 The main job on two processes (and killed, preempted, relaunched) is in tests/test_r1_zero.py.
-Here tests/_multihost_sft.py runs packed SFT, its held-out loss and a sampled evaluation as
-1 process x 4 fake devices and as 2 processes x 2 (tests/_launch.py), with data that packs
-into more rows on one host than on the other.
+Here tests/_multihost_sft.py runs packed SFT, its held-out loss, a sampled evaluation,
+rejection sampling, reward-model training and scoring as 1 process x 4 fake devices and as
+2 processes x 2 (tests/_launch.py), with data that packs into more rows on one host than
+on the other and a different number of texts to score on each.
 """
 import json
 
@@ -16,7 +17,7 @@ from r1jax import distributed
 from r1jax.sharding import make_global_batch, make_mesh
 
 
-def test_sft_and_evaluation_on_two_processes_with_uneven_packed_rows(tmp_path):
+def test_sft_evaluation_rejection_and_reward_model_on_two_processes(tmp_path):
     runs = {}
     for name, processes, devices in (("one", 1, 4), ("two", 2, 2)):
         (tmp_path / name).mkdir()
@@ -29,9 +30,14 @@ def test_sft_and_evaluation_on_two_processes_with_uneven_packed_rows(tmp_path):
     assert rows[0] > rows[1], f"the long pairs should fill more rows: {rows}"
     assert two["eval"] == pytest.approx(one["eval"], rel=1e-5)
     assert two["sampled"] == one["sampled"]
+    assert two["rejection"] == one["rejection"] and one["rejection"]["records"]
+    # the scores of the reward model each run trained: equal training and equal scoring
+    np.testing.assert_allclose(two["scores"], one["scores"], rtol=1e-5, atol=1e-6)
     params, want = dict(np.load(tmp_path / "two" / "params.npz")), dict(np.load(tmp_path / "one" / "params.npz"))
     worst = max(float(np.abs(params[k] - want[k]).max()) for k in want)
-    assert worst <= 1e-5, f"parameters differ by up to {worst:.1e}"  # measured: 1.4e-6
+    assert worst <= 1e-5, f"parameters differ by up to {worst:.1e}"
+    print(f"packed rows per process {rows}; eval loss {two['eval']['eval_loss']} vs {one['eval']['eval_loss']}; "
+          f"parameters differ by up to {worst:.1e}")
 
 
 def test_helpers_on_one_process_are_the_identity():

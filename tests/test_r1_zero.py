@@ -117,6 +117,7 @@ def test_two_processes_and_a_tensor_parallel_sampler_compute_what_one_process_co
     assert step == want_step == 6
     worst = max(float(np.abs(params[name] - want[name]).max()) for name in want)
     assert worst <= 1e-5, f"parameters differ by up to {worst:.1e}"
+    print(f"2 processes vs 1: parameters differ by up to {worst:.1e}")
     for row, want_row in zip(_metrics(two), _metrics(one), strict=True):
         assert row.keys() == want_row.keys()
         for key, value in want_row.items():
@@ -143,18 +144,22 @@ def test_sigterm_to_one_process_saves_every_process_at_the_same_step(main_jobs, 
     assert f"resumed from step {step}" in pathlib.Path(tmp_path / "resumed_on_one.0.log").read_text()
     assert _summary(tmp_path / "run") == _summary(main_jobs["one"])
     params, want = _final_params(tmp_path / "run")[1], _final_params(main_jobs["one"])[1]
-    assert max(float(np.abs(params[name] - want[name]).max()) for name in want) <= 1e-5
+    worst = max(float(np.abs(params[name] - want[name]).max()) for name in want)
+    assert worst <= 1e-5, f"parameters differ by up to {worst:.1e}"
+    print(f"preempted at step {step} on 2 processes, finished on 1: parameters differ by up to {worst:.1e}")
 
 
 def test_a_killed_process_stops_the_other_and_a_relaunch_resumes_bit_exact(main_jobs, tmp_path):
     workdir, command = tmp_path / "run", [f"--config.workdir={tmp_path / 'run'}", *TINY, TENSOR_PARALLEL_SAMPLER]
-    runs = launch(MAIN_JOB, command, processes=2, devices=2, log_dir=tmp_path, name="killed")
+    runs = launch(MAIN_JOB, [*command, "--heartbeat_timeout_seconds=20"], processes=2, devices=2,
+                  log_dir=tmp_path, name="killed")
     _wait_for_checkpoint(runs, workdir, 3)
     runs[1].send_signal(signal.SIGKILL)
     killed_at = time.time()
     code = runs[0].wait(timeout=180)
     waited = time.time() - killed_at
-    assert code != 0 and waited < 120, f"exit {code} after {waited:.0f}s"  # not a hang
+    assert code != 0 and waited < 60, f"exit {code} after {waited:.0f}s"  # not a hang: the heartbeat timeout
+    print(f"the surviving process exited with {code} {waited:.0f} s after the kill")
     wait(launch(MAIN_JOB, command, processes=2, devices=2, log_dir=tmp_path, name="relaunched"))
     step, params = _final_params(workdir)
     want_step, want = _final_params(main_jobs["two"])

@@ -66,10 +66,13 @@ def launch_flags() -> Callable[[], None]:
                                       "processes off a cluster (TPU VMs, SLURM and Open MPI are detected)")
     num_processes = flags.DEFINE_integer("num_processes", None, "how many processes take part")
     process_id = flags.DEFINE_integer("process_id", None, "this process's index, 0 .. num_processes - 1")
+    heartbeat = flags.DEFINE_integer("heartbeat_timeout_seconds", distributed.HEARTBEAT_TIMEOUT_SECONDS,
+                                     "after how long without news from a process the others stop with an error")
 
     def join():
         try:  # before any other JAX call
-            distributed.initialize(coordinator.value, num_processes.value, process_id.value)
+            distributed.initialize(coordinator.value, num_processes.value, process_id.value,
+                                   heartbeat_timeout_seconds=heartbeat.value)
         except ValueError as error:
             raise app.UsageError(str(error)) from None
         absl_logging.set_verbosity(absl_logging.ERROR)
