@@ -163,7 +163,11 @@ def local_rows(x: jax.Array) -> np.ndarray:
             raise ValueError(f"local_rows reads arrays split along their first dimension only; got shards "
                              f"of shape {shard.data.shape} of {x.shape}")
         blocks.setdefault(shard.index[0].start or 0, shard.data)
-    return np.concatenate([np.asarray(blocks[start]) for start in sorted(blocks)])
+    rows = np.concatenate([np.asarray(blocks[start]) for start in sorted(blocks)])
+    if len(rows) == x.shape[0]:  # every row lives here too: which are this process's is unknown
+        raise ValueError(f"local_rows got an array whose rows are not split over the processes "
+                         f"(sharding {x.sharding}); put it on `batch_sharding(mesh)` first")
+    return rows
 
 
 def process_share(count: int) -> slice:

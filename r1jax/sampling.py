@@ -251,7 +251,9 @@ def _sample_loop(graphdef, state, prompt_tokens, prompt_mask, rng, stop_ids, max
                  logprobs=jnp.zeros((batch, max_new_tokens), jnp.float32))
     loop = jax.lax.while_loop(keep_going, step, loop)
     mask = (jnp.arange(max_new_tokens)[None, :] < loop.lengths[:, None]).astype(jnp.int32)
-    return SampleOutput(loop.tokens, loop.logprobs, mask, loop.lengths, prompt_tokens, prompt_mask)
+    out = SampleOutput(loop.tokens, loop.logprobs, mask, loop.lengths, prompt_tokens, prompt_mask)
+    # rows stay where their prompts were: each host reads back its own (`distributed.local_rows`)
+    return SampleOutput(*(constrain(x, ("batch",) + (None,) * (x.ndim - 1)) for x in out))
 
 
 def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array, prompt_mask: jax.Array,

@@ -12,8 +12,12 @@ import pathlib
 import socket
 import subprocess
 import sys
+import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# JAX's persistent compilation cache, shared by the runs of this test process: the runs of
+# one experiment compile the same programs, and XLA's compiles are most of their CPU time
+COMPILATION_CACHE = tempfile.mkdtemp(prefix="r1jax-test-compilation-cache-")
 
 
 def free_port() -> int:
@@ -26,8 +30,8 @@ def launch(module: str, args: list[str], *, processes: int, devices: int, log_di
            name: str) -> list[subprocess.Popen]:
     """`python -m module *args` (or `python module *args` for a .py path) as `processes` processes of
     `devices` fake CPU devices each."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_COMPILATION_CACHE_DIR": COMPILATION_CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
     port = free_port()
     runs = []
     for i in range(processes):

@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 from r1jax.data.preferences import is_general
 from r1jax.distributed import allgather_objects, common_shape, local_rows
 from r1jax.losses import bradley_terry_loss
-from r1jax.sharding import activate, make_global_batch, num_batch_shards
+from r1jax.sharding import activate, constrain, make_global_batch, num_batch_shards
 from r1jax.tokenizers import Tokenizer
 from r1jax.sampling import pad_left, round_up
 
@@ -151,7 +151,8 @@ class RewardModelTraining:
 def _score_rows(graphdef, params, tokens, attention_mask, *, mesh):
     # the mesh is static so that the compiled program is cached per mesh (as in sampling)
     with activate(mesh):
-        return nnx.merge(graphdef, params)(tokens, attention_mask=attention_mask)
+        # each row's score stays with its row: each host reads back its own (`distributed.local_rows`)
+        return constrain(nnx.merge(graphdef, params)(tokens, attention_mask=attention_mask), ("batch",))
 
 
 def score_texts(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, prompts: Sequence[str],
