@@ -1,11 +1,11 @@
 """A few GRPO train steps of a tiny model on a given mesh; the final parameters go to an .npz.
 
-Run as a script by tests/test_sharding.py in a fresh process, so that the fake device
-count (XLA_FLAGS) and `jax.distributed` are set before JAX starts:
+Run as a script by tests/test_sharding.py through tests/_launch.py, in fresh processes whose
+fake device count (XLA_FLAGS) is set before JAX starts, joined with `r1jax.distributed`:
 
-    python tests/_multiprocess_train.py --devices 8 --mesh data=2,fsdp=2,tensor=2 --out p.npz
-    python tests/_multiprocess_train.py --devices 2 --mesh fsdp=2,tensor=2 --out p.npz \
-        --num-processes 2 --process-id 0 --port 12345 --from-model   # and with --process-id 1
+    python tests/_multiprocess_train.py --mesh data=2,fsdp=2,tensor=2 --out p.npz
+    python tests/_multiprocess_train.py --mesh fsdp=2,tensor=2 --out p.npz --from-model \
+        --coordinator_address localhost:12345 --num_processes 2 --process_id 0   # and with --process_id 1
 
 The test also imports `run` to compute the one-device reference in its own process.
 Every process feeds only its own rows of the global batch (`make_global_batch`).
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 
 GLOBAL_BATCH, LENGTH, PROMPT = 16, 12, 5
 NUM_STEPS, NUM_MICROBATCHES = 2, 2
@@ -119,26 +118,21 @@ def run(mesh, from_model: bool = False) -> dict:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--devices", type=int, required=True)
     parser.add_argument("--mesh", required=True, help="e.g. data=2,fsdp=2,tensor=2")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--num-processes", type=int, default=1)
-    parser.add_argument("--process-id", type=int, default=0)
-    parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--from-model", action="store_true")
+    parser.add_argument("--coordinator_address")
+    parser.add_argument("--num_processes", type=int)
+    parser.add_argument("--process_id", type=int)
     args = parser.parse_args()
-    # before JAX is imported: the fake CPU devices of this process
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={args.devices}")
+    from r1jax.distributed import initialize
+
+    initialize(args.coordinator_address, args.num_processes, args.process_id, detect=False)
     import jax
     import numpy as np
 
-    from r1jax.distributed import initialize
     from r1jax.sharding import make_mesh
 
-    jax.config.update("jax_platforms", "cpu")
-    if args.num_processes > 1:
-        initialize(f"localhost:{args.port}", args.num_processes, args.process_id)
     mesh = make_mesh({name: int(size) for name, size in
                       (item.split("=") for item in args.mesh.split(","))})
     params = run(mesh, from_model=args.from_model)

@@ -1,15 +1,15 @@
 """Loads HF checkpoints onto a mesh of fake CPU devices, for tests/test_sharded_loading.py.
 
-Run as a script in a fresh process, so that the fake device count (XLA_FLAGS) and
-`jax.distributed` are set before JAX starts:
+Run through tests/_launch.py, in fresh processes whose fake device count (XLA_FLAGS) is
+set before JAX starts, joined with `r1jax.distributed`:
 
     # every parameter of each checkpoint, loaded sharded, in float32 and bfloat16, to OUT/<name>.npz
-    python tests/_sharded_load.py parity OUT CHECKPOINT [CHECKPOINT ...] --devices 8 --mesh data=2,fsdp=2,tensor=2
+    python tests/_sharded_load.py parity OUT CHECKPOINT [CHECKPOINT ...] --mesh data=2,fsdp=2,tensor=2
 
-    # the host memory one process of two (4 devices each, mesh fsdp=8) gains while loading, to OUT.json;
+    # the host memory each process of two (4 devices each, mesh fsdp=8) gains while loading, to OUT<i>.json;
     # --path sharded: from_pretrained(..., mesh=); --path whole: from_pretrained, then shard_model
-    python tests/_sharded_load.py memory OUT.json CHECKPOINT --path sharded --devices 4 --mesh fsdp=8 \
-        --num-processes 2 --process-id 0 --port 12345   # and with --process-id 1
+    python tests/_sharded_load.py memory OUT.json CHECKPOINT --path sharded --mesh fsdp=8 \
+        --coordinator_address localhost:12345 --num_processes 2 --process_id 0   # and with --process_id 1
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def memory(mesh, out: pathlib.Path, checkpoint: str, path: str) -> None:
             full = np.asarray(variable.get_value())
             for shard in value.addressable_shards:
                 np.testing.assert_array_equal(np.asarray(shard.data), full[shard.index])
-    out.write_text(json.dumps(result))
+    out.with_name(f"{out.stem}{jax.process_index()}{out.suffix}").write_text(json.dumps(result))  # one per process
 
 
 def main():
@@ -130,23 +130,17 @@ def main():
     parser.add_argument("mode", choices=["parity", "memory"])
     parser.add_argument("out", type=pathlib.Path)
     parser.add_argument("checkpoints", nargs="+")
-    parser.add_argument("--devices", type=int, required=True)
     parser.add_argument("--mesh", required=True, help="e.g. data=2,fsdp=2,tensor=2")
     parser.add_argument("--path", choices=["sharded", "whole"], default="sharded")
-    parser.add_argument("--num-processes", type=int, default=1)
-    parser.add_argument("--process-id", type=int, default=0)
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--coordinator_address")
+    parser.add_argument("--num_processes", type=int)
+    parser.add_argument("--process_id", type=int)
     args = parser.parse_args()
-    # before JAX is imported: the fake CPU devices of this process
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={args.devices}")
-    import jax
+    from r1jax.distributed import initialize
 
+    initialize(args.coordinator_address, args.num_processes, args.process_id, detect=False)
     from r1jax.sharding import make_mesh
 
-    jax.config.update("jax_platforms", "cpu")
-    if args.num_processes > 1:
-        jax.distributed.initialize(f"localhost:{args.port}", args.num_processes, args.process_id)
     mesh = make_mesh({name: int(size) for name, size in (item.split("=") for item in args.mesh.split(","))})
     if args.mode == "parity":
         parity(mesh, args.out, args.checkpoints)

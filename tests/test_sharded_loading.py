@@ -4,16 +4,13 @@ The multi-device loads run in fresh Python processes (tests/_sharded_load.py), s
 fake device count and `jax.distributed` must be set before JAX starts.
 """
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from _launch import launch, wait
 from flax import nnx
 from hf_checkpoints import tiny_checkpoint
 from jax.sharding import PartitionSpec as P
@@ -21,31 +18,8 @@ from jax.sharding import PartitionSpec as P
 from r1jax.models import CheckpointError, ModelConfig, from_pretrained
 from r1jax.sharding import make_mesh
 
-SCRIPT = Path(__file__).with_name("_sharded_load.py")
+SCRIPT = str(Path(__file__).with_name("_sharded_load.py"))
 DTYPES = ("float32", "bfloat16")
-
-
-def _launch(tmp, name, *args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
-    with open(tmp / f"{name}.log", "w") as log:  # the child keeps its own copy of the file
-        return subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=tmp)
-
-
-def _wait(process, tmp, name, timeout=600):
-    try:
-        code = process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        code = "timeout"
-    assert code == 0, f"{name} failed ({code}):\n{(tmp / f'{name}.log').read_text()[-4000:]}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def _flat_params(model) -> dict[str, np.ndarray]:
@@ -85,8 +59,8 @@ def tiny(tmp_path_factory):
 def eight_devices(tiny, tmp_path_factory):
     """Every checkpoint of `tiny` loaded onto mesh data=2, fsdp=2, tensor=2: {arch: {key: array}}."""
     out = tmp_path_factory.mktemp("eight_devices")
-    process = _launch(out, "parity", "parity", out, *tiny.values(), "--devices", 8, "--mesh", "data=2,fsdp=2,tensor=2")
-    _wait(process, out, "parity")
+    wait(launch(SCRIPT, ["parity", str(out), *map(str, tiny.values()), "--mesh", "data=2,fsdp=2,tensor=2"],
+                processes=1, devices=8, log_dir=out, name="parity"))
     return {arch: dict(np.load(out / f"{arch}.npz")) for arch in tiny}
 
 
@@ -162,15 +136,11 @@ def _write_checkpoint(directory: Path, cfg: ModelConfig) -> float:
 
 def _memory_runs(tmp: Path, checkpoint: Path) -> dict[str, list[dict]]:
     """Both loading paths, each as two processes of 4 devices on mesh fsdp=8: {path: [per-process figures]}."""
-    runs = {}
-    for path in ("sharded", "whole"):
-        port = _free_port()
-        runs[path] = [_launch(tmp, f"{path}{i}", "memory", tmp / f"{path}{i}.json", checkpoint, "--path", path,
-                              "--devices", 4, "--mesh", "fsdp=8", "--num-processes", 2, "--process-id", i,
-                              "--port", port) for i in range(2)]
-    for path, processes in runs.items():
-        for i, process in enumerate(processes):
-            _wait(process, tmp, f"{path}{i}")
+    runs = {path: launch(SCRIPT, ["memory", str(tmp / f"{path}.json"), str(checkpoint), "--path", path,
+                                  "--mesh", "fsdp=8"], processes=2, devices=4, log_dir=tmp, name=path)
+            for path in ("sharded", "whole")}
+    for processes in runs.values():
+        wait(processes)
     return {path: [json.loads((tmp / f"{path}{i}.json").read_text()) for i in range(2)] for path in runs}
 
 

@@ -1,20 +1,17 @@
 """Mesh, logical-axis rules and state shardings; the train step on 8 devices and on 2 processes.
 
-The multi-device runs happen in fresh Python processes (tests/_multiprocess_train.py),
-since the fake device count and `jax.distributed` must be set before JAX starts. They
-are launched when this module's first test needs them and run while this process
-computes the one-device reference.
+The multi-device runs happen in fresh Python processes (tests/_multiprocess_train.py,
+launched by tests/_launch.py), since the fake device count and `jax.distributed` must be
+set before JAX starts. They are launched when this module's first test needs them and
+run while this process computes the one-device reference.
 """
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from _launch import launch, wait
 from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
@@ -23,7 +20,7 @@ from r1jax.sharding import (MESH_AXES, batch_sharding, fit_spec, logical_to_spec
                             make_mesh, tree_shardings)
 from r1jax.train import abstract_train_state, make_optimizer
 
-SCRIPT = Path(__file__).with_name("_multiprocess_train.py")
+SCRIPT = str(Path(__file__).with_name("_multiprocess_train.py"))
 MESH_222 = AbstractMesh((2, 2, 2), MESH_AXES)
 SMOLLM2 = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
                       num_heads=9, num_kv_heads=3, tie_embeddings=True)
@@ -90,49 +87,23 @@ def test_make_global_batch_on_one_process():
 # ---- the same training on 1 device, on 8 devices, and on 2 processes -----------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _launch(tmp_path, name, *args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
-    log = open(tmp_path / f"{name}.log", "w")
-    return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, cwd=tmp_path)
-
-
-def _wait(process, tmp_path, name, timeout=600):
-    try:
-        code = process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        code = "timeout"
-    log = (tmp_path / f"{name}.log").read_text()
-    assert code == 0, f"{name} failed ({code}):\n{log[-4000:]}"
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Final parameters of the reference (this process, one device) and of the sharded runs."""
     tmp = tmp_path_factory.mktemp("multiprocess")
-    port = _free_port()
     processes = {
-        "eight_devices": [_launch(tmp, "eight_devices", "--devices", "8", "--mesh",
-                                  "data=2,fsdp=2,tensor=2", "--out", "eight_devices.npz")],
-        "two_processes": [_launch(tmp, f"process{i}", "--devices", "2", "--mesh", "fsdp=2,tensor=2",
-                                  "--num-processes", "2", "--process-id", str(i), "--port", str(port),
-                                  "--from-model", "--out", "two_processes.npz") for i in range(2)],
+        "eight_devices": launch(SCRIPT, ["--mesh", "data=2,fsdp=2,tensor=2", "--out", str(tmp / "eight_devices.npz")],
+                                processes=1, devices=8, log_dir=tmp, name="eight_devices"),
+        "two_processes": launch(SCRIPT, ["--mesh", "fsdp=2,tensor=2", "--from-model",
+                                         "--out", str(tmp / "two_processes.npz")],
+                                processes=2, devices=2, log_dir=tmp, name="two_processes"),
     }
     spec = importlib.util.spec_from_file_location("_multiprocess_train", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     results = {"one_device": script.run(make_mesh({"data": 1}, devices=jax.devices()[:1]))}
     for name, group in processes.items():
-        for i, process in enumerate(group):
-            _wait(process, tmp, name if len(group) == 1 else f"process{i}")
+        wait(group)
         results[name] = dict(np.load(tmp / f"{name}.npz"))
     return results
 
