@@ -29,6 +29,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from r1jax.sampling import round_up
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -139,8 +141,7 @@ def common_shape(batch: dict[str, np.ndarray], *, pad_values: dict[str, int] | N
     packing or longer texts gave each host another shape.
     """
     shapes = allgather_objects({name: x.shape for name, x in batch.items()})
-    rows = max(shape[0] for process in shapes for shape in process.values())
-    rows = -(-rows // row_multiple) * row_multiple
+    rows = round_up(max(shape[0] for process in shapes for shape in process.values()), row_multiple)
     out = {}
     for name, x in batch.items():
         width = max(process[name][1] for process in shapes)
