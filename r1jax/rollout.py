@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 
 from r1jax.data.prompts import CHAT_TEMPLATES, TEXT_TEMPLATES, chat_messages, format_prompt
 from r1jax.distributed import allgather_objects, local_rows
-from r1jax.sampling import SampleOutput, generate, pad_left, round_up
+from r1jax.sampling import SampleOutput, generate, pad_left, padded_width
 from r1jax.sharding import batch_sharding, make_global_batch
 from r1jax.tasks import question_of
 from r1jax.tokenizers import Tokenizer
@@ -99,10 +99,11 @@ class Rollout(NamedTuple):
 
 def rollout(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
             rng, *, repeat: int, max_prompt_length: int, max_new_tokens: int, temperature: float, top_p: float,
-            mesh: Mesh, top_k: int = 0, prompt_multiple: int = 32) -> Rollout:
+            mesh: Mesh, top_k: int = 0) -> Rollout:
     """Sample `repeat` completions of each prompt (token ids, e.g. `PromptRenderer.encode_all`) and decode them.
 
-    Prompts are left-padded to a multiple of `prompt_multiple` tokens. With several
+    Prompts are left-padded to `padded_width` of the longest (at most 25% padding, a few
+    compiled shapes per doubling of the prompt length). With several
     processes, `prompts` are this process's: the samples are one global batch of every
     process's rows (in process order), sampled on `mesh`, and each process decodes only
     its own rows. `params` must live on `mesh` (see `r1jax.sharding.reshard`).
@@ -114,7 +115,7 @@ def rollout(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, pro
     if shortest == 0:
         raise ValueError("a prompt has no tokens (and the tokenizer no BOS to start it): give every prompt text")
     # every process pads to the same width: one global batch
-    tokens, mask = pad_left(prompts, tokenizer.pad_id, width=round_up(longest, prompt_multiple), repeat=repeat)
+    tokens, mask = pad_left(prompts, tokenizer.pad_id, width=min(padded_width(longest), max_prompt_length), repeat=repeat)
     tokens, mask = make_global_batch((tokens, mask), mesh)
     samples = generate(graphdef, params, tokens, mask, rng, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_p=top_p, top_k=top_k,
@@ -131,11 +132,20 @@ def _global_extent(lengths: Sequence[int]) -> tuple[int, int]:
     return max(e[0] for e in extents), min(e[1] for e in extents)
 
 
-def training_batch(samples: SampleOutput, mesh: Mesh) -> dict[str, jax.Array]:
+def training_batch(samples: SampleOutput, mesh: Mesh, *, old_logps: bool = False) -> dict[str, jax.Array]:
     """Prompt + completion rows in the layout of `r1jax.train.objectives`, batch-sharded on `mesh`
-    (the training mesh, when the samples come from a sampler mesh of their own)."""
+    (the training mesh, when the samples come from a sampler mesh of their own).
+
+    old_logps: also the sampler's log-probs of the completion tokens as `old_logps`. They are the
+        policy's own (the training forward's, to float32 rounding: a tested invariant) when the
+        samples were drawn at temperature 1 without top-k/top-p; otherwise they are those of the
+        filtered distribution, not the policy's.
+    """
     tokens = jnp.concatenate([samples.prompt_tokens, samples.tokens], axis=1)
     attention_mask = jnp.concatenate([samples.prompt_mask, samples.mask], axis=1)
     completion_mask = jnp.concatenate([jnp.zeros_like(samples.prompt_mask), samples.mask], axis=1)
     batch = {"tokens": tokens, "attention_mask": attention_mask, "completion_mask": completion_mask}
+    if old_logps:
+        prompt_columns = jnp.zeros(samples.prompt_mask.shape, jnp.float32)
+        batch["old_logps"] = jnp.concatenate([prompt_columns, samples.logprobs], axis=1)
     return jax.device_put(batch, batch_sharding(mesh))

@@ -38,8 +38,9 @@ class SampleOutput(NamedTuple):
     tokens: [B, N] int32 completions; `pad_id` after a row stops.
     logprobs: [B, N] float32 log-probability of each token under the distribution it was
         drawn from, i.e. after temperature, top-k and top-p (renormalised). 0 where `mask`
-        is 0, and 0 everywhere for greedy decoding (a point mass). The policy log-probs of
-        the GRPO ratio come from the training forward pass, not from here.
+        is 0, and 0 everywhere for greedy decoding (a point mass). At temperature 1 without
+        top-k/top-p they are the policy's log-probs, equal to the training forward's to float32
+        rounding (tested), and GRPO takes its ratio's old log-probs from here.
     mask: [B, N] int32, 1 up to and including the stop token.
     lengths: [B] int32 number of completion tokens, `mask.sum(-1)`.
     prompt_tokens, prompt_mask: [B, P] the left-padded prompts the completions continue.
@@ -290,6 +291,20 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array,
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def padded_width(length: int, *, minimum_multiple: int = 8, per_doubling: int = 4) -> int:
+    """The width to pad `length` tokens to: at most `per_doubling` widths between two powers of two.
+
+    The multiple grows with the length (8 up to 63 tokens, then 16, 32, ...), so that padding adds
+    at most 1 / per_doubling (25%) of the length while a run compiles a bounded number of shapes
+    (about `per_doubling` per doubling of the longest prompt): SmolLM2's 50-token chat prompts
+    pad to 56, not to 64.
+    """
+    if length < 1:
+        raise ValueError(f"length={length}: pad at least one token")
+    multiple = max(minimum_multiple, (1 << (length.bit_length() - 1)) // per_doubling)
+    return round_up(length, multiple)
 
 
 def pad_left(rows: Sequence[Sequence[int]], pad_id: int, *, multiple: int = 1, width: int | None = None,

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax.losses import (entropy, grpo_loss, group_advantages, kl_k1, kl_k2,
-                          kl_k3, sft_loss, token_logprobs)
+from r1jax.losses import (entropy, grpo_loss, group_advantages, head_logprobs, kl_k1,
+                          kl_k2, kl_k3, sft_loss, token_logprobs)
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
@@ -200,6 +200,29 @@ def test_entropy_matches_numpy_and_naive_gradient():
   grad = vjp(entropy)(logits, cotangent)
   want = vjp(naive_entropy)(logits, cotangent)
   np.testing.assert_allclose(grad, want, atol=1e-6)
+
+
+def test_head_logprobs_match_numpy_and_the_gradient_of_the_plain_head():
+  rng = np.random.default_rng(3)
+  hidden = jnp.asarray(rng.normal(size=(3, 5, 7)), jnp.float32)
+  head = jnp.asarray(rng.normal(size=(11, 7)), jnp.float32)
+  tokens = random_tokens((3, 5), 11)
+  logps, ent = jax.jit(head_logprobs)(hidden, head, tokens)
+  logits = np.asarray(hidden, np.float64) @ np.asarray(head, np.float64).T
+  np.testing.assert_allclose(logps, np_token_logprobs(logits, tokens), **TOL)
+  np.testing.assert_allclose(ent, np_entropy(logits), **TOL)
+  cotangent = random_cotangent((3, 5))
+  plain = lambda h, w: naive_token_logprobs(jnp.einsum("btd,vd->btv", h, w), tokens)
+  ours = lambda h, w: head_logprobs(h, w, tokens)[0]
+  got = jax.jit(lambda h, w, g: jax.vjp(ours, h, w)[1](g))(hidden, head, cotangent)
+  want = jax.jit(lambda h, w, g: jax.vjp(plain, h, w)[1](g))(hidden, head, cotangent)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  # the entropy is a statistic: a loss built on it gets no gradient (documented)
+  no_grad = jax.grad(lambda h: head_logprobs(h, head, tokens)[1].sum())(hidden)
+  assert not np.any(np.asarray(no_grad))
+  with pytest.raises(ValueError, match="head must be"):
+    head_logprobs(hidden, head.T, tokens)
 
 
 def naive_sft_loss(logits, targets, mask):

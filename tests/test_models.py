@@ -258,3 +258,46 @@ def test_remat_changes_memory_not_numbers_and_works_inside_loops():
                                                                 temperature=0.0).tokens
               for graph in (graphdef, remat_graphdef)]
     np.testing.assert_array_equal(*greedy)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 6e-2)])
+def test_dot_product_attention_path_equals_the_einsum_path(pair, dtype, tol):
+    """The accelerator path (`attention="dot_product_attention"`: cuDNN flash attention on GPU, XLA
+    here) gives the einsum path's logits with left padding, its gradients, and its KV-cache
+    decoding; in float32 and under the bfloat16 compute policy (float32 master weights)."""
+    import jax
+
+    from r1jax.sampling import Sampler
+
+    _, path = pair
+    models = {kind: from_pretrained(path, attention=kind, dtype=dtype) for kind in ("einsum", "dot_product_attention")}
+    assert models["einsum"].embed[...].dtype == jnp.float32  # master weights stay float32
+    rng = np.random.RandomState(2)
+    ids = rng.randint(0, VOCAB, (3, 20))
+    mask = np.ones_like(ids)
+    mask[1, :7] = 0
+    ids[1, :7] = 0
+
+    def loss(model):
+        logits = model(jnp.asarray(ids), attention_mask=jnp.asarray(mask)).astype(jnp.float32)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 3] * mask), logits
+
+    results = {kind: nnx.value_and_grad(loss, has_aux=True)(model) for kind, model in models.items()}
+    (value, logits), grads = results["einsum"]
+    (dpa_value, dpa_logits), dpa_grads = results["dot_product_attention"]
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(dpa_logits)[real], np.asarray(logits)[real], atol=tol * 10, rtol=tol)
+    np.testing.assert_allclose(dpa_value, value, rtol=tol)
+    for a, b in zip(jax.tree.leaves(nnx.state(dpa_grads, nnx.Param)), jax.tree.leaves(nnx.state(grads, nnx.Param))):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol * 1e-2 + 1e-6,
+                                   rtol=tol * 10)
+    if dtype == "float32":  # greedy tokens can flip on near-ties under bfloat16 rounding
+        greedy = [Sampler(m, pad_id=0, stop_ids=())([[1, 2, 3], [4, 5]], max_new_tokens=5, temperature=0.0,
+                                                    rng=jax.random.key(0)).tokens for m in models.values()]
+        np.testing.assert_array_equal(*greedy)
+
+
+def test_attention_setting_is_checked():
+    with pytest.raises(ValueError, match="attention='flash'; choose one of"):
+        ModelConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=2, num_kv_heads=1,
+                    attention="flash")

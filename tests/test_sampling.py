@@ -204,6 +204,31 @@ def test_first_token_follows_the_softmax(model, reference_logits):
     check_samples(np.asarray(out.tokens[:, 0]), np.asarray(out.logprobs[:, 0]), expected)
 
 
+def test_sampler_logprobs_equal_the_training_forward(model):
+    """At temperature 1 without top-k/top-p, the log-prob the sampler records for each token (KV-cache
+    decode, left-padded prompts, rows that stop early) is the one the GRPO loss computes for it (a
+    cache-free forward with the LM head at the completion columns): GRPO's old log-probs need no
+    extra forward pass and no importance correction."""
+    from r1jax.rollout import training_batch
+    from r1jax.sharding import make_mesh
+    from r1jax.train.objectives import completion_logprobs
+
+    new_tokens = 12
+    out = Sampler(model, pad_id=PAD, stop_ids=(3, 17))(PROMPTS, max_new_tokens=new_tokens, temperature=1.0,
+                                                       rng=jax.random.key(5))
+    mask = np.asarray(out.mask)
+    assert 0 < mask.sum() < mask.size  # some rows stopped early
+    batch = training_batch(out, make_mesh({"data": 1}, devices=jax.devices()[:1]), old_logps=True)
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda state, tokens, attention_mask: completion_logprobs(
+        nnx.merge(graphdef, state), tokens, attention_mask, new_tokens)[0])
+    trained = np.asarray(forward(state, batch["tokens"], batch["attention_mask"]))
+    sampled = np.asarray(batch["old_logps"])[:, -new_tokens:]
+    assert np.all(sampled[mask == 0] == 0)
+    np.testing.assert_allclose(sampled[mask == 1], trained[mask == 1], rtol=1e-5, atol=1e-5)
+    assert np.abs(sampled[mask == 1]).min() > 1e-3  # real log-probs, not zeros
+
+
 @pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, 0, 0.8), (1.5, 6, 0.9)])
 def test_top_k_and_top_p_sample_the_renormalised_filtered_softmax(reference_logits, temperature, top_k, top_p):
     logits = reference_logits[0][len(PROMPTS[0]) - 1]

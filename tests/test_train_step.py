@@ -180,6 +180,27 @@ def test_sequence_logprobs_are_aligned_with_tokens(mesh, initial_state, forward)
                                expected, atol=1e-5)
 
 
+def test_completion_columns_score_only_the_completions_and_change_nothing_else(mesh, initial_state):
+    """GRPO's LM head at the completion positions only: the same log-probs, loss, metrics and update."""
+    batch = grpo_batch(ref_logps=jnp.asarray(np.random.default_rng(1).normal(size=(BATCH, LENGTH)) * 0.1
+                                              - 2.0, jnp.float32))
+    columns = LENGTH - PROMPT  # the completion_mask is 0 before them
+    full = make_logprobs_fn(initial_state, mesh)(initial_state.params, batch["tokens"], batch["attention_mask"])
+    scored = make_logprobs_fn(initial_state, mesh, completion_columns=columns)(
+        initial_state.params, batch["tokens"], batch["attention_mask"])
+    np.testing.assert_allclose(scored[:, -columns:], full[:, -columns:], atol=1e-6)
+    assert not np.any(np.asarray(scored[:, :-columns]))
+    results = {}
+    for name, cols in (("all", None), ("completions", columns)):
+        step = make_train_step(grpo_objective(beta=0.04, completion_columns=cols), initial_state, mesh)
+        results[name] = step(device_copy(initial_state), batch, jax.random.key(0))
+    (state_all, m_all), (state_cols, m_cols) = results["all"], results["completions"]
+    for key in m_all:
+        np.testing.assert_allclose(float(m_cols[key]), float(m_all[key]), rtol=1e-5, atol=1e-7, err_msg=key)
+    for a, b in zip(jax.tree.leaves(state_cols.params), jax.tree.leaves(state_all.params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_grpo_learns_a_bandit(initial_state, dapo_steps):
     """Reward 1 for one chosen first token: its probability climbs from ~1/V to > 0.9.
 

@@ -7,6 +7,8 @@ from typing import Any
 import jax.numpy as jnp
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+# how attention is computed (`Attention.__call__`); the same weights and numbers either way
+ATTENTION = ("auto", "einsum", "dot_product_attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False  # recompute each block's activations in the backward pass
+    # "einsum": grouped-query attention as two batched einsums (the fastest on CPU);
+    # "dot_product_attention": `jax.nn.dot_product_attention`, cuDNN flash attention on GPU
+    # (bfloat16/float16), XLA elsewhere; "auto": dot_product_attention on GPU, einsum elsewhere
+    attention: str = "auto"
 
     def __post_init__(self):
         if self.head_dim == 0:
@@ -58,6 +64,8 @@ class ModelConfig:
                 "for grouped-query attention")
         if self.architecture not in ARCHITECTURES.values():
             raise ValueError(f"architecture={self.architecture!r}; expected one of {sorted(ARCHITECTURES.values())}")
+        if self.attention not in ATTENTION:
+            raise ValueError(f"attention={self.attention!r}; choose one of {ATTENTION}")
         for field in ("param_dtype", "dtype"):
             jnp.dtype(getattr(self, field))  # fail early on a typo such as "bfloat"
 

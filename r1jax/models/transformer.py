@@ -39,6 +39,13 @@ class KVCache(NamedTuple):
         return cls(zeros, zeros, jnp.zeros((), jnp.int32))
 
 
+def attention_kind(config: ModelConfig) -> str:
+    """The attention path `config.attention` takes on this backend ("auto" resolved)."""
+    if config.attention != "auto":
+        return config.attention
+    return "dot_product_attention" if jax.default_backend() == "gpu" else "einsum"
+
+
 def _param(rngs: nnx.Rngs, shape, axes, config: ModelConfig, std: float | None = 0.02) -> nnx.Param:
     dtype = jnp.dtype(config.param_dtype)
     if std is None:
@@ -148,14 +155,19 @@ class Attention(nnx.Module):
         if segment_ids is not None:
             allowed &= segment_ids[:, :, None] == segment_ids[:, None, :]
 
-        groups = cfg.num_heads // cfg.num_kv_heads
-        q = q.reshape(batch, time, cfg.num_kv_heads, groups, cfg.head_dim)
-        scores = jnp.einsum("btkge,bkse->bkgts", q, k.astype(q.dtype)).astype(jnp.float32)
-        scores = scores * (cfg.head_dim ** -0.5)
-        # a finite floor (not -inf) keeps fully padded query rows finite instead of NaN
-        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-        out = jnp.einsum("bkgts,bkse->btkge", probs, v.astype(q.dtype))
+        if attention_kind(cfg) == "dot_product_attention":
+            out = jax.nn.dot_product_attention(
+                q, k.transpose(0, 2, 1, 3).astype(q.dtype), v.transpose(0, 2, 1, 3).astype(q.dtype),
+                mask=allowed[:, None], scale=cfg.head_dim ** -0.5)
+        else:
+            groups = cfg.num_heads // cfg.num_kv_heads
+            q = q.reshape(batch, time, cfg.num_kv_heads, groups, cfg.head_dim)
+            scores = jnp.einsum("btkge,bkse->bkgts", q, k.astype(q.dtype)).astype(jnp.float32)
+            scores = scores * (cfg.head_dim ** -0.5)
+            # a finite floor (not -inf) keeps fully padded query rows finite instead of NaN
+            scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+            out = jnp.einsum("bkgts,bkse->btkge", probs, v.astype(q.dtype))
         # one [H*E, D] matmul: as an einsum over (h, e), XLA:CPU re-laid out the weight every decode step
         out = out.reshape(batch, time, cfg.num_heads * cfg.head_dim)
         y = out @ self.o[...].astype(q.dtype).reshape(cfg.num_heads * cfg.head_dim, -1)
@@ -219,7 +231,7 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens, *, attention_mask=None, positions=None, cache: KVCache | None = None,
                  segment_ids=None):
-        """Logits for int32 tokens [B, T].
+        """Logits for int32 tokens [B, T]: `head_weight()` applied to `hidden_states(...)`.
 
         attention_mask: [B, T] (or [B, S] over the cache slots when `cache` is given),
             1 for real tokens and 0 for padding. Pad on the left so that every row's last
@@ -233,6 +245,19 @@ class Transformer(nnx.Module):
             cache): a token attends only to earlier real tokens with its own segment id, and
             default positions restart at 0 in each segment, so every sequence gets the
             logits it would get alone.
+        """
+        out = self.hidden_states(tokens, attention_mask=attention_mask, positions=positions, cache=cache,
+                                 segment_ids=segment_ids)
+        hidden, new_cache = out if cache is not None else (out, None)
+        logits = constrain(hidden @ self.head_weight().T, ("batch", "seq", "vocab"))
+        return logits if cache is None else (logits, new_cache)
+
+    def hidden_states(self, tokens, *, attention_mask=None, positions=None, cache: KVCache | None = None,
+                      segment_ids=None):
+        """The final (normed) hidden states [B, T, D] that the LM head turns into logits; arguments
+        and the cache as in `__call__` (with a cache: `(hidden, new_cache)`). A loss that needs the
+        logits at a few positions only (GRPO's completion tokens) applies the head there itself
+        (`r1jax.losses.head_logprobs`).
         """
         cfg = self.config
         tokens = jnp.asarray(tokens)
@@ -273,9 +298,11 @@ class Transformer(nnx.Module):
             new_keys.append(k)
             new_values.append(v)
         x = self.final_norm(x)
-        head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
-        logits = x @ head.astype(cfg.dtype)
-        logits = constrain(logits, ("batch", "seq", "vocab"))
         if cache is None:
-            return logits
-        return logits, KVCache(tuple(new_keys), tuple(new_values), cache.index + time)
+            return x
+        return x, KVCache(tuple(new_keys), tuple(new_values), cache.index + time)
+
+    def head_weight(self) -> jax.Array:
+        """The output embedding [V, D] in the compute dtype: logits = hidden @ head_weight().T."""
+        head = self.embed[...] if self.config.tie_embeddings else self.lm_head[...].T
+        return head.astype(self.config.dtype)

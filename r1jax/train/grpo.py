@@ -20,6 +20,7 @@ completions, so the two scales never mix inside a group.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -110,11 +111,12 @@ class GRPO:
         s = self.settings
         return grpo_objective(beta=s.beta, epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high,
                               loss_type=s.loss_type, max_completion_length=s.max_new_tokens,
-                              importance_sampling_level=s.importance_sampling_level)
+                              importance_sampling_level=s.importance_sampling_level,
+                              completion_columns=s.max_new_tokens)
 
     def set_reference(self, state: TrainState):
         """Freeze the policy in `state` (the initial one) as the KL reference."""
-        self._logprobs_fn = make_logprobs_fn(state, self.mesh)
+        self._logprobs_fn = make_logprobs_fn(state, self.mesh, completion_columns=self.settings.max_new_tokens)
         if self.settings.beta != 0:
             self._ref_params = copy_params(state.params)
 
@@ -123,19 +125,24 @@ class GRPO:
         if self._logprobs_fn is None:
             raise RuntimeError("call set_reference(initial_state) before the first GRPO step")
         texts = self._prompt_texts(examples)
+        started = time.perf_counter()
         params = state.params if self.sampler_mesh is self.mesh else reshard(state.params, self.sampler_mesh)
         out = rollout(state.graphdef, params, self.tokenizer, self.renderer.encode_all(texts), rng,
                       repeat=s.num_generations,
                       max_prompt_length=s.max_prompt_length, max_new_tokens=s.max_new_tokens,
                       temperature=s.temperature, top_p=s.top_p, mesh=self.sampler_mesh)
+        sampled = time.perf_counter()  # the rollout returns decoded text: sampling has finished
         grouped_examples = [ex for ex in examples for _ in range(s.num_generations)]
         rewards_result = self._start_rewards(texts, out.completions, grouped_examples)  # host work starts now...
-        batch = training_batch(out.samples, self.mesh)
+        # later updates of this rollout see a moved policy: keep the sampling one's log-probs,
+        # the sampler's own when they are the policy's (temperature 1, no top-p), else a forward
+        keep_old = s.num_iterations > 1 or s.num_minibatches > 1
+        sampler_is_policy = s.temperature == 1 and s.top_p == 1
+        batch = training_batch(out.samples, self.mesh, old_logps=keep_old and sampler_is_policy)
         # ...while the device computes the log-probs the loss compares against
         if s.beta != 0:
             batch["ref_logps"] = self._logprobs_fn(self._ref_params, batch["tokens"], batch["attention_mask"])
-        if s.num_iterations > 1 or s.num_minibatches > 1:
-            # later updates of this rollout see a moved policy: keep the sampling one's log-probs
+        if keep_old and not sampler_is_policy:
             batch["old_logps"] = self._logprobs_fn(state.params, batch["tokens"], batch["attention_mask"])
         result = rewards_result()
         every = _gather_rows(result, out.lengths)
@@ -146,7 +153,10 @@ class GRPO:
         batch["advantages"] = make_global_batch(advantages[every.mine], self.mesh)
         batches = [batch_slice for _ in range(s.num_iterations)
                    for batch_slice in _minibatches(batch, s.num_minibatches)]
-        return batches, self._metrics(every)
+        # waiting here costs nothing (the update needs the log-probs next) and times the phase
+        jax.block_until_ready(batch)
+        timings = {"time/sampling": sampled - started, "time/scoring": time.perf_counter() - sampled}
+        return batches, {**self._metrics(every), **timings}
 
     def _metrics(self, every: RewardResult) -> dict[str, float]:
         """The step's reward metrics over the rows of every process."""

@@ -78,7 +78,7 @@ def run_training(settings: LoopSettings, *, workdir: str | pathlib.Path, model: 
     minibatches).
     """
     workdir = pathlib.Path(workdir)
-    signature = model_signature(model.config, nnx.state(model, nnx.Param), ignore=("remat",))
+    signature = model_signature(model.config, nnx.state(model, nnx.Param), ignore=("remat", "attention"))
     checkpointer = Checkpointer(workdir, save_every=settings.save_every, keep=settings.keep_checkpoints,
                                 model_signature=signature)
     state = train_state_from_model(model, optimizer, mesh)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from r1jax.losses import entropy, grpo_loss, sft_loss, token_logprobs
+from r1jax.losses import grpo_loss, head_logprobs, sft_loss, token_logprobs
 
 
 def _shift_right(x: jax.Array) -> jax.Array:
@@ -42,6 +42,25 @@ def sequence_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     return _shift_right(next_token_logps)
 
 
+def completion_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, columns: int | None = None
+                        ) -> tuple[jax.Array, jax.Array]:
+    """(logps, entropy) f32 [B, C] of the last C = `columns` columns of `tokens` (None, or more than
+    T - 1: all but column 0).
+
+    `logps[:, j] = log p(tokens[:, T - C + j] | tokens[:, :T - C + j])`, `entropy` the entropy of
+    that prediction (no gradient). The LM head runs at those C positions only
+    (`r1jax.losses.head_logprobs`): a GRPO rollout's completions fill the last `max_new_tokens`
+    columns, and the prompt's logits, half of a [B, T, V] array, are never needed.
+    """
+    time = tokens.shape[1]
+    if columns is not None and columns < 1:
+        raise ValueError(f"columns={columns}: score at least one column (None: all of them)")
+    # more columns than there are predictions (a batch shorter than a rollout) means all of them
+    columns = time - 1 if columns is None else min(columns, time - 1)
+    hidden = model.hidden_states(tokens, attention_mask=attention_mask)
+    return head_logprobs(hidden[:, time - columns - 1:time - 1], model.head_weight(), tokens[:, time - columns:])
+
+
 def _masked_mean(x, mask):
     mask = mask.astype(jnp.float32)
     return (x * mask).sum() / jnp.maximum(mask.sum(), 1)
@@ -49,33 +68,36 @@ def _masked_mean(x, mask):
 
 def grpo_objective(*, beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high: float | None = None,
                    loss_type: str = "grpo", max_completion_length: int | None = None,
-                   importance_sampling_level: str = "token"):
+                   importance_sampling_level: str = "token", completion_columns: int | None = None):
     """The GRPO loss (`r1jax.losses.grpo_loss`, same options) of the policy on a rollout batch.
 
     With one update per rollout (mu = 1) leave `old_logps` out of the batch: the sampling
     policy is the current one, so its log-probs are the current ones without gradient.
     With beta == 0 `ref_logps` is not read (nor needed).
+    completion_columns: the completions lie in the last this many columns of `tokens` (a
+        rollout's `max_new_tokens`; `completion_mask` must be 0 before them): the LM head and
+        the loss run there only (`completion_logprobs`). None: every column.
     Metrics: those of `grpo_loss` plus `entropy`, the mean policy entropy over completion tokens.
     """
 
     def loss_fn(model, batch, rng, *, tokens_per_microbatch):
         del rng  # deterministic
-        tokens, completion_mask = batch["tokens"], batch["completion_mask"]
-        logits = model(tokens, attention_mask=batch["attention_mask"])
-        logps = sequence_logprobs(logits, tokens)
-        old_logps = batch["old_logps"] if "old_logps" in batch else jax.lax.stop_gradient(logps)
+        tokens = batch["tokens"]
+        logps, token_entropy = completion_logprobs(model, tokens, batch["attention_mask"], completion_columns)
+        scored = slice(tokens.shape[1] - logps.shape[1], None)  # the columns logps covers
+        completion_mask = batch["completion_mask"][:, scored]
+        old_logps = batch["old_logps"][:, scored] if "old_logps" in batch else jax.lax.stop_gradient(logps)
         if beta != 0 and "ref_logps" not in batch:
             raise ValueError(f"beta={beta} needs the reference log-probs: put `ref_logps` [B, T] in the "
                              "batch (see make_logprobs_fn) or set beta=0")
         loss, metrics = grpo_loss(
-            logps, old_logps, batch["ref_logps"] if beta != 0 else None, batch["advantages"],
+            logps, old_logps, batch["ref_logps"][:, scored] if beta != 0 else None, batch["advantages"],
             completion_mask, epsilon_low=epsilon_low, epsilon_high=epsilon_high, beta=beta,
             loss_type=loss_type, max_completion_length=max_completion_length,
             importance_sampling_level=importance_sampling_level,
             # the step averages microbatches, so a token sum divided by the per-microbatch
             # share of the global count gives mean_m(S_m / (N / M)) = sum(S) / N exactly
             num_global_tokens=tokens_per_microbatch)
-        token_entropy = _shift_right(entropy(jax.lax.stop_gradient(logits)))
         metrics["entropy"] = _masked_mean(token_entropy, completion_mask)
         return loss, metrics
 

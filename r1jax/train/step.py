@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from r1jax.sharding import activate, batch_sharding, num_batch_shards, put_on_mesh, tree_shardings
-from r1jax.train.objectives import sequence_logprobs
+from r1jax.train.objectives import completion_logprobs
 from r1jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -153,7 +153,8 @@ def make_train_step(loss_fn: LossFn, state: TrainState, mesh: Mesh, *, num_micro
     return placed_train_step
 
 
-def make_logprobs_fn(state: TrainState, mesh: Mesh, *, num_microbatches: int = 1, rules=None
+def make_logprobs_fn(state: TrainState, mesh: Mesh, *, num_microbatches: int = 1, rules=None,
+                     completion_columns: int | None = None
                      ) -> Callable[[nnx.State, jax.Array, jax.Array], jax.Array]:
     """Jitted `logprobs_fn(params, tokens, attention_mask) -> logps` f32 [B, T].
 
@@ -161,6 +162,8 @@ def make_logprobs_fn(state: TrainState, mesh: Mesh, *, num_microbatches: int = 1
     `old_logps` and `ref_logps`. `params` is any parameter state shaped like
     `state.params`: the frozen reference copy (`copy_params`) for `ref_logps`, or
     `state.params` for `old_logps` when a rollout is used for several updates.
+    completion_columns: only the last this many columns are scored (the LM head runs
+        there only; the other columns are 0), as in `grpo_objective`. None: all.
     Computed `num_microbatches` rows-groups at a time to bound the memory of the logits.
     """
     graphdef = state.graphdef
@@ -173,8 +176,9 @@ def make_logprobs_fn(state: TrainState, mesh: Mesh, *, num_microbatches: int = 1
         with activate(mesh):
             def one(microbatch):
                 model = nnx.merge(graphdef, params)
-                logits = model(microbatch["tokens"], attention_mask=microbatch["attention_mask"])
-                return sequence_logprobs(logits, microbatch["tokens"])
+                logps, _ = completion_logprobs(model, microbatch["tokens"], microbatch["attention_mask"],
+                                               completion_columns)
+                return jnp.pad(logps, ((0, 0), (tokens.shape[1] - logps.shape[1], 0)))
 
             logps = jax.lax.map(one, _split_microbatches(batch, num_microbatches, mesh))
             # undo the strided split: [M, B / M, T] -> [B, T]
