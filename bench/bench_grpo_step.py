@@ -147,7 +147,7 @@ def phase_table(results: list[dict], flops: float, peak: float) -> str:
         values = result.get(key) or []
         return float(np.median(values[1:])) if len(values) > 1 else float("nan")
 
-    lines = ["| | s/step | sampling | reference log-probs | update | completion tokens | MFU | peak RSS |",
+    lines = ["| | s/step | sampling | reference log-probs | update | completion tokens | workload FLOP/s ÷ peak | peak RSS |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         step = median(r, "step_seconds")
@@ -174,6 +174,9 @@ def main():
     parser.add_argument("--tunix-python", default=DEFAULT_PYTHON["Tunix"])
     parser.add_argument("--hf-dir", default="", help="float32 HF copy of the model for the peers "
                         "(default: written once from the GGUF into a temp dir)")
+    parser.add_argument("--components", action="store_true",
+                        help="also rerun bench_sampling.py (decode vs transformers' generate) and "
+                             "bench_train_step.py (train-step MFU) in this run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steps < 2:
@@ -205,10 +208,13 @@ def main():
     import gguf
     from r1jax.models.weights import gguf_config
     config: ModelConfig = gguf_config(gguf.GGUFReader(smollm2_gguf_path()))
-    prompt_tokens = 50  # the chat-templated prompt (tokenizer-measured; every contestant's is the same)
+    prompt_tokens = mean_prompt_tokens(args)
     completion = float(np.median(results[0]["completion_tokens"][1:]))
     tokens = args.prompts_per_step * args.num_generations * (prompt_tokens + completion)
-    # training (3 forwards) + reference forward + generation: 5 forwards of every token
+    # the workload's FLOPs, the same for every contestant (PEERS.md): training (3 forwards) +
+    # reference forward + generation, 5 forwards of every token. r1jax does fewer (the LM head at
+    # completion positions only, each group's prompt once), so its ratio to the peak is an
+    # effective one: how fast the workload goes, not how busy the cores are.
     flops = 5 * tokens * config.flops_per_token(context=int((prompt_tokens + completion) / 2))
     print(f"\n{os.cpu_count()} CPUs ({_cpu_model()}), float32 matmul peak {peak / 1e9:.0f} GFLOP/s; "
           f"{flops / 1e12:.2f} TFLOP per step (roofline {flops / peak:.1f} s)")
@@ -217,8 +223,22 @@ def main():
     for r in results[1:]:
         print(f"r1jax is {np.median(r['step_seconds'][1:]) / base:.2f}x faster per step than {r['peer']}")
     print(f"r1jax compilations after step 1: {results[0]['compiles_after_step_1']}")
+    if args.components:  # after the contestants, one at a time, so that nothing overlaps
+        for script, extra in (("bench_sampling.py", []), ("bench_train_step.py", ["--sizes", "135m"])):
+            print(f"\n$ python bench/{script} {' '.join(extra)}", flush=True)
+            subprocess.run([sys.executable, str(HERE / script), *extra], check=True)
     print(f"logs and raw results: {log_dir}")
     (log_dir / "results.json").write_text(json.dumps(results, indent=1))
+
+
+def mean_prompt_tokens(args) -> float:
+    """The chat-templated prompts' mean length in tokens (SmolLM2's template: 50)."""
+    from r1jax.assets import smollm2_gguf_path
+    from r1jax.rollout import PromptRenderer
+    from r1jax.tokenizers import load_tokenizer
+    renderer = PromptRenderer(load_tokenizer(smollm2_gguf_path()), "chat")
+    prompts = questions(args.seed, args.steps * args.prompts_per_step)
+    return float(np.mean([len(renderer.encode(renderer(q))) for q in prompts]))
 
 
 def write_hf_dir(gguf: pathlib.Path, directory: pathlib.Path) -> pathlib.Path:

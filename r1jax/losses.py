@@ -202,7 +202,9 @@ def head_logprobs(hidden: jax.Array, head: jax.Array, tokens: jax.Array
   _check_logits_and_tokens(hidden, tokens, "tokens")
   if head.ndim != 2 or head.shape[1] != hidden.shape[-1]:
     raise ValueError(f"head must be [V, D] with D = hidden's last dim {hidden.shape[-1]}, got {head.shape}")
-  return _head_logprobs(hidden, head, tokens)
+  # one [N, D] x [D, V] matmul: with several leading dims XLA:CPU transposes the gradient operands
+  flat = _head_logprobs(hidden.reshape(-1, hidden.shape[-1]), head, tokens.reshape(-1))
+  return tuple(x.reshape(tokens.shape) for x in flat)
 
 
 # --------------------------------------------------------------------------

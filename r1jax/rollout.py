@@ -119,7 +119,8 @@ def rollout(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, pro
     tokens, mask = make_global_batch((tokens, mask), mesh)
     samples = generate(graphdef, params, tokens, mask, rng, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_p=top_p, top_k=top_k,
-                       stop_ids=tuple(sorted(tokenizer.stop_ids)), pad_id=tokenizer.pad_id, mesh=mesh)
+                       stop_ids=tuple(sorted(tokenizer.stop_ids)), pad_id=tokenizer.pad_id, mesh=mesh,
+                       rows_per_prompt=repeat)
     # the one device-to-host copy of a rollout, of this process's rows: the reward functions read text
     host_tokens, lengths = local_rows(samples.tokens), local_rows(samples.lengths)
     completions = [tokenizer.decode(row[:n]) for row, n in zip(host_tokens, lengths)]

@@ -201,18 +201,18 @@ def _check_settings(max_new_tokens, temperature, top_p, top_k, vocab_size):
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=(
-    "max_new_tokens", "temperature", "top_p", "top_k", "pad_id", "mesh"))
+    "max_new_tokens", "temperature", "top_p", "top_k", "pad_id", "mesh", "rows_per_prompt"))
 def _generate(graphdef, state, prompt_tokens, prompt_mask, rng, stop_ids, *, max_new_tokens, temperature,
-              top_p, top_k, pad_id, mesh):
+              top_p, top_k, pad_id, mesh, rows_per_prompt):
     # the mesh is a static argument (not only an `activate` around the call) so that the
     # compiled program is cached per mesh
     with activate(mesh) if mesh is not None else contextlib.nullcontext():
         return _sample_loop(graphdef, state, prompt_tokens, prompt_mask, rng, stop_ids, max_new_tokens,
-                            temperature, top_p, top_k, pad_id)
+                            temperature, top_p, top_k, pad_id, rows_per_prompt)
 
 
 def _sample_loop(graphdef, state, prompt_tokens, prompt_mask, rng, stop_ids, max_new_tokens, temperature,
-                 top_p, top_k, pad_id) -> SampleOutput:
+                 top_p, top_k, pad_id, rows_per_prompt=1) -> SampleOutput:
     model = nnx.merge(graphdef, state)
     _check_settings(max_new_tokens, temperature, top_p, top_k, model.config.vocab_size)
     batch, prompt_len = prompt_tokens.shape
@@ -244,7 +244,14 @@ def _sample_loop(graphdef, state, prompt_tokens, prompt_mask, rng, stop_ids, max
                                     loop.cache)
         return emit(loop._replace(cache=cache), logits)
 
-    cache = prefill(model, prompt_tokens[:, :-1], prompt_mask[:, :-1], cache_length)
+    if rows_per_prompt > 1:  # each prompt once, its cache then copied to the rows that continue it
+        group = slice(None, None, rows_per_prompt)
+        cache = prefill(model, prompt_tokens[group, :-1], prompt_mask[group, :-1], cache_length)
+        repeat = lambda x: constrain(jnp.repeat(x, rows_per_prompt, axis=0), ("batch", "kv_heads", "cache_seq",
+                                                                              "head_dim"))
+        cache = KVCache(tuple(map(repeat, cache.keys)), tuple(map(repeat, cache.values)), cache.index)
+    else:
+        cache = prefill(model, prompt_tokens[:, :-1], prompt_mask[:, :-1], cache_length)
     zeros = jnp.zeros((batch,), jnp.int32)
     loop = _Loop(step=jnp.zeros((), jnp.int32), cache=cache, last_token=prompt_tokens[:, -1],
                  done=jnp.zeros((batch,), bool), lengths=zeros,
@@ -260,7 +267,7 @@ def _sample_loop(graphdef, state, prompt_tokens, prompt_mask, rng, stop_ids, max
 def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array, prompt_mask: jax.Array,
              rng: jax.Array, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
              top_k: int = 0, stop_ids: Sequence[int] = (), pad_id: int = 0,
-             mesh: Mesh | None = None) -> SampleOutput:
+             mesh: Mesh | None = None, rows_per_prompt: int = 1) -> SampleOutput:
     """Sample `max_new_tokens` continuations of left-padded prompts, compiled as one XLA program.
 
     graphdef, state: `nnx.split(model)` of a `Transformer`; `state` is traced, so a
@@ -274,6 +281,9 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array,
     pad_id: written after a row's stop token.
     mesh: when given, activations follow `r1jax.sharding`'s logical table on it (the
         batch split over the data axes); inputs should already be placed on it.
+    rows_per_prompt: G > 1 when the rows come in groups of G consecutive identical prompts
+        (`pad_left(..., repeat=G)`, GRPO's groups): each prompt is prefilled once and its KV
+        cache copied to its G rows. Checked on the host when the prompts are addressable here.
 
     The decode loop is a `lax.while_loop` that feeds one token per step through the KV
     cache (updated in place as loop state) and exits once every row has stopped.
@@ -281,10 +291,24 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array,
     if jnp.ndim(prompt_tokens) != 2 or jnp.shape(prompt_mask) != jnp.shape(prompt_tokens):
         raise ValueError(f"prompt_tokens and prompt_mask must both be [batch, prompt_len], got "
                          f"{jnp.shape(prompt_tokens)} and {jnp.shape(prompt_mask)}")
+    if rows_per_prompt > 1:
+        _check_groups(prompt_tokens, prompt_mask, rows_per_prompt)
     stop_ids = jnp.asarray(np.asarray(stop_ids, np.int32).reshape(-1))  # traced: a new stop set reuses the program
     return _generate(graphdef, state, prompt_tokens, prompt_mask, rng, stop_ids,
                      max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
-                     top_k=int(top_k), pad_id=int(pad_id), mesh=mesh)
+                     top_k=int(top_k), pad_id=int(pad_id), mesh=mesh, rows_per_prompt=int(rows_per_prompt))
+
+
+def _check_groups(prompt_tokens, prompt_mask, group: int) -> None:
+    rows = prompt_tokens.shape[0]
+    if rows % group:
+        raise ValueError(f"{rows} rows do not split into groups of rows_per_prompt={group}")
+    if not getattr(prompt_tokens, "is_fully_addressable", True):
+        return  # rows of other processes: the caller (rollout) builds the groups itself
+    for x in (np.asarray(prompt_tokens), np.asarray(prompt_mask)):
+        if not (x.reshape(rows // group, group, -1) == x[::group, None]).all():
+            raise ValueError(f"rows_per_prompt={group}, but the prompts of some group of {group} consecutive "
+                             "rows differ; repeat each prompt (pad_left(..., repeat=G)) or pass rows_per_prompt=1")
 
 
 # ---- host-side front end ---------------------------------------------------------------

@@ -39,9 +39,12 @@ def model():
 
 @pytest.fixture(scope="module")
 def batch(model):
-    """8 rows of 4 prompt + 6 completion tokens; old and reference log-probs moved off the policy's."""
+    """8 rows of 4 prompt + 6 completion tokens in 2 groups of 4 (num_generations); old and reference
+    log-probs moved off the policy's."""
     rng = np.random.default_rng(0)
-    tokens = jnp.asarray(rng.integers(3, VOCAB, (8, 10)), jnp.int32)
+    tokens = rng.integers(3, VOCAB, (8, 10))
+    tokens[:, :4] = np.repeat(tokens[::4, :4], 4, axis=0)  # a rollout's: each group of 4 shares its prompt
+    tokens = jnp.asarray(tokens, jnp.int32)
     lengths = np.array([6, 2, 5, 3, 6, 1, 4, 6])
     completion = np.arange(6)[None, :] < lengths[:, None]
     completion_mask = jnp.asarray(np.concatenate([np.zeros((8, 4), bool), completion], axis=1), jnp.int32)

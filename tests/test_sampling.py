@@ -204,6 +204,22 @@ def test_first_token_follows_the_softmax(model, reference_logits):
     check_samples(np.asarray(out.tokens[:, 0]), np.asarray(out.logprobs[:, 0]), expected)
 
 
+def test_prompts_prefilled_once_per_group_sample_what_repeated_prompts_sample(model):
+    """rows_per_prompt=G (GRPO's groups): each prompt is prefilled once and its cache copied to its
+    G rows; the tokens and log-probs are those of prefilling every row."""
+    from r1jax.sampling import generate, pad_left
+
+    graphdef, state = nnx.split(model)
+    tokens, mask = pad_left(PROMPTS[:4], PAD, repeat=3)
+    outs = [generate(graphdef, state, tokens, mask, jax.random.key(3), max_new_tokens=10, temperature=1.0,
+                     stop_ids=(3,), pad_id=PAD, rows_per_prompt=g) for g in (1, 3)]
+    np.testing.assert_array_equal(outs[1].tokens, outs[0].tokens)
+    np.testing.assert_allclose(outs[1].logprobs, outs[0].logprobs, atol=1e-5)
+    assert len({tuple(row) for row in np.asarray(outs[1].tokens)[:3]}) > 1  # a group's rows differ
+    with pytest.raises(ValueError, match="prompts of some group of 3 consecutive rows differ"):
+        generate(graphdef, state, *pad_left(PROMPTS[:6], PAD), jax.random.key(3), max_new_tokens=2, rows_per_prompt=3)
+
+
 def test_sampler_logprobs_equal_the_training_forward(model):
     """At temperature 1 without top-k/top-p, the log-prob the sampler records for each token (KV-cache
     decode, left-padded prompts, rows that stop early) is the one the GRPO loss computes for it (a

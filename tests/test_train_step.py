@@ -180,25 +180,53 @@ def test_sequence_logprobs_are_aligned_with_tokens(mesh, initial_state, forward)
                                expected, atol=1e-5)
 
 
-def test_completion_columns_score_only_the_completions_and_change_nothing_else(mesh, initial_state):
-    """GRPO's LM head at the completion positions only: the same log-probs, loss, metrics and update."""
-    batch = grpo_batch(ref_logps=jnp.asarray(np.random.default_rng(1).normal(size=(BATCH, LENGTH)) * 0.1
-                                              - 2.0, jnp.float32))
+def grouped_batch(group=2):
+    """`grpo_batch` whose consecutive rows come in groups sharing one (left-padded) prompt, as in a rollout."""
+    batch = {k: np.array(v) for k, v in grpo_batch(ref_logps=np.random.default_rng(1).normal(
+        size=(BATCH, LENGTH)).astype(np.float32) * 0.1 - 2.0).items()}
+    for name in ("tokens", "attention_mask"):
+        batch[name][:, :PROMPT] = np.repeat(batch[name][::group, :PROMPT], group, axis=0)
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def test_completion_columns_and_shared_prompts_change_no_number(mesh, initial_state):
+    """GRPO's LM head at the completion positions only, and each group's prompt run once: the same
+    log-probs, loss, metrics and update as the plain forward over every position, with 1 and 2
+    microbatches."""
+    batch = grouped_batch()
     columns = LENGTH - PROMPT  # the completion_mask is 0 before them
-    full = make_logprobs_fn(initial_state, mesh)(initial_state.params, batch["tokens"], batch["attention_mask"])
-    scored = make_logprobs_fn(initial_state, mesh, completion_columns=columns)(
+    logprobs = {(cols, group): make_logprobs_fn(initial_state, mesh, completion_columns=cols, rows_per_group=group,
+                                                num_microbatches=2)(
         initial_state.params, batch["tokens"], batch["attention_mask"])
-    np.testing.assert_allclose(scored[:, -columns:], full[:, -columns:], atol=1e-6)
-    assert not np.any(np.asarray(scored[:, :-columns]))
+        for cols, group in ((None, 1), (columns, 1), (columns, 2))}
+    full = logprobs[None, 1]
+    for key in ((columns, 1), (columns, 2)):
+        np.testing.assert_allclose(logprobs[key][:, -columns:], full[:, -columns:], atol=1e-6, err_msg=str(key))
+        assert not np.any(np.asarray(logprobs[key][:, :-columns]))
     results = {}
-    for name, cols in (("all", None), ("completions", columns)):
-        step = make_train_step(grpo_objective(beta=0.04, completion_columns=cols), initial_state, mesh)
-        results[name] = step(device_copy(initial_state), batch, jax.random.key(0))
-    (state_all, m_all), (state_cols, m_cols) = results["all"], results["completions"]
-    for key in m_all:
-        np.testing.assert_allclose(float(m_cols[key]), float(m_all[key]), rtol=1e-5, atol=1e-7, err_msg=key)
-    for a, b in zip(jax.tree.leaves(state_cols.params), jax.tree.leaves(state_all.params)):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    for cols, group, micro in ((None, 1, 1), (columns, 1, 1), (columns, 2, 1), (columns, 2, 2)):
+        objective = grpo_objective(beta=0.04, completion_columns=cols, rows_per_group=group)
+        step = make_train_step(objective, initial_state, mesh, num_microbatches=micro)
+        results[cols, group, micro] = step(device_copy(initial_state), batch, jax.random.key(0))
+    state_all, m_all = results[None, 1, 1]
+    for key, (state, metrics) in results.items():
+        for name in m_all:
+            np.testing.assert_allclose(float(metrics[name]), float(m_all[name]), rtol=1e-5, atol=1e-7,
+                                       err_msg=f"{key} {name}")
+        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(state_all.params)):
+            np.testing.assert_allclose(a, b, atol=1e-6, err_msg=str(key))
+
+
+def test_rows_that_do_not_share_their_prompt_skip_the_update(mesh, initial_state):
+    batch = grouped_batch()
+    batch["tokens"] = batch["tokens"].at[3, PROMPT - 2].add(1)  # row 3's prompt differs from row 2's
+    step = make_train_step(grpo_objective(beta=0.04, completion_columns=LENGTH - PROMPT, rows_per_group=2),
+                           initial_state, mesh)
+    state, metrics = step(device_copy(initial_state), batch, jax.random.key(0))
+    assert float(metrics["skipped"]) == 1 and int(state.step) == 0
+    with pytest.raises(ValueError, match="whole groups of 4 rows"):
+        make_train_step(grpo_objective(beta=0.0, rows_per_group=4), initial_state, mesh, num_microbatches=4)(
+            device_copy(initial_state), batch, jax.random.key(0))
 
 
 def test_grpo_learns_a_bandit(initial_state, dapo_steps):

@@ -46,6 +46,17 @@ def attention_kind(config: ModelConfig) -> str:
     return "dot_product_attention" if jax.default_backend() == "gpu" else "einsum"
 
 
+def matmul_2d(x: jax.Array, w: jax.Array) -> jax.Array:
+    """[B, T, D] @ [D, F] -> [B, T, F], as one [B*T, D] @ [D, F] matmul.
+
+    With the batch and time dims kept apart, XLA:CPU lays out the weight gradient's operand
+    transposed and writes a transposed copy of every [B, T, F] activation gradient in the
+    backward pass (a tenth of a SmolLM2 GRPO update); flattened first, the dot reads it as is.
+    """
+    batch, time, _ = x.shape
+    return (x.reshape(batch * time, -1) @ w).reshape(batch, time, -1)
+
+
 def _param(rngs: nnx.Rngs, shape, axes, config: ModelConfig, std: float | None = 0.02) -> nnx.Param:
     dtype = jnp.dtype(config.param_dtype)
     if std is None:
@@ -124,7 +135,8 @@ class Attention(nnx.Module):
 
     def _project(self, x, name):
         dtype = jnp.dtype(self.config.dtype)
-        y = jnp.einsum("btd,dne->btne", x, getattr(self, name)[...].astype(dtype))
+        w = getattr(self, name)[...].astype(dtype)
+        y = matmul_2d(x, w.reshape(w.shape[0], -1)).reshape(*x.shape[:2], *w.shape[1:])
         if self.config.qkv_bias:
             y = y + getattr(self, name + "_bias")[...].astype(dtype)
         return y
@@ -170,7 +182,7 @@ class Attention(nnx.Module):
             out = jnp.einsum("bkgts,bkse->btkge", probs, v.astype(q.dtype))
         # one [H*E, D] matmul: as an einsum over (h, e), XLA:CPU re-laid out the weight every decode step
         out = out.reshape(batch, time, cfg.num_heads * cfg.head_dim)
-        y = out @ self.o[...].astype(q.dtype).reshape(cfg.num_heads * cfg.head_dim, -1)
+        y = matmul_2d(out, self.o[...].astype(q.dtype).reshape(cfg.num_heads * cfg.head_dim, -1))
         return y, (k, v)
 
 
@@ -183,10 +195,10 @@ class MLP(nnx.Module):
         self.down = _param(rngs, (f, d), ("mlp", "embed"), config)
 
     def __call__(self, x):
-        gate = x @ self.gate[...].astype(self.dtype)
-        up = x @ self.up[...].astype(self.dtype)
+        gate = matmul_2d(x, self.gate[...].astype(self.dtype))
+        up = matmul_2d(x, self.up[...].astype(self.dtype))
         hidden = constrain(jax.nn.silu(gate) * up, ("batch", "seq", "mlp"))
-        return hidden @ self.down[...].astype(self.dtype)
+        return matmul_2d(hidden, self.down[...].astype(self.dtype))
 
 
 class Block(nnx.Module):

@@ -112,11 +112,18 @@ class GRPO:
         return grpo_objective(beta=s.beta, epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high,
                               loss_type=s.loss_type, max_completion_length=s.max_new_tokens,
                               importance_sampling_level=s.importance_sampling_level,
-                              completion_columns=s.max_new_tokens)
+                              completion_columns=s.max_new_tokens, rows_per_group=self._rows_per_group())
+
+    def _rows_per_group(self) -> int:
+        """G: a group's completions share its prompt, which the forward passes then run once;
+        1 when a minibatch would cut a group."""
+        s = self.settings
+        return s.num_generations if s.prompts_per_step % s.num_minibatches == 0 else 1
 
     def set_reference(self, state: TrainState):
         """Freeze the policy in `state` (the initial one) as the KL reference."""
-        self._logprobs_fn = make_logprobs_fn(state, self.mesh, completion_columns=self.settings.max_new_tokens)
+        self._logprobs_fn = make_logprobs_fn(state, self.mesh, completion_columns=self.settings.max_new_tokens,
+                                             rows_per_group=self._rows_per_group())
         if self.settings.beta != 0:
             self._ref_params = copy_params(state.params)
 

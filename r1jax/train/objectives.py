@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.losses import grpo_loss, head_logprobs, sft_loss, token_logprobs
+from r1jax.models.transformer import KVCache
 
 
 def _shift_right(x: jax.Array) -> jax.Array:
@@ -42,8 +43,8 @@ def sequence_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     return _shift_right(next_token_logps)
 
 
-def completion_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, columns: int | None = None
-                        ) -> tuple[jax.Array, jax.Array]:
+def completion_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, columns: int | None = None, *,
+                        rows_per_group: int = 1) -> tuple[jax.Array, jax.Array]:
     """(logps, entropy) f32 [B, C] of the last C = `columns` columns of `tokens` (None, or more than
     T - 1: all but column 0).
 
@@ -51,14 +52,48 @@ def completion_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, col
     that prediction (no gradient). The LM head runs at those C positions only
     (`r1jax.losses.head_logprobs`): a GRPO rollout's completions fill the last `max_new_tokens`
     columns, and the prompt's logits, half of a [B, T, V] array, are never needed.
+
+    rows_per_group: G > 1 when every G consecutive rows share their columns before the last
+        C + 1 (a rollout's prompt, repeated for its G completions): each group's prompt then
+        runs through the model once, and its keys and values serve the G rows (`_shared_prompt`),
+        the same numbers for 1 / G of the prompt's work. A row whose prompt differs from its
+        group's first row gets NaN log-probs (so a train step skips the update, loudly).
     """
     time = tokens.shape[1]
     if columns is not None and columns < 1:
         raise ValueError(f"columns={columns}: score at least one column (None: all of them)")
     # more columns than there are predictions (a batch shorter than a rollout) means all of them
     columns = time - 1 if columns is None else min(columns, time - 1)
-    hidden = model.hidden_states(tokens, attention_mask=attention_mask)
-    return head_logprobs(hidden[:, time - columns - 1:time - 1], model.head_weight(), tokens[:, time - columns:])
+    if rows_per_group > 1 and columns < time - 1:
+        hidden = _shared_prompt(model, tokens, attention_mask, time - columns - 1, rows_per_group)
+    else:
+        hidden = model.hidden_states(tokens, attention_mask=attention_mask)[:, time - columns - 1:time - 1]
+    return head_logprobs(hidden, model.head_weight(), tokens[:, time - columns:])
+
+
+def _shared_prompt(model, tokens, attention_mask, shared: int, group: int) -> jax.Array:
+    """Hidden states [B, T - 1 - shared, D] of columns shared..T-2, the first `shared` columns run once per group.
+
+    The prompt part goes into a KV cache of the group's first rows, the cache is repeated G times
+    (its gradient sums over the group), and the rest of each row runs as one chunk against it:
+    the keys, positions and masks of the full forward, so the same hidden states.
+    """
+    batch, time = tokens.shape
+    if batch % group:
+        raise ValueError(f"{batch} rows do not split into groups of rows_per_group={group}")
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+    key_mask = attention_mask[:, :time - 1]
+    cache = KVCache.zeros(model.config, batch // group, time - 1)
+    _, cache = model.hidden_states(tokens[::group, :shared], attention_mask=key_mask[::group],
+                                   positions=positions[::group, :shared], cache=cache)
+    repeat = lambda x: jnp.repeat(x, group, axis=0)
+    cache = KVCache(tuple(map(repeat, cache.keys)), tuple(map(repeat, cache.values)), cache.index)
+    hidden, _ = model.hidden_states(tokens[:, shared:time - 1], attention_mask=key_mask,
+                                    positions=positions[:, shared:time - 1], cache=cache)
+    first = lambda x: repeat(x[::group, :shared])
+    same = jnp.all((tokens[:, :shared] == first(tokens)) & (attention_mask[:, :shared] == first(attention_mask)),
+                   axis=1)
+    return jnp.where(same[:, None, None], hidden, jnp.nan)
 
 
 def _masked_mean(x, mask):
@@ -68,7 +103,8 @@ def _masked_mean(x, mask):
 
 def grpo_objective(*, beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high: float | None = None,
                    loss_type: str = "grpo", max_completion_length: int | None = None,
-                   importance_sampling_level: str = "token", completion_columns: int | None = None):
+                   importance_sampling_level: str = "token", completion_columns: int | None = None,
+                   rows_per_group: int = 1):
     """The GRPO loss (`r1jax.losses.grpo_loss`, same options) of the policy on a rollout batch.
 
     With one update per rollout (mu = 1) leave `old_logps` out of the batch: the sampling
@@ -77,13 +113,17 @@ def grpo_objective(*, beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high
     completion_columns: the completions lie in the last this many columns of `tokens` (a
         rollout's `max_new_tokens`; `completion_mask` must be 0 before them): the LM head and
         the loss run there only (`completion_logprobs`). None: every column.
+    rows_per_group: G when every G consecutive rows share one prompt (a rollout's group): the
+        prompt runs once per group (`completion_logprobs`). The returned loss function carries it
+        as `.rows_per_group`, so that `make_train_step` keeps groups whole in every microbatch.
     Metrics: those of `grpo_loss` plus `entropy`, the mean policy entropy over completion tokens.
     """
 
     def loss_fn(model, batch, rng, *, tokens_per_microbatch):
         del rng  # deterministic
         tokens = batch["tokens"]
-        logps, token_entropy = completion_logprobs(model, tokens, batch["attention_mask"], completion_columns)
+        logps, token_entropy = completion_logprobs(model, tokens, batch["attention_mask"], completion_columns,
+                                                   rows_per_group=rows_per_group)
         scored = slice(tokens.shape[1] - logps.shape[1], None)  # the columns logps covers
         completion_mask = batch["completion_mask"][:, scored]
         old_logps = batch["old_logps"][:, scored] if "old_logps" in batch else jax.lax.stop_gradient(logps)
@@ -101,6 +141,7 @@ def grpo_objective(*, beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high
         metrics["entropy"] = _masked_mean(token_entropy, completion_mask)
         return loss, metrics
 
+    loss_fn.rows_per_group = rows_per_group
     return loss_fn
 
 

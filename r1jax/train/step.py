@@ -27,22 +27,32 @@ Batch = dict[str, jax.Array]
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def _split_microbatches(batch: Batch, num_microbatches: int, mesh: Mesh) -> Batch:
-    """[B, ...] -> [M, B / M, ...] with rows m, m + M, m + 2M, ... in microbatch m.
+def _split_microbatches(batch: Batch, num_microbatches: int, mesh: Mesh, group: int = 1) -> Batch:
+    """[B, ...] -> [M, B / M, ...] with groups m, m + M, m + 2M, ... of `group` rows in microbatch m.
 
-    Strided rather than contiguous: every device's rows stay on that device, so each
-    microbatch is spread over all data-parallel devices and nothing moves.
+    Strided rather than contiguous: every device's rows stay on that device (when it holds a
+    multiple of M groups), so each microbatch is spread over all data-parallel devices and
+    nothing moves. A group's rows stay together and in order (`rows_per_group` of an objective).
     """
     data_spec = batch_sharding(mesh).spec
 
     def split(x):
-        x = x.reshape(x.shape[0] // num_microbatches, num_microbatches, *x.shape[1:]).swapaxes(0, 1)
+        rows, rest = x.shape[0], x.shape[1:]
+        x = x.reshape(rows // (num_microbatches * group), num_microbatches, group, *rest).swapaxes(0, 1)
+        x = x.reshape(num_microbatches, rows // num_microbatches, *rest)
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, *data_spec)))
 
     return jax.tree.map(split, batch)
 
 
-def _check_rows(batch: Batch, num_microbatches: int, mesh: Mesh) -> None:
+def _merge_microbatches(x: jax.Array, group: int = 1) -> jax.Array:
+    """The inverse of `_split_microbatches`: [M, B / M, ...] -> [B, ...]."""
+    m, rows, rest = x.shape[0], x.shape[1], x.shape[2:]
+    x = x.reshape(m, rows // group, group, *rest).swapaxes(0, 1)
+    return x.reshape(m * rows, *rest)
+
+
+def _check_rows(batch: Batch, num_microbatches: int, mesh: Mesh, group: int = 1) -> None:
     sizes = {name: x.shape[0] if x.ndim else None for name, x in batch.items()}
     if len(set(sizes.values())) != 1 or None in sizes.values():
         raise ValueError(f"every batch entry needs the same leading batch size, got {sizes}")
@@ -51,6 +61,10 @@ def _check_rows(batch: Batch, num_microbatches: int, mesh: Mesh) -> None:
         raise ValueError(f"a batch of {rows} rows does not split into {num_microbatches} microbatches "
                          f"x {num_batch_shards(mesh)} data-parallel shards; make the global batch "
                          f"a multiple of {parts}")
+    if rows % (num_microbatches * group):
+        raise ValueError(f"a batch of {rows} rows does not split into {num_microbatches} microbatches of whole "
+                         f"groups of {group} rows (the objective's rows_per_group); make the batch a multiple "
+                         f"of {num_microbatches * group} rows or use fewer microbatches")
 
 
 def make_train_step(loss_fn: LossFn, state: TrainState, mesh: Mesh, *, num_microbatches: int = 1,
@@ -82,6 +96,7 @@ def make_train_step(loss_fn: LossFn, state: TrainState, mesh: Mesh, *, num_micro
     param_shardings = state_shardings.params
     replicated = NamedSharding(mesh, P())
     graphdef, tx = state.graphdef, state.tx
+    group = getattr(loss_fn, "rows_per_group", 1)  # rows an objective needs together (grpo_objective)
 
     def microbatch_loss(params, microbatch, rng, tokens_per_microbatch):
         model = nnx.merge(graphdef, params)
@@ -93,12 +108,12 @@ def make_train_step(loss_fn: LossFn, state: TrainState, mesh: Mesh, *, num_micro
         if "completion_mask" not in batch:
             raise ValueError(f"the batch needs a `completion_mask` [B, T] (the tokens the loss counts); "
                              f"got keys {sorted(batch)}")
-        _check_rows(batch, num_microbatches, mesh)
+        _check_rows(batch, num_microbatches, mesh, group)
         with activate(mesh):
             # column 0 has no prediction (see objectives), so it never counts
             num_tokens = batch["completion_mask"][:, 1:].astype(jnp.float32).sum()
             tokens_per_microbatch = num_tokens / num_microbatches
-            microbatches = _split_microbatches(batch, num_microbatches, mesh)
+            microbatches = _split_microbatches(batch, num_microbatches, mesh, group)
             rngs = jax.random.split(rng, num_microbatches)
 
             def accumulate(totals, inputs):
@@ -154,7 +169,7 @@ def make_train_step(loss_fn: LossFn, state: TrainState, mesh: Mesh, *, num_micro
 
 
 def make_logprobs_fn(state: TrainState, mesh: Mesh, *, num_microbatches: int = 1, rules=None,
-                     completion_columns: int | None = None
+                     completion_columns: int | None = None, rows_per_group: int = 1
                      ) -> Callable[[nnx.State, jax.Array, jax.Array], jax.Array]:
     """Jitted `logprobs_fn(params, tokens, attention_mask) -> logps` f32 [B, T].
 
@@ -164,6 +179,8 @@ def make_logprobs_fn(state: TrainState, mesh: Mesh, *, num_microbatches: int = 1
     `state.params` for `old_logps` when a rollout is used for several updates.
     completion_columns: only the last this many columns are scored (the LM head runs
         there only; the other columns are 0), as in `grpo_objective`. None: all.
+    rows_per_group: G when every G consecutive rows share a prompt, run once per group
+        (`r1jax.train.objectives.completion_logprobs`).
     Computed `num_microbatches` rows-groups at a time to bound the memory of the logits.
     """
     graphdef = state.graphdef
@@ -172,17 +189,16 @@ def make_logprobs_fn(state: TrainState, mesh: Mesh, *, num_microbatches: int = 1
 
     def logprobs_fn(params, tokens, attention_mask):
         batch = {"tokens": tokens, "attention_mask": attention_mask}
-        _check_rows(batch, num_microbatches, mesh)
+        _check_rows(batch, num_microbatches, mesh, rows_per_group)
         with activate(mesh):
             def one(microbatch):
                 model = nnx.merge(graphdef, params)
                 logps, _ = completion_logprobs(model, microbatch["tokens"], microbatch["attention_mask"],
-                                               completion_columns)
+                                               completion_columns, rows_per_group=rows_per_group)
                 return jnp.pad(logps, ((0, 0), (tokens.shape[1] - logps.shape[1], 0)))
 
-            logps = jax.lax.map(one, _split_microbatches(batch, num_microbatches, mesh))
-            # undo the strided split: [M, B / M, T] -> [B, T]
-            return logps.swapaxes(0, 1).reshape(tokens.shape)
+            logps = jax.lax.map(one, _split_microbatches(batch, num_microbatches, mesh, rows_per_group))
+            return _merge_microbatches(logps, rows_per_group)
 
     jitted = jax.jit(logprobs_fn, in_shardings=(param_shardings, data, data), out_shardings=data)
 
