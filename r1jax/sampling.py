@@ -247,9 +247,7 @@ def _sample_loop(graphdef, state, prompt_tokens, prompt_mask, rng, stop_ids, max
     if rows_per_prompt > 1:  # each prompt once, its cache then copied to the rows that continue it
         group = slice(None, None, rows_per_prompt)
         cache = prefill(model, prompt_tokens[group, :-1], prompt_mask[group, :-1], cache_length)
-        repeat = lambda x: constrain(jnp.repeat(x, rows_per_prompt, axis=0), ("batch", "kv_heads", "cache_seq",
-                                                                              "head_dim"))
-        cache = KVCache(tuple(map(repeat, cache.keys)), tuple(map(repeat, cache.values)), cache.index)
+        cache = cache.repeat_rows(rows_per_prompt)
     else:
         cache = prefill(model, prompt_tokens[:, :-1], prompt_mask[:, :-1], cache_length)
     zeros = jnp.zeros((batch,), jnp.int32)

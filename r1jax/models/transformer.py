@@ -38,6 +38,11 @@ class KVCache(NamedTuple):
         zeros = tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
         return cls(zeros, zeros, jnp.zeros((), jnp.int32))
 
+    def repeat_rows(self, repeats: int) -> "KVCache":
+        """Each row `repeats` times in a row: one prompt's cache for the rows that continue it."""
+        repeat = lambda x: constrain(jnp.repeat(x, repeats, axis=0), ("batch", "kv_heads", "cache_seq", "head_dim"))
+        return KVCache(tuple(map(repeat, self.keys)), tuple(map(repeat, self.values)), self.index)
+
 
 def attention_kind(config: ModelConfig) -> str:
     """The attention path `config.attention` takes on this backend ("auto" resolved)."""

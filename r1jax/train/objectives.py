@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.losses import grpo_loss, head_logprobs, sft_loss, token_logprobs
-from r1jax.models.transformer import KVCache
+from r1jax.sampling import prefill
 
 
 def _shift_right(x: jax.Array) -> jax.Array:
@@ -74,23 +74,19 @@ def completion_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, col
 def _shared_prompt(model, tokens, attention_mask, shared: int, group: int) -> jax.Array:
     """Hidden states [B, T - 1 - shared, D] of columns shared..T-2, the first `shared` columns run once per group.
 
-    The prompt part goes into a KV cache of the group's first rows, the cache is repeated G times
-    (its gradient sums over the group), and the rest of each row runs as one chunk against it:
+    The prompt part goes into a KV cache of the group's first rows (`r1jax.sampling.prefill`, as the
+    sampler does), the cache is repeated G times (its gradient sums over the group), and the rest of
+    each row runs as one chunk against it:
     the keys, positions and masks of the full forward, so the same hidden states.
     """
     batch, time = tokens.shape
     if batch % group:
         raise ValueError(f"{batch} rows do not split into groups of rows_per_group={group}")
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-    key_mask = attention_mask[:, :time - 1]
-    cache = KVCache.zeros(model.config, batch // group, time - 1)
-    _, cache = model.hidden_states(tokens[::group, :shared], attention_mask=key_mask[::group],
-                                   positions=positions[::group, :shared], cache=cache)
-    repeat = lambda x: jnp.repeat(x, group, axis=0)
-    cache = KVCache(tuple(map(repeat, cache.keys)), tuple(map(repeat, cache.values)), cache.index)
-    hidden, _ = model.hidden_states(tokens[:, shared:time - 1], attention_mask=key_mask,
-                                    positions=positions[:, shared:time - 1], cache=cache)
-    first = lambda x: repeat(x[::group, :shared])
+    cache = prefill(model, tokens[::group, :shared], attention_mask[::group, :shared], time - 1)
+    hidden, _ = model.hidden_states(tokens[:, shared:time - 1], attention_mask=attention_mask[:, :time - 1],
+                                    positions=positions[:, shared:time - 1], cache=cache.repeat_rows(group))
+    first = lambda x: jnp.repeat(x[::group, :shared], group, axis=0)
     same = jnp.all((tokens[:, :shared] == first(tokens)) & (attention_mask[:, :shared] == first(attention_mask)),
                    axis=1)
     return jnp.where(same[:, None, None], hidden, jnp.nan)
