@@ -6,6 +6,7 @@ exactly the expected output and score 1.0: a 0.0 therefore means the attack was
 stopped, not that the program was merely wrong. A control program shows each
 harness can pass at all.
 """
+import dataclasses
 import os
 import secrets
 import socket
@@ -290,3 +291,194 @@ def test_launcher_is_replaced_after_it_dies():
     sandbox_module._launcher.process.kill()
     sandbox_module._launcher.process.wait()
     assert run("print(2)").stdout == b"2\n"
+
+
+@pytest.mark.parametrize("directory", ["/tmp", "/dev/shm"])
+def test_unix_socket_of_a_host_service_is_unreachable(directory):
+    # A host service listening on a world-writable socket file (dbus, X11, a
+    # docker socket): /tmp is a private tmpfs in the sandbox, but the socket in
+    # /dev/shm is in plain sight, so only the syscall filter stops that one.
+    path = os.path.join(directory, f"r1jax-service-{secrets.token_hex(4)}.sock")
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(path)
+        os.chmod(path, 0o777)
+        server.listen()
+        server.setblocking(False)
+        program = f"""
+            import socket
+            try:
+                with socket.socket(socket.AF_UNIX) as conn:
+                    conn.connect({path!r})
+                    conn.sendall(b"exfiltrated")
+                print("connected")
+            except OSError as error:
+                print("blocked")
+        """
+        assert score(program, "connected") == 0.0
+        assert score(program, "blocked") == 1.0
+        with pytest.raises(BlockingIOError):
+            server.accept()  # nobody ever connected
+    finally:
+        server.close()
+        os.unlink(path)
+    pair = run("""
+        import socket
+        left, right = socket.socketpair()
+        left.sendall(b"pair")
+        print(right.recv(4).decode())
+    """)
+    assert pair.stdout == b"pair\n"  # an unnamed pair reaches nothing, and still works
+
+
+SYSV_IPC = textwrap.dedent("""
+    import ctypes, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    IPC_CREAT = 0o1000
+    def shared_memory(key, size, create):
+        return libc.shmget(key, ctypes.c_size_t(size), (IPC_CREAT | 0o666) if create else 0)
+""")
+
+
+def test_sysv_ipc_is_private_to_the_run_and_capped():
+    key = secrets.randbelow(2**30) + 1
+    # Run 1 leaves a secret in a shared-memory segment and a message queue.
+    writer = run(SYSV_IPC + textwrap.dedent(f"""
+        segment = shared_memory({key}, 4096, create=True)
+        address = libc.shmat(segment, None, 0)
+        ctypes.memmove(address, b"secret", 6)
+        queue = libc.msgget({key}, IPC_CREAT | 0o666)
+        message = ctypes.create_string_buffer(ctypes.sizeof(ctypes.c_long) + 6)
+        ctypes.c_long.from_buffer(message).value = 1
+        message[ctypes.sizeof(ctypes.c_long):] = b"secret"
+        print(segment >= 0, queue >= 0, libc.msgsnd(queue, message, 6, 0) == 0)
+    """))
+    assert writer.stdout == b"True True True\n"  # made inside the run, then gone with it
+    for table in ("/proc/sysvipc/shm", "/proc/sysvipc/msg"):
+        with open(table) as listing:
+            assert all(int(line.split()[0]) != key for line in list(listing)[1:]), table
+    # Run 2, an attacker's later run, looks for it.
+    reader = run(SYSV_IPC + textwrap.dedent(f"""
+        segment = shared_memory({key}, 0, create=False)
+        print("found" if segment >= 0 or libc.msgget({key}, 0) >= 0 else "gone")
+    """))
+    assert reader.stdout == b"gone\n"
+    # Segments held past memory_bytes: 3 x 96 MiB, each touched, under a 128 MiB limit.
+    held = run(SYSV_IPC + textwrap.dedent("""
+        held = 0
+        for key in range(1, 4):
+            segment = shared_memory(key, 96 * 2**20, create=True)
+            address = libc.shmat(segment, None, 0) if segment >= 0 else None
+            if address in (None, 2**64 - 1):
+                break
+            ctypes.memset(address, 1, 96 * 2**20)
+            libc.shmdt(ctypes.c_void_p(address))
+            held += 96
+        print(held)
+    """), limits=dataclasses.replace(LIMITS, memory_bytes=128 * 2**20))
+    assert int(held.stdout) <= 128, held
+
+
+def test_memfd_memory_is_refused():
+    # Anonymous memory files are counted by no limit of the sandbox (not the
+    # address space, not the tmpfs): a program could hold gigabytes in them.
+    program = """
+        import os
+        held = 0
+        try:
+            for _ in range(3):
+                fd = os.memfd_create("hoard")
+                os.ftruncate(fd, 2**20)
+                os.pwrite(fd, b"x" * 2**20, 0)
+                held += 1
+        except OSError as error:
+            print(held, error.errno)
+        else:
+            print(held)
+    """
+    assert score(program, "3") == 0.0
+    assert run(program).stdout == b"0 38\n"  # ENOSYS: the call does not exist in here
+    io_uring = run("""
+        import ctypes
+        params = ctypes.create_string_buffer(120)
+        print(ctypes.CDLL(None, use_errno=True).syscall(425, 4, params), ctypes.get_errno())
+    """)
+    assert io_uring.stdout == b"-1 38\n"  # io_uring_setup: its ops bypass the filter
+
+
+def test_host_processes_are_invisible():
+    secret = secrets.token_hex(16)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", secret])
+    program = f"""
+        import os
+        pids = sorted(int(entry) for entry in os.listdir("/proc") if entry.isdigit())
+        leaked = False
+        for pid in pids:
+            try:
+                with open(f"/proc/{{pid}}/cmdline", "rb") as handle:
+                    leaked |= {secret!r}.encode() in handle.read()
+            except OSError:
+                pass
+        print("leaked" if leaked else pids)
+    """
+    try:
+        assert score(program, "leaked") == 0.0
+        # Only its own PID namespace: its init (1) and itself.
+        assert score(program, "[1, 2]") == 1.0
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_escaped_grandchild_dies_with_a_killed_owner():
+    # The owner (a trainer, a reward worker) is SIGKILLed mid-run, with no
+    # chance to clean up; the program had double-forked a sleeper into a new
+    # session, out of its process group and its parent's reach.
+    program = textwrap.dedent("""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(60)
+            os._exit(0)
+        time.sleep(60)
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from r1jax.rewards import SandboxLimits, run_sandboxed
+        run_sandboxed({PYTHON!r}, files={{"main.py": {program!r}}}, exposed_paths={EXPOSED!r},
+                      limits=SandboxLimits(wall_seconds=60, cpu_seconds=5))
+    """)])
+    low = SANDBOX_UID_BASE + owner.pid * 64
+
+    def owned():
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/status") as status:
+                    uid = next(int(line.split()[1]) for line in status if line.startswith("Uid:"))
+            except (OSError, ValueError, StopIteration):
+                continue
+            if low <= uid < low + 64:
+                found.append(int(entry))
+        return found
+
+    try:
+        deadline = time.monotonic() + 30
+        while len(owned()) < 2 and time.monotonic() < deadline:  # the program and its sleeper
+            assert owner.poll() is None, "the owner ended early"
+            time.sleep(0.05)
+        assert len(owned()) >= 2, "the sandboxed program never started"
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 5
+        while owned() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert owned() == [], "a sandboxed process outlived its owner"
+        assert not [name for name in os.listdir(tempfile.gettempdir())
+                    if name.startswith(f"r1jax-sandbox-{owner.pid}-")], "its directory stayed behind"
+    finally:
+        owner.kill()
+        owner.wait()
+        for pid in owned():
+            os.kill(pid, 9)

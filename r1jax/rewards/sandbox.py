@@ -5,40 +5,60 @@ process that is confined before it execs, and returns its exit status and
 (bounded) output. What confines it, in the order the child sets it up:
 
   * a new session (own process group) and an empty environment;
+  * its own PID namespace, whose init is a small supervisor (a fork of the
+    launcher, below) that starts the program: /proc is that namespace's own, so
+    host processes (and the secrets in their command lines) are invisible, and
+    when the supervisor ends, or dies with the process that owns the sandbox, the
+    kernel kills every process left in the namespace, double-forked escapees
+    included;
   * a private mount namespace in which the whole file system is re-mounted
     read-only (no writing or deleting anywhere), directories the sandbox user
     may not enter are hidden behind empty tmpfs mounts (except the interpreter's
-    own, bound back read-only), and the working directory is a fresh,
-    size-capped tmpfs that vanishes with the namespace (its empty mount point
-    is removed afterwards);
+    own, bound back read-only), /tmp is an empty tmpfs (the host's temporary
+    files and the sockets in it are out of sight), and the working directory is
+    a fresh, size-capped tmpfs inside it: nothing of a run exists on the host's
+    disk, so nothing is left behind even when its owner is SIGKILLed;
   * a new network namespace with no interface up: no network, not even
     localhost;
+  * a new IPC namespace: System V shared memory, message queues and semaphores
+    are the run's alone and vanish with it, and the namespace's own limits cap
+    shared memory at `memory_bytes` and message queues at 1 MiB;
   * an unprivileged user id of its own (1<<30 + a per-owner slot, no groups,
     no capabilities, PR_SET_NO_NEW_PRIVS so set-uid binaries gain nothing), so
     it cannot read other processes' /proc/<pid>/environ or signal them;
+  * a seccomp filter that refuses the calls that reach past the namespaces:
+    socket(AF_UNIX) (a socket file of a host service, e.g. dbus or docker, is
+    reachable from any mount namespace; socketpair() still works), memfd_create
+    and memfd_secret (memory in no one's limit), io_uring (sockets and files
+    outside the filter's sight), and any other architecture's syscall table;
   * resource limits (setrlimit): CPU seconds, address space, file size, open
-    files, no core dumps, and a process count that the kernel enforces because
-    the user is not root (RLIMIT_NPROC is ignored for root);
+    files, no core dumps, no POSIX message queues or locked memory, and a
+    process count that the kernel enforces because the user is not root
+    (RLIMIT_NPROC is ignored for root);
   * PR_SET_PDEATHSIG, so it dies with the process that started it.
 
 Children are started by a small launcher process (this file run as a script,
 stdlib only), one per calling process: forking it costs a millisecond where
-forking a trainer or a worker with sympy loaded costs ten, it is single-threaded
-(so the pre-exec setup is safe even when the caller runs JAX threads), and as a
-child subreaper it adopts every orphan of a sandboxed program. Once the program
-exits or hits the wall-clock limit, any process of the sandbox user still alive
-is killed at once (`kill(-1, SIGKILL)` issued as that user, applied by the kernel
-atomically, so a fork bomb cannot outrun it) and reaped. Output goes to memory
-files capped by the file-size limit, so a program that prints forever cannot
-fill the caller's memory.
+forking a trainer or a worker with sympy loaded costs ten, and it is
+single-threaded (so the pre-exec setup is safe even when the caller runs JAX
+threads). Per run it forks a supervisor that enters the new namespaces and
+forks the namespace's init, which mounts the private file system view, starts
+the program, enforces the wall-clock limit and reports back over a pipe. Once
+the program exits or hits the wall-clock limit, the init exits and the kernel
+kills whatever the program left running (a fork bomb cannot outrun it). Output
+goes to memory files capped by the file-size limit, so a program that prints
+forever cannot fill the caller's memory.
 
 Where the kernel does not allow it: the namespaces and the user switch need
 root (CAP_SYS_ADMIN, CAP_SETUID), probed once per process at run time
-(`sandbox_capabilities()`). Without them the program still runs in its own
-session with an empty environment, a fresh temporary directory (deleted
-afterwards) and all rlimits, but WITHOUT network isolation, file-system
-read-only protection or its own user id (as a non-root user RLIMIT_NPROC then
-counts all of that user's processes), and a logged warning says so.
+(`sandbox_capabilities()`), as is the seccomp filter (Linux >= 3.17, x86_64 or
+aarch64). Without them the program still runs in its own session with an empty
+environment, a fresh temporary directory (deleted afterwards) and all rlimits,
+but WITHOUT network, IPC or process isolation, file-system read-only protection,
+the syscall filter or its own user id (as a non-root user RLIMIT_NPROC then
+counts all of that user's processes); leftover processes are then killed by
+process group (or by user id, as root), and the launcher, a child subreaper,
+adopts and reaps orphans. A logged warning says so.
 `isolation="required"` turns that into an error; `isolation="off"` asks for the
 weaker mode on purpose.
 """
@@ -72,13 +92,30 @@ SANDBOX_UID_BASE = 1 << 30
 _UID_SLOTS_PER_PROCESS = 64  # uids per owner, used in turn so none is reused at once
 _WORKDIR_PREFIX = "r1jax-sandbox-"
 
-_CLONE_NEWNS = 0x00020000
-_CLONE_NEWNET = 0x40000000
-_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+_CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWPID, _CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
+_NAMESPACES = _CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWPID | _CLONE_NEWNET
+_PRIVATE_TMP = "/tmp"                  # an empty tmpfs in the sandbox's mount namespace
+_NAMESPACE_WORKDIR = "/tmp/work"       # the working directory's mount point, inside it
+_MESSAGE_QUEUE_BYTES, _MESSAGE_QUEUES = 64 * 2**10, 16  # SysV message queues: 1 MiB in all
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
 _AT_FDCWD, _AT_RECURSIVE = -100, 0x8000
 _MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID = 0x1, 0x2
 _SYS_MOUNT_SETATTR = 442  # same number on x86_64 and aarch64 (unified syscall table)
 _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_SET_CHILD_SUBREAPER = 1, 38, 36
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}
+
+# The seccomp filter's view of each architecture: its audit id and the numbers of
+# the calls it refuses (errno in parentheses: ENOSYS tells libraries the call does
+# not exist, so they fall back; EAFNOSUPPORT is what a kernel without AF_UNIX says).
+_ENOSYS, _EAFNOSUPPORT, _AF_UNIX = 38, 97, 1
+_SECCOMP_ARCH = {
+    "x86_64": (0xC000003E, dict(socket=41, memfd_create=319, io_uring_setup=425, io_uring_enter=426,
+                                io_uring_register=427, memfd_secret=447)),
+    "aarch64": (0xC00000B7, dict(socket=198, memfd_create=279, io_uring_setup=425, io_uring_enter=426,
+                                 io_uring_register=427, memfd_secret=447)),
+}
+_X32_SYSCALL_BIT = 0x40000000  # x86_64's second syscall table (the x32 ABI)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -86,6 +123,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 class _MountAttr(ctypes.Structure):
     _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,32 +163,53 @@ class SandboxResult:
 
 @dataclasses.dataclass(frozen=True)
 class SandboxCapabilities:
-    namespaces: bool   # mount + network namespaces with a read-only root
+    namespaces: bool   # mount, network, IPC and PID namespaces, a read-only root, a private /proc
     switch_user: bool  # can run as an unprivileged uid of its own
+    syscall_filter: bool = False  # seccomp: no AF_UNIX sockets, memfds or io_uring
 
     @property
     def isolated(self) -> bool:
-        return self.namespaces and self.switch_user
+        return self.namespaces and self.switch_user and self.syscall_filter
 
 
 @functools.lru_cache(maxsize=None)
 def sandbox_capabilities() -> SandboxCapabilities:
-    """What this kernel and user allow, probed once in a throwaway child."""
-    switch_user = os.geteuid() == 0
-    pid = os.fork()
-    if pid == 0:  # only raw syscalls here: this child may come from a threaded parent
-        ok = (_libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET) == 0
-              and _libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
-              and _mount_setattr_readonly(b"/") == 0)
-        os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
-    capabilities = SandboxCapabilities(namespaces=os.waitstatus_to_exitcode(status) == 0,
-                                       switch_user=switch_user)
-    if not capabilities.isolated:
-        log.warning("sandbox isolation unavailable (%s): untrusted code runs without network "
-                    "or file-system isolation and, unless root, without its own user id; "
-                    "see r1jax.rewards.sandbox", capabilities)
+    """What this kernel and user allow, probed once in throwaway children that set
+    up what a run sets up. The syscall filter needs no root (only no_new_privs)."""
+    namespaces = _probe(_NAMESPACES)
+    capabilities = SandboxCapabilities(
+        namespaces=namespaces, switch_user=os.geteuid() == 0,
+        syscall_filter=_probe(_NAMESPACES if namespaces else 0, syscall_filter=True))
+    missing = [what for what, available in (
+        ("network, IPC, process and file-system isolation", capabilities.namespaces),
+        ("its own user id", capabilities.switch_user),
+        ("the syscall filter", capabilities.syscall_filter)) if not available]
+    if missing:
+        log.warning("sandbox isolation incomplete (%s): untrusted code runs without %s; "
+                    "see r1jax.rewards.sandbox", capabilities, ", ".join(missing))
     return capabilities
+
+
+def _probe(namespaces: int, syscall_filter: bool = False) -> bool:
+    """Can a child enter `namespaces` (mount its view as a run's init does) and,
+    if asked, install the syscall filter and then find AF_UNIX sockets refused?"""
+    machine = os.uname().machine
+    if machine not in _SYS_CLONE:
+        return False
+    _syscall_filter()  # built here: the child below should only make syscalls
+    # A fork straight into the new namespaces (the child is their init, as a run's
+    # is), by raw syscall: the caller may be threaded.
+    pid = _libc.syscall(_SYS_CLONE[machine], namespaces | signal.SIGCHLD, 0, 0, 0, 0)
+    if pid == 0:
+        ok = not namespaces or (
+            _libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
+            and _libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None) == 0
+            and _mount_setattr_readonly(b"/") == 0)
+        if ok and syscall_filter:
+            ok = (_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 and _install_syscall_filter() == 0
+                  and _libc.socket(_AF_UNIX, 1, 0) < 0)
+        os._exit(0 if ok else 1)
+    return pid > 0 and os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
 
 
 ISOLATION_MODES = ("auto", "required", "off")
@@ -197,49 +259,135 @@ def _run_here(argv, files, stdin, limits, exposed_paths, isolation, owner_pid) -
         raise RuntimeError(f"sandbox isolation required but unavailable: {capabilities}")
     if isolation == "off":
         capabilities = SandboxCapabilities(namespaces=False, switch_user=False)
-    hidden_mounts = _hidden_mounts(tuple(exposed_paths))
+    hidden_mounts = _hidden_mounts(tuple(exposed_paths), private_tmp=capabilities.namespaces)
     # Without a mount namespace, a user switch would lock the program out of an
     # interpreter that lives in, say, /root.
     can_switch = capabilities.switch_user and (capabilities.namespaces or not hidden_mounts)
     uid = _next_sandbox_uid(owner_pid) if can_switch else None
     if capabilities.namespaces:
-        # Each run mounts a fresh tmpfs here, visible only in its own namespace,
-        # so one empty mount point serves every run (creating and removing a
-        # directory per run costs milliseconds on some disks).
-        workdir = _shared_mount_point(owner_pid)
-        if not os.path.isdir(workdir):  # removed under us by reap_sandbox_processes
-            _shared_mount_point.cache_clear()
-            workdir = _shared_mount_point(owner_pid)
+        workdir = _NAMESPACE_WORKDIR  # exists in the run's mount namespace only
     else:
         workdir = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{owner_pid}-")
         _write_files(workdir, files)
         if uid is not None:
             for path in [workdir] + [os.path.join(workdir, name) for name in files]:
                 os.chown(path, uid, uid)
-    confine = _Confinement(workdir, uid, files if capabilities.namespaces else {},
-                           limits, capabilities.namespaces, hidden_mounts)
+    confine = _Confinement(workdir, uid, files if capabilities.namespaces else {}, limits,
+                           capabilities.namespaces, capabilities.syscall_filter, hidden_mounts)
     streams = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("stdin", "stdout", "stderr")]
     try:
         os.pwrite(streams[0], stdin, 0)
-        start = time.monotonic()
-        process = subprocess.Popen(
-            list(argv), stdin=streams[0], stdout=streams[1], stderr=streams[2], env={},
-            close_fds=True, start_new_session=True, preexec_fn=confine)
-        timed_out = not _wait(process, limits.wall_seconds)
-        wall_seconds = time.monotonic() - start
-        if timed_out:
-            process.kill()
-        process.wait()
-        _kill_leftovers(uid, process.pid)
+        outcome = _supervised(list(argv), streams, confine)
+        if not capabilities.namespaces:  # in a PID namespace the kernel has done this
+            _kill_leftovers(uid, outcome.pop("pid"))
         stdout, stderr = (os.pread(fd, limits.max_file_bytes, 0) for fd in streams[1:])
     finally:
         for fd in streams:
             os.close(fd)
         if not capabilities.namespaces:
             shutil.rmtree(workdir, ignore_errors=True)
-    return dict(returncode=process.returncode, stdout=stdout, stderr=stderr,
-                wall_seconds=wall_seconds, timed_out=timed_out,
+    return dict(returncode=outcome["returncode"], stdout=stdout, stderr=stderr,
+                wall_seconds=outcome["wall_seconds"], timed_out=outcome["timed_out"],
                 isolated=capabilities.isolated and uid is not None)
+
+
+def _supervised(argv: list, streams: list, confine: "_Confinement") -> dict:
+    """Run the program under a forked supervisor; its outcome comes back over a pipe.
+
+    With namespaces the supervisor is the init (PID 1) of a new PID namespace: it
+    enters the other namespaces, mounts the private view, runs the program and
+    reports; when it exits, the kernel kills whatever is left in the namespace
+    before the launcher can reap it. Without, it just runs the program.
+    """
+    report, report_to = os.pipe()
+    lifeline, held = os.pipe()  # its write end closes when the launcher dies
+    if confine.namespaces:
+        # Only our next child enters the new PID namespace; then we return to our own.
+        own = os.open("/proc/self/ns/pid", os.O_RDONLY)
+        try:
+            _check(_libc.unshare(_CLONE_NEWPID), "unshare the PID namespace")
+            supervisor = -1
+            try:
+                supervisor = os.fork()  # the launcher is single-threaded, so forking it is safe
+            finally:
+                if supervisor != 0:  # the launcher, even after a failed fork
+                    _check(_libc.setns(own, _CLONE_NEWPID), "return to our PID namespace")
+        finally:
+            os.close(own)
+    else:
+        supervisor = os.fork()
+    if supervisor == 0:
+        os.close(report)
+        os.close(held)
+        _supervise(argv, streams, confine, lifeline, report_to)
+    os.close(report_to)
+    os.close(lifeline)
+    try:
+        poller = select.poll()
+        poller.register(report, select.POLLIN)
+        # The supervisor enforces the wall-clock limit; this deadline only guards
+        # against one that hangs (its death takes the whole namespace with it).
+        if not poller.poll((confine.limits.wall_seconds + 30) * 1000):
+            os.kill(supervisor, signal.SIGKILL)
+        with os.fdopen(report, "rb", closefd=False) as stream:
+            outcome = _read_frame(stream)
+    finally:
+        os.close(report)
+        os.close(held)
+        os.waitpid(supervisor, 0)
+    if outcome is None:
+        raise RuntimeError("the sandbox supervisor died without a report")
+    status, payload = outcome
+    if status == "error":
+        kind, message = payload
+        raise _ERRORS.get(kind, RuntimeError)(message if kind in _ERRORS else f"{kind}: {message}")
+    return payload
+
+
+def _supervise(argv, streams, confine, lifeline: int, report_to: int):
+    """The supervisor (with namespaces, their init). Never returns."""
+    try:
+        _die_with_parent(lifeline)
+        if confine.namespaces:
+            _check(_libc.unshare(_NAMESPACES & ~_CLONE_NEWPID), "unshare the namespaces")
+            confine.limit_ipc()  # the new IPC namespace's own limits
+            confine.mount_view()
+        outcome = ("ok", _run_program(argv, streams, confine))
+    except BaseException as error:
+        outcome = ("error", (type(error).__name__, str(error)))
+    try:
+        with os.fdopen(report_to, "wb") as stream:
+            _write_frame(stream, outcome)
+    finally:
+        os._exit(0)
+
+
+def _run_program(argv, streams, confine) -> dict:
+    confine.parent_pid = os.getpid()
+    start = time.monotonic()
+    process = subprocess.Popen(
+        argv, stdin=streams[0], stdout=streams[1], stderr=streams[2], env={},
+        close_fds=True, start_new_session=True, preexec_fn=confine)
+    timed_out = not _wait(process, confine.limits.wall_seconds)
+    wall_seconds = time.monotonic() - start
+    if timed_out:
+        process.kill()
+    process.wait()
+    return dict(returncode=process.returncode, wall_seconds=wall_seconds, timed_out=timed_out,
+                pid=process.pid)
+
+
+def _die_with_parent(lifeline: int):
+    """SIGKILL this process when its parent dies, and exit now if it already has:
+    the other end of the pipe `lifeline` is closed. (A pipe, not getppid: a PID
+    namespace's init reads its parent's pid as 0.)"""
+    _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+    poller = select.poll()
+    poller.register(lifeline, select.POLLIN)
+    orphaned = bool(poller.poll(0))  # POLLHUP: no writer left
+    os.close(lifeline)
+    if orphaned:
+        os._exit(1)
 
 
 def reap_sandbox_processes(owner_pid: int, timeout: float = 1.0) -> int:
@@ -272,24 +420,43 @@ def reap_sandbox_processes(owner_pid: int, timeout: float = 1.0) -> int:
 
 
 class _Confinement:
-    """The preexec_fn: runs in the child between fork and exec, as root."""
+    """How a run is confined. `limit_ipc` and `mount_view` run as root in the new
+    namespaces (the supervisor, then the init); the instance itself is the
+    program's preexec_fn, run between fork and exec."""
 
-    def __init__(self, workdir, uid, files, limits, namespaces, hidden_mounts):
+    def __init__(self, workdir, uid, files, limits, namespaces, syscall_filter, hidden_mounts):
         self.workdir, self.uid, self.files, self.limits = workdir, uid, files, limits
-        self.namespaces, self.hidden_mounts = namespaces, hidden_mounts
+        self.namespaces, self.syscall_filter = namespaces, syscall_filter
+        self.hidden_mounts = hidden_mounts
         self.parent_pid = os.getpid()
 
+    def limit_ipc(self):
+        """Cap SysV IPC in the new IPC namespace (its sysctls are its own): shared
+        memory at memory_bytes in all, message queues at 1 MiB."""
+        page = os.sysconf("SC_PAGE_SIZE")
+        for name, value in (("shmmax", self.limits.memory_bytes),
+                            ("shmall", -(-self.limits.memory_bytes // page)),
+                            ("msgmnb", _MESSAGE_QUEUE_BYTES), ("msgmni", _MESSAGE_QUEUES)):
+            with open(f"/proc/sys/kernel/{name}", "w") as sysctl:
+                sysctl.write(str(value))
+
+    def mount_view(self):
+        """The program's file system: everything read-only, hidden directories,
+        an empty /tmp, this PID namespace's own /proc, and a fresh working
+        directory. Runs in the init of the new PID namespace."""
+        _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "make mounts private")
+        for hidden, exposed in self.hidden_mounts:
+            self._hide(hidden, exposed)
+        os.mkdir(self.workdir)
+        _check(_libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None),
+               "mount this PID namespace's /proc")
+        _check(_mount_setattr_readonly(b"/"), "re-mount / read-only")
+        options = (f"size={self.limits.disk_bytes},nr_inodes=4096,mode=0700,"
+                   f"uid={self.uid},gid={self.uid}")
+        _check(_libc.mount(b"tmpfs", self.workdir.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                           options.encode()), "mount the working directory")
+
     def __call__(self):
-        if self.namespaces:
-            _check(_libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET), "unshare")
-            _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "make mounts private")
-            for hidden, exposed in self.hidden_mounts:
-                self._hide(hidden, exposed)
-            _check(_mount_setattr_readonly(b"/"), "re-mount / read-only")
-            options = (f"size={self.limits.disk_bytes},nr_inodes=4096,mode=0700,"
-                       f"uid={self.uid},gid={self.uid}")
-            _check(_libc.mount(b"tmpfs", self.workdir.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
-                               options.encode()), "mount the working directory")
         os.chdir(self.workdir)
         if self.uid is not None:
             os.setgroups([])
@@ -303,6 +470,8 @@ class _Confinement:
             os._exit(1)
         _write_files(".", self.files)
         self._set_limits()
+        if self.syscall_filter:
+            _check(_install_syscall_filter(), "install the seccomp filter")
 
     def _hide(self, hidden: str, exposed: Sequence[str]):
         handles = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in exposed]
@@ -325,9 +494,47 @@ class _Confinement:
                             (resource.RLIMIT_FSIZE, limits.max_file_bytes),
                             (resource.RLIMIT_NOFILE, limits.max_open_files),
                             (resource.RLIMIT_NPROC, processes),
-                            (resource.RLIMIT_CORE, 0)):
+                            (resource.RLIMIT_CORE, 0),
+                            (resource.RLIMIT_MSGQUEUE, 0),  # POSIX message queues: none
+                            (resource.RLIMIT_MEMLOCK, 0)):
             soft, hard = value if isinstance(value, tuple) else (value, value)
             resource.setrlimit(name, (soft, hard))
+
+
+def _install_syscall_filter() -> int:
+    """Install the seccomp filter on this thread and its future children (it
+    needs PR_SET_NO_NEW_PRIVS or root). Returns 0 or -1, as prctl does."""
+    program = _syscall_filter()
+    if program is None:
+        return -1
+    fprog = _SockFprog(len(program) // 8, program)
+    return _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _syscall_filter() -> Optional[bytes]:
+    """The filter, in classic BPF over `struct seccomp_data` (nr at offset 0,
+    arch at 4, the first argument's low word at 16 on these little-endian
+    machines); None on an architecture it does not know."""
+    machine = os.uname().machine
+    if machine not in _SECCOMP_ARCH:
+        return None
+    arch, numbers = _SECCOMP_ARCH[machine]
+    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, errno = 0x7FFF0000, 0x00050000
+
+    def op(code, k, jt=0, jf=0):
+        return struct.pack("<HBBI", code, jt, jf, k)
+
+    program = [op(load, 4), op(jeq, arch, 1, 0), op(ret, errno | _ENOSYS), op(load, 0)]
+    if machine == "x86_64":
+        program += [op(jge, _X32_SYSCALL_BIT, 0, 1), op(ret, errno | _ENOSYS)]
+    for name, number in numbers.items():
+        if name != "socket":
+            program += [op(jeq, number, 0, 1), op(ret, errno | _ENOSYS)]
+    program += [op(jeq, numbers["socket"], 0, 3), op(load, 16), op(jeq, _AF_UNIX, 0, 1),
+                op(ret, errno | _EAFNOSUPPORT), op(ret, allow)]
+    return b"".join(program)
 
 
 def _check(result: int, what: str):
@@ -493,13 +700,6 @@ def _count_processes_of(uid: int) -> int:
     return sum(1 for _, process_uid in _process_uids() if process_uid == uid)
 
 
-@functools.lru_cache(maxsize=None)
-def _shared_mount_point(owner_pid: int) -> str:
-    path = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{owner_pid}-")
-    atexit.register(shutil.rmtree, path, ignore_errors=True)  # on the launcher's way out
-    return path
-
-
 def _glob_workdirs(owner_pid: int) -> list[str]:
     prefix = f"{_WORKDIR_PREFIX}{owner_pid}-"
     root = tempfile.gettempdir()
@@ -510,15 +710,19 @@ def _glob_workdirs(owner_pid: int) -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _hidden_mounts(exposed_paths: tuple[str, ...] | Sequence[str]) -> tuple:
-    """[(ancestor to hide behind a tmpfs, (paths to bind back inside it))].
+def _hidden_mounts(exposed_paths: tuple[str, ...], private_tmp: bool = False) -> tuple:
+    """[(directory to hide behind a tmpfs, (paths to bind back inside it))].
 
-    An exposed path needs help when some ancestor denies "others" the execute
-    (search) bit, e.g. an interpreter under /root (mode 0700).
+    With `private_tmp`, /tmp is one (the exposed paths under it are bound back).
+    An exposed path elsewhere needs help when some ancestor denies "others" the
+    execute (search) bit, e.g. an interpreter under /root (mode 0700).
     """
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[str]] = {_PRIVATE_TMP: []} if private_tmp else {}
     for path in exposed_paths:
         path = os.path.realpath(path)
+        if private_tmp and path.startswith(_PRIVATE_TMP + "/"):
+            groups[_PRIVATE_TMP].append(path)
+            continue
         ancestor = "/"
         for part in path.strip("/").split("/")[:-1]:
             ancestor = os.path.join(ancestor, part)
