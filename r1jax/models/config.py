@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import math
+import numbers
+from typing import Any, Mapping
 
 import jax.numpy as jnp
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 # how attention is computed (`Attention.__call__`); the same weights and numbers either way
 ATTENTION = ("auto", "einsum", "dot_product_attention")
+# the sizes a model is built from; each must be a positive integer (head_dim may be 0: derived)
+SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+         "max_position_embeddings")
+# what config.json calls them, so that an error names the key the user can find in the file
+HF_NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+            "num_kv_heads": "num_key_value_heads"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +64,9 @@ class ModelConfig:
     attention: str = "auto"
 
     def __post_init__(self):
+        check_sizes(vars(self))
         if self.head_dim == 0:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads} "
-                "for grouped-query attention")
         if self.architecture not in ARCHITECTURES.values():
             raise ValueError(f"architecture={self.architecture!r}; expected one of {sorted(ARCHITECTURES.values())}")
         if self.attention not in ATTENTION:
@@ -110,25 +115,34 @@ class ModelConfig:
             raise ValueError(f"unsupported rope_scaling {rope!r}; r1jax implements 'default' and 'llama3'")
         theta = hf.get("rope_theta") or (rope or {}).get("rope_theta") or 10000.0
         eos = hf.get("eos_token_id")
+        if isinstance(eos, list):  # generation may stop at several ids; the model config keeps the first
+            eos = eos[0] if eos else None
+        missing = [key for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                   "num_attention_heads") if hf.get(key) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} missing; each must be a positive integer")
         cfg = dict(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
             intermediate_size=hf["intermediate_size"],
             num_layers=hf["num_hidden_layers"],
             num_heads=hf["num_attention_heads"],
-            num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-            head_dim=hf.get("head_dim") or 0,
-            rope_theta=float(theta),
+            # absent (or null) means one key/value head per query head, and no head_dim means D // H;
+            # a 0 is refused by check_sizes rather than read as absent
+            num_kv_heads=_default(hf.get("num_key_value_heads"), hf["num_attention_heads"]),
+            head_dim=_default(hf.get("head_dim"), 0),
+            rope_theta=_positive_number("rope_theta", theta),
             rope_scaling=scaling,
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rms_norm_eps=_positive_number("rms_norm_eps", hf.get("rms_norm_eps", 1e-6)),
             qkv_bias=bool(hf.get("attention_bias", arch == "qwen2")),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+            max_position_embeddings=hf.get("max_position_embeddings", 4096),
             architecture=arch,
             bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            eos_token_id=eos,
         )
         cfg.update(overrides)
+        check_sizes(cfg, {f: HF_NAMES.get(f, f) for f in cfg if f not in overrides})
         return cls(**cfg)
 
     def to_hf(self) -> dict[str, Any]:
@@ -160,3 +174,54 @@ class ModelConfig:
         if self.rope_scaling is not None:
             hf["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
         return hf
+
+
+def check_sizes(values: Mapping[str, Any], names: Mapping[str, str] | None = None) -> None:
+    """Refuse sizes no model has, before anything is built from them.
+
+    `values` holds the `SIZES` fields (and `bos_token_id`/`eos_token_id`); `names` maps a field
+    to what the message calls it (config.json's `num_hidden_layers` for `num_layers`). Every
+    size must be a positive integer: bools, floats and strings are refused rather than rounded
+    or parsed, since `12.5` or `"64"` in a config means the file is not what it claims to be.
+    """
+    names = names or {}
+
+    def name(field):
+        return names.get(field, field)
+
+    for field in SIZES:
+        value = values[field]
+        if field == "head_dim" and _is_int(value) and value == 0:
+            continue  # 0: hidden_size // num_heads, checked below
+        if not (_is_int(value) and value > 0):
+            raise ValueError(f"{name(field)}={value!r}; expected a positive integer")
+    for field in ("bos_token_id", "eos_token_id"):
+        value = values.get(field)
+        if value is not None and not (_is_int(value) and value >= 0):
+            raise ValueError(f"{name(field)}={value!r}; expected a token id (an integer >= 0) or null")
+    hidden, heads, kv_heads = values["hidden_size"], values["num_heads"], values["num_kv_heads"]
+    head_dim = values["head_dim"]
+    if head_dim == 0 and hidden % heads:
+        raise ValueError(f"{name('hidden_size')}={hidden} is not a multiple of {name('num_heads')}={heads}; "
+                         "each head takes an equal slice of the width (or set head_dim)")
+    head_dim = head_dim or hidden // heads
+    if head_dim % 2:
+        raise ValueError(f"head_dim={head_dim} is odd; rotary embeddings rotate pairs of dimensions")
+    if heads % kv_heads:
+        raise ValueError(f"{name('num_heads')}={heads} is not a multiple of {name('num_kv_heads')}={kv_heads}; "
+                         "grouped-query attention shares each key/value head by a whole group of query heads")
+
+
+def _is_int(value) -> bool:
+    # bool is an int in Python, and numpy ints are not Python ints: numbers.Integral takes both ways
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _default(value, default):
+    return default if value is None else value
+
+
+def _positive_number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}={value!r}; expected a positive number")
+    return float(value)

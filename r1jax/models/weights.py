@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from r1jax.models.config import ModelConfig
+from r1jax.models.config import ModelConfig, check_sizes
 from r1jax.models.transformer import Transformer
 from r1jax.sharding import shard_model, tree_shardings
 from r1jax.tokenizers import Tokenizer, save_tokenizer
@@ -94,17 +94,24 @@ def _dotted(path) -> str:
     return ".".join(str(p) for p in path)
 
 
-def _assemble(cfg: ModelConfig, make_value: Callable, mesh: Mesh | None = None) -> Transformer:
+def _assemble(cfg: ModelConfig, make_value: Callable, mesh: Mesh | None = None, *,
+              hf_shapes: dict[str, tuple] | None = None, source: str = "") -> Transformer:
     """A Transformer whose parameter `name` is `make_value(name, _Tensor, abstract variable, sharding)`.
 
     The module is built abstractly (`nnx.eval_shape`), so no random weights are
     initialised and no second full copy of the model exists during loading. `sharding`
     is the parameter's place on `mesh` (`tree_shardings`), None without a mesh.
+    With `hf_shapes` (HF tensor name -> shape, as a file's header lists them), every tensor is
+    checked before the first value is made, and then the model's size against memory: a
+    checkpoint that does not fit its config, or the machine, is refused before any of it is read.
     """
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
     shardings = {} if mesh is None else dict(nnx.to_flat_state(tree_shardings(abstract_state, mesh)))
     table = _tensor_table(cfg)
+    if hf_shapes is not None:
+        _check_shapes(cfg, table, abstract_state, hf_shapes, source)
+        _check_memory(cfg, source, mesh)
     leaves = []
     for path, variable in nnx.to_flat_state(abstract_state):
         name = _dotted(path)
@@ -113,9 +120,80 @@ def _assemble(cfg: ModelConfig, make_value: Callable, mesh: Mesh | None = None) 
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
+def _check_shapes(cfg: ModelConfig, table: dict[str, _Tensor], abstract_state, hf_shapes: dict[str, tuple],
+                  source: str) -> None:
+    """Every tensor the config needs, present in `hf_shapes` with the shape the config gives it."""
+    for path, variable in nnx.to_flat_state(abstract_state):
+        name = _dotted(path)
+        entry = table[name]
+        if entry.hf_name not in hf_shapes:
+            raise _missing(source, entry.hf_name, name)
+        want = jax.eval_shape(entry.to_hf, jax.ShapeDtypeStruct(variable.shape, variable.dtype)).shape
+        if tuple(hf_shapes[entry.hf_name]) != want:
+            raise _misfit(source, entry.hf_name, hf_shapes[entry.hf_name], name, variable.shape, cfg)
+
+
+def _check_layers(cfg: ModelConfig, hf_names, field: str, source: str) -> None:
+    """Refuse a config with more layers than the weights hold, before anything is sized by it.
+
+    Everything built per layer (the naming table, the abstract module) grows with the config's
+    layer count, not with the file: a `num_hidden_layers` of 1e9 would fill memory with empty
+    layers long before a missing tensor were noticed. Fewer layers than the weights hold loads
+    (the rest are reported as unused), as transformers does.
+    """
+    indices = (name.split(".")[2] for name in hf_names if name.startswith("model.layers."))
+    layers = sorted({int(i) for i in indices if i.isdigit()})
+    if cfg.num_layers > len(layers):
+        held = f" (layers {layers[0]} to {layers[-1]})" if layers else ""
+        raise CheckpointError(f"{source}: {field}={cfg.num_layers} asks for more layers than the weights "
+                              f"hold: {len(layers)}{held}")
+
+
+def _check_memory(cfg: ModelConfig, source: str, mesh: Mesh | None) -> None:
+    """Refuse a model whose parameters alone cannot fit, rather than be killed part way through reading it.
+
+    The estimate is a lower bound, so it refuses only what cannot load: the parameters in
+    `param_dtype`, spread as thinly as `mesh` allows (over its devices on an accelerator; over the
+    processes on CPU, where a host's devices share its memory). Activations, the optimizer and
+    the read buffers come on top.
+    """
+    device = jax.local_devices()[0]
+    if device.platform == "cpu":
+        have, where = _host_memory(), "this host's memory"
+        shares = 1 if mesh is None else jax.process_count()
+    else:
+        have, where = (device.memory_stats() or {}).get("bytes_limit"), f"one {device.device_kind}'s memory"
+        shares = 1 if mesh is None else mesh.size
+    need = cfg.num_params * jnp.dtype(cfg.param_dtype).itemsize // shares
+    if have and need > have:
+        raise CheckpointError(
+            f"{source}: {cfg.num_params:,} parameters {_shape_summary(cfg)} with {cfg.num_layers} layers need at "
+            f"least {_size(need)} in {cfg.param_dtype}, more than the {_size(have)} of {where}; "
+            "load it sharded on a larger mesh (mesh=) or with param_dtype='bfloat16'")
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 2**30:,.1f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:,.1f} MiB"
+
+
+def _host_memory() -> int | None:
+    """Physical memory, or the container's limit if lower (cgroup v2); None if unknown."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+    try:
+        return min(total, int(pathlib.Path("/sys/fs/cgroup/memory.max").read_text()))
+    except (OSError, ValueError):  # no cgroup v2, or "max": no limit
+        return total
+
+
 def model_from_tensors(cfg: ModelConfig, get_tensor: Callable[[str], np.ndarray | None],
-                       source: str) -> Transformer:
-    """Build a Transformer whose parameters come from `get_tensor(hf_name)`, a whole tensor each."""
+                       source: str, hf_shapes: dict[str, tuple] | None = None) -> Transformer:
+    """Build a Transformer whose parameters come from `get_tensor(hf_name)`, a whole tensor each.
+
+    With `hf_shapes` (each tensor's shape, read without the tensor), all are checked first.
+    """
     def make_value(name, entry, variable, _):
         tensor = get_tensor(entry.hf_name)
         if tensor is None:
@@ -128,7 +206,7 @@ def model_from_tensors(cfg: ModelConfig, get_tensor: Callable[[str], np.ndarray 
             raise _misfit(source, entry.hf_name, np.shape(tensor), name, variable.shape, cfg)
         return jnp.asarray(value, dtype=variable.dtype)
 
-    return _assemble(cfg, make_value)
+    return _assemble(cfg, make_value, hf_shapes=hf_shapes, source=source)
 
 
 def _missing(source, hf_name, name) -> CheckpointError:
@@ -189,20 +267,17 @@ def _read_tensor(handle, name, f):
         raise CheckpointError(f"cannot read tensor {name!r} from {f}: {err} (is the file truncated?)") from err
 
 
-def _sharded_model(cfg: ModelConfig, files: dict[str, pathlib.Path], source: str, mesh: Mesh) -> Transformer:
-    """A Transformer whose parameters are global arrays on `mesh`, read from `files` (tensor name ->
-    its file) shard by shard: this process reads only the slices its own devices hold."""
+def _sharded_model(cfg: ModelConfig, header: dict[str, tuple[pathlib.Path, tuple]], source: str,
+                   mesh: Mesh) -> Transformer:
+    """A Transformer whose parameters are global arrays on `mesh`, read from the files of `header`
+    (tensor name -> its file and shape) shard by shard: this process reads only the slices its own
+    devices hold."""
     def make_value(name, entry, variable, sharding):
-        if entry.hf_name not in files:
-            raise _missing(source, entry.hf_name, name)
-        f = files[entry.hf_name]
-        tensor = _safe_open(f, "numpy").get_slice(entry.hf_name)
-        hf_shape = tuple(tensor.get_shape())
-        if hf_shape != jax.eval_shape(entry.to_hf, jax.ShapeDtypeStruct(variable.shape, variable.dtype)).shape:
-            raise _misfit(source, entry.hf_name, hf_shape, name, variable.shape, cfg)
-        return _read_shards(tensor, entry, f, variable, sharding)
+        f = header[entry.hf_name][0]
+        return _read_shards(_safe_open(f, "numpy").get_slice(entry.hf_name), entry, f, variable, sharding)
 
-    return _assemble(cfg, make_value, mesh)
+    hf_shapes = {name: shape for name, (_, shape) in header.items()}
+    return _assemble(cfg, make_value, mesh, hf_shapes=hf_shapes, source=source)
 
 
 def _read_shards(tensor, entry: _Tensor, f: pathlib.Path, variable, sharding: NamedSharding) -> jax.Array:
@@ -225,9 +300,13 @@ def _read_shards(tensor, entry: _Tensor, f: pathlib.Path, variable, sharding: Na
     return jax.make_array_from_callback(variable.shape, sharding, read)
 
 
-def _tensor_files(files: list[pathlib.Path]) -> dict[str, pathlib.Path]:
-    """tensor name -> the file that holds it."""
-    return {name: f for f in files for name in _safe_open(f, "numpy").keys()}
+def _read_header(files: list[pathlib.Path]) -> dict[str, tuple[pathlib.Path, tuple]]:
+    """tensor name -> (the file that holds it, its shape), from the files' headers: no tensor is read."""
+    header = {}
+    for f in files:
+        handle = _safe_open(f, "numpy")
+        header.update({name: (f, tuple(handle.get_slice(name).get_shape())) for name in handle.keys()})
+    return header
 
 
 def load_hf(directory: PathLike, *, mesh: Mesh | None = None, **config_overrides) -> Transformer:
@@ -244,15 +323,30 @@ def load_hf(directory: PathLike, *, mesh: Mesh | None = None, **config_overrides
     config_path = directory / "config.json"
     if not config_path.exists():
         raise CheckpointError(f"{directory} has no config.json; expected a Hugging Face model directory")
-    cfg = ModelConfig.from_hf(json.loads(config_path.read_text()), **config_overrides)
+    cfg = _read_config(config_path, config_overrides)
     files = _safetensors_files(directory)
+    header = _read_header(files)
+    # before anything is sized by the config's layer count; `_assemble` checks the rest
+    _check_layers(cfg, header, "num_hidden_layers", str(config_path))
+    _warn_unused(cfg, header, directory)
     if mesh is not None:
-        tensor_files = _tensor_files(files)
-        _warn_unused(cfg, tensor_files, directory)
-        return _sharded_model(cfg, tensor_files, str(directory), mesh)
+        return _sharded_model(cfg, header, str(directory), mesh)
     tensors = _open_safetensors(files)
-    _warn_unused(cfg, tensors, directory)
-    return model_from_tensors(cfg, lambda name: tensors[name]() if name in tensors else None, str(directory))
+    return model_from_tensors(cfg, lambda name: tensors[name]() if name in tensors else None, str(directory),
+                              hf_shapes={name: shape for name, (_, shape) in header.items()})
+
+
+def _read_config(config_path: pathlib.Path, overrides: dict) -> ModelConfig:
+    try:
+        hf = json.loads(config_path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read {config_path}: {err}") from err
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{config_path} holds a JSON {type(hf).__name__}, not an object")
+    try:
+        return ModelConfig.from_hf(hf, **overrides)
+    except ValueError as err:  # a field's message, to which only the file was missing
+        raise CheckpointError(f"{config_path}: {err}") from err
 
 
 def _warn_unused(cfg: ModelConfig, names, directory: pathlib.Path) -> None:
@@ -366,33 +460,54 @@ def _gguf_field(reader, key, default=None):
     return value.item() if value.size == 1 else value.tolist()
 
 
+# ModelConfig field -> the GGUF metadata key that holds it, so that errors name the key
+_GGUF_KEYS = {
+    "hidden_size": "llama.embedding_length",
+    "intermediate_size": "llama.feed_forward_length",
+    "num_layers": "llama.block_count",
+    "num_heads": "llama.attention.head_count",
+    "num_kv_heads": "llama.attention.head_count_kv",
+    "head_dim": "llama.rope.dimension_count",
+    "max_position_embeddings": "llama.context_length",
+    "bos_token_id": "tokenizer.ggml.bos_token_id",
+    "eos_token_id": "tokenizer.ggml.eos_token_id",
+}
+
+
 def gguf_config(reader, **overrides) -> ModelConfig:
     arch = _gguf_field(reader, "general.architecture")
     if arch != "llama":
         raise CheckpointError(f"GGUF architecture {arch!r} is not supported; r1jax reads 'llama' GGUFs")
-    p = "llama."
-    embed = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    heads = _gguf_field(reader, p + "attention.head_count")
-    hidden = _gguf_field(reader, p + "embedding_length")
-    names = {t.name for t in reader.tensors}
-    cfg = dict(
+    embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if embed is None:
+        raise CheckpointError("GGUF has no token_embd.weight tensor")
+    cfg = {field: _gguf_field(reader, key) for field, key in _GGUF_KEYS.items()}
+    cfg.update(
         vocab_size=int(embed.shape[-1]),
-        hidden_size=hidden,
-        intermediate_size=_gguf_field(reader, p + "feed_forward_length"),
-        num_layers=_gguf_field(reader, p + "block_count"),
-        num_heads=heads,
-        num_kv_heads=_gguf_field(reader, p + "attention.head_count_kv", heads),
-        head_dim=_gguf_field(reader, p + "rope.dimension_count", hidden // heads),
-        rope_theta=float(_gguf_field(reader, p + "rope.freq_base", 10000.0)),
-        rms_norm_eps=float(_gguf_field(reader, p + "attention.layer_norm_rms_epsilon", 1e-5)),
-        tie_embeddings="output.weight" not in names,
-        max_position_embeddings=_gguf_field(reader, p + "context_length", 2048),
+        num_kv_heads=_gguf_field(reader, _GGUF_KEYS["num_kv_heads"], cfg["num_heads"]),
+        head_dim=_gguf_field(reader, _GGUF_KEYS["head_dim"], 0),  # 0: hidden_size // num_heads
+        rope_theta=float(_gguf_field(reader, "llama.rope.freq_base", 10000.0)),
+        rms_norm_eps=float(_gguf_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        tie_embeddings="output.weight" not in {t.name for t in reader.tensors},
+        max_position_embeddings=_gguf_field(reader, _GGUF_KEYS["max_position_embeddings"], 2048),
         architecture="llama",
-        bos_token_id=_gguf_field(reader, "tokenizer.ggml.bos_token_id"),
-        eos_token_id=_gguf_field(reader, "tokenizer.ggml.eos_token_id"),
     )
     cfg.update(overrides)
+    check_sizes(cfg, {field: key for field, key in _GGUF_KEYS.items() if field not in overrides})
     return ModelConfig(**cfg)
+
+
+def _hf_name(gguf_name: str) -> str | None:
+    """The inverse of `_gguf_name`; None for tensors r1jax does not read."""
+    top = {g: hf for hf, g in _GGUF_NAMES.items()}
+    per_layer = {g: hf for hf, g in _GGUF_LAYER_NAMES.items()}
+    if gguf_name in top:
+        return top[gguf_name]
+    blk, _, rest = gguf_name.partition(".")
+    layer, _, rest = rest.partition(".")
+    if blk == "blk" and rest in per_layer:
+        return f"model.layers.{layer}.{per_layer[rest]}"
+    return None
 
 
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -416,8 +531,15 @@ def load_gguf(path: PathLike, **config_overrides) -> Transformer:
         reader = gguf.GGUFReader(str(path))
     except Exception as err:
         raise CheckpointError(f"cannot read GGUF {path}: {err} (is the file truncated?)") from err
-    cfg = gguf_config(reader, **config_overrides)
+    try:
+        cfg = gguf_config(reader, **config_overrides)
+    except ValueError as err:  # a field's message, to which only the file was missing
+        raise CheckpointError(f"{path}: {err}") from err
     by_name = {t.name: t for t in reader.tensors}
+    # ggml lists dims fastest-first
+    hf_shapes = {_hf_name(t.name): tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
+    hf_shapes.pop(None, None)
+    _check_layers(cfg, hf_shapes, _GGUF_KEYS["num_layers"], str(path))
 
     def get(hf_name):
         tensor = by_name.get(_gguf_name(hf_name))
@@ -431,7 +553,7 @@ def load_gguf(path: PathLike, **config_overrides) -> Transformer:
             w = _unpermute(w, cfg.num_kv_heads)
         return w
 
-    return model_from_tensors(cfg, get, str(path))
+    return model_from_tensors(cfg, get, str(path), hf_shapes=hf_shapes)
 
 
 def from_pretrained(path: PathLike, *, mesh: Mesh | None = None, **config_overrides) -> Transformer:
