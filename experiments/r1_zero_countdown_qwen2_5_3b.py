@@ -6,7 +6,7 @@ GRPO straight on the base model with the R1-Zero template and rule rewards (the 
 equation, the think/answer format). Hyperparameters follow TinyZero (Jiayi Pan et al.,
 2025: veRL on Qwen2.5-3B): actor learning rate 1e-6, KL coefficient 0.001, 1,024 response
 tokens, 256 prompts per step; 8 generations per prompt here (the GRPO group). On 8 chips
-set `--config.mesh.fsdp=8` (or data=2,fsdp=4); bfloat16 compute, float32 master weights.
+set `--config.mesh="{'fsdp': 8}"` (or {'data': 2, 'fsdp': 4}); bfloat16 compute, float32 master weights.
 `--config.runlocal=True` shrinks everything to a one-minute CPU smoke run of any small
 Llama/Qwen2 checkpoint.
 """
@@ -17,6 +17,7 @@ from ml_collections.config_dict import placeholder
 
 from r1jax import pipelines
 from r1jax.pipelines import cli
+from r1jax.pipelines.settings import reward_weights
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -36,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
                   epsilon_low=0.2, epsilon_high=placeholder(float), loss_type="grpo",
                   importance_sampling_level="token", advantage_scale="group", num_iterations=1, num_minibatches=2,
                   steps=300, learning_rate=1e-6, warmup_steps=0, save_every=25, eval_every=50)
-    c.rewards = dict(countdown=1.0, format=0.1)
+    c.rewards = reward_weights(countdown=1.0, format=0.1)  # the others: 0, not used
     c.reward_workers = 8
     c.eval = dict(split="test", num_prompts=500, num_samples=8, temperature=0.6, top_p=0.95,
                   max_new_tokens=1024, scores={"format_reward": "format"})

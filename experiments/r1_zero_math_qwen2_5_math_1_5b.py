@@ -19,6 +19,7 @@ from ml_collections.config_dict import placeholder
 
 from r1jax import pipelines
 from r1jax.pipelines import cli
+from r1jax.pipelines.settings import reward_weights
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -38,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
                   epsilon_low=0.2, epsilon_high=placeholder(float), loss_type="dr_grpo",
                   importance_sampling_level="token", advantage_scale="none", num_iterations=1, num_minibatches=1,
                   steps=400, learning_rate=1e-6, warmup_steps=0, save_every=25, eval_every=50)
-    c.rewards = dict(accuracy=1.0)
+    c.rewards = reward_weights(accuracy=1.0)  # the others: 0, not used
     c.reward_workers = 8
     c.eval = dict(split="test", num_prompts=500, num_samples=8, temperature=0.6, top_p=0.95,
                   max_new_tokens=3000, scores={"format_reward": "format"})

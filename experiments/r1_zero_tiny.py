@@ -10,7 +10,8 @@
 
 Every stage is restartable: rerun the same command to resume where it stopped.
 Override any config field on the command line, e.g. `--config.grpo.steps=20`,
-`--config.workdir=/tmp/run`; an unknown field is an error that names it.
+`--config.workdir=/tmp/run`; an unknown field is an error that names it. The rewards section
+lists every registered reward, 0 meaning not used: `--config.rewards.language=0.5` adds one.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import ml_collections
 
 from r1jax import pipelines
 from r1jax.pipelines import cli
+from r1jax.pipelines.settings import reward_weights
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -40,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
                   temperature=1.0, top_p=1.0, beta=0.04, epsilon_low=0.2, loss_type="grpo",
                   num_iterations=1, num_minibatches=1, learning_rate=1e-4, warmup_steps=5,
                   save_every=10, eval_every=0)
-    c.rewards = dict(arithmetic=1.0, format=1.0)
+    c.rewards = reward_weights(arithmetic=1.0, format=1.0)  # the others: 0, not used
     c.reward_workers = 1
     c.eval = dict(num_prompts=30, num_samples=8, temperature=0.6, top_p=0.95)
     return c

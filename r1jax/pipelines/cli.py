@@ -1,10 +1,11 @@
 """The command-line entry of the experiment modules: `python -m experiments.<name> --config.x=y`."""
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 import ml_collections
 from absl import app, flags
@@ -12,6 +13,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from r1jax import distributed
+from r1jax.pipelines.settings import ConfigError
 
 Shrink = Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
 
@@ -23,9 +25,31 @@ def _runlocal_requested(argv) -> bool:
     return False
 
 
+def unknown_override(config: ml_collections.ConfigDict, argv: Sequence[str]) -> str | None:
+    """What is wrong with the first `--config.<a.b.c>=...` of `argv` that names no field of `config`
+    (None: they all do). ml_collections would stop on it with a traceback instead."""
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        section, where = config, "config"
+        for name in arg[len("--config."):].split("=", 1)[0].split("."):
+            if not isinstance(section, ml_collections.ConfigDict):
+                return f"{where} is a value, not a section: it has no field {name!r}"
+            if name not in section:
+                fields = sorted(section.keys())
+                close = difflib.get_close_matches(name, fields, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                return f"{where} has no field {name!r}{hint}; its fields are {', '.join(fields)}"
+            section, where = section[name], f"{where}.{name}"
+    return None
+
+
 def run(pipeline: Callable[..., dict], config: ml_collections.ConfigDict, runlocal: Shrink | None = None) -> None:
     """Parse `--config.<field>=<value>` overrides of `config` (an unknown field is an error that
     names it), run `pipeline(config)` and print what it returns as JSON.
+
+    A bad config (an unknown field, a `ConfigError` that the pipeline raises before it starts
+    working) ends the command with one line, `error: ...`, and exit status 2.
 
     Several hosts: run the same command on every host. `--coordinator_address=HOST:PORT
     --num_processes=N --process_id=I` join them (needed off a cluster, e.g. several processes
@@ -39,8 +63,12 @@ def run(pipeline: Callable[..., dict], config: ml_collections.ConfigDict, runloc
     """
     if "runlocal" in config and _runlocal_requested(sys.argv[1:]):
         if runlocal is None:
-            raise app.UsageError("this experiment has no runlocal setting")
+            sys.exit("error: this experiment has no runlocal setting")
         config = runlocal(config)
+    problem = unknown_override(config, sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     config_flag = config_flags.DEFINE_config_dict("config", config, lock_config=True)
     join = launch_flags()
 
@@ -48,7 +76,11 @@ def run(pipeline: Callable[..., dict], config: ml_collections.ConfigDict, runloc
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.<field>=<value>")
         join()
-        result = pipeline(config_flag.value)
+        try:
+            result = pipeline(config_flag.value)
+        except ConfigError as error:  # raised before any work: the message says what to change
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
         if distributed.is_primary():
             print(json.dumps(result, indent=2))
 

@@ -32,7 +32,8 @@ from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
 from r1jax.models import from_pretrained
 from r1jax.pipelines import stages
-from r1jax.pipelines.settings import EvalSettings, TrainSettings, settings_from
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, TrainSettings, config_section, make_workdir,
+                                     settings_from)
 from r1jax.rollout import PromptRenderer, check_template
 from r1jax.sharding import make_mesh
 from r1jax.tasks import task_from_config
@@ -56,10 +57,13 @@ class TeacherSettings:
 
     def __post_init__(self):
         if not self.init or not pathlib.Path(self.init).exists():
-            raise ValueError(f"config.teacher.init={self.init!r}: name the teacher checkpoint, an existing HF "
-                             "directory or .gguf file")
+            raise ValueError(f"init={self.init!r}: name the teacher checkpoint, an existing HF directory or .gguf "
+                             "file (--config.teacher.init=PATH)")
         if self.keep not in KEEP:
-            raise ValueError(f"config.teacher.keep={self.keep!r}; choose one of {KEEP}")
+            raise ValueError(f"keep={self.keep!r}; choose one of {KEEP}")
+        if self.num_samples < 1 or self.max_new_tokens < 1 or self.max_prompt_length < 1 or self.max_prompts < 0:
+            raise ValueError(f"need num_samples, max_new_tokens, max_prompt_length >= 1 and max_prompts >= 0; "
+                             f"got {self}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,21 +72,28 @@ class SFTBatches:
     max_length: int = 1024
     packing: bool = False
 
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_length < 2:
+            raise ValueError(f"need batch_size >= 1 and max_length >= 2; got {self}")
+
 
 def distill(config) -> dict:
     """Run (or resume) the recipe; returns and writes the summary."""
     workdir = pathlib.Path(config.workdir)
     init = pathlib.Path(config.init) if config.init else None
     if init is None or not init.exists():
-        raise ValueError(f"config.init={config.init!r}: name the student checkpoint (--config.init=PATH)")
+        raise ConfigError(f"config.init={config.init!r}: name the student checkpoint (--config.init=PATH)")
     teacher_section = dict(config.teacher)
     if not teacher_section.get("init") and config.get("runlocal"):  # a smoke run: the student is its own teacher
         teacher_section["init"] = str(init)
     teacher = settings_from(teacher_section, TeacherSettings, where="teacher")
     train_settings, batches = settings_from(config.sft, TrainSettings, SFTBatches, where="sft")
     eval_settings = settings_from(config.eval, EvalSettings, where="eval")
-    task = task_from_config(config.task)
-    check_template(config.template, config.system_prompt)
+    with config_section("task"):
+        task = task_from_config(config.task)
+    with config_section("template"):
+        check_template(config.template, config.system_prompt)
+    make_workdir(workdir)  # before the task's data is prepared in it
     started = time.perf_counter()
     data_dir = pathlib.Path(config.data_dir) if config.data_dir else workdir / "data"
     mesh = make_mesh(dict(config.mesh))
@@ -94,7 +105,6 @@ def distill(config) -> dict:
     train = train[:teacher.max_prompts] if teacher.max_prompts else train
     test = list(task.load(eval_settings.split, data_dir=data_dir))
     eval_examples = test[:eval_settings.num_prompts] if eval_settings.num_prompts else test
-    workdir.mkdir(parents=True, exist_ok=True)
 
     # -- the teacher's traces ---------------------------------------------------------------------
     traces_dir = workdir / "traces"

@@ -38,7 +38,8 @@ from r1jax.metrics import summary_table
 from r1jax.models import from_pretrained
 from r1jax.models.reward_model import RewardModel
 from r1jax.pipelines import stages, stand_in
-from r1jax.pipelines.settings import EvalSettings, TrainSettings, settings_from
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, TrainSettings, config_section, make_workdir,
+                                     settings_from, training_settings)
 from r1jax.rewards import OutputFormat, get_reward
 from r1jax.rollout import PromptRenderer, rollout
 from r1jax.sharding import make_mesh
@@ -92,17 +93,33 @@ def _annotated_pairs(examples, count: int, config, renderer, task) -> list[tuple
             for prompt, completion in stand_in.corpus_pairs(chosen, rng, style, renderer, task)]
 
 
+def _check_training_sections(config) -> None:
+    """The optimisation of every stage that does not train with `config.rl`, checked before the first
+    stage starts (SFT and the reward model train on a cosine schedule)."""
+    if not config.init:
+        stand_in.check_pretrain(config.pretrain)
+    for where in ("cold_start", "sft", "reward_model"):
+        training_settings(config[where], where=where)
+    # the distillation's steps follow from the student RL run's compute: known only then
+    st = config.student
+    if not 0 < st.distill_learning_rate < float("inf") or st.distill_warmup_steps < 0 or st.distill_batch_size < 1:
+        raise ConfigError(f"config.student: need a finite positive distill_learning_rate, distill_warmup_steps >= 0 "
+                          f"and distill_batch_size >= 1; got {st.distill_learning_rate}, {st.distill_warmup_steps}, "
+                          f"{st.distill_batch_size}")
+
+
 def r1_pipeline(config) -> dict:
     """Run (or resume) every stage; returns and writes the findings."""
     lam = config.language_weight
-    task = task_from_config({"seed": config.seed, **dict(config.task)})
+    with config_section("task"):
+        task = task_from_config({"seed": config.seed, **dict(config.task)})
     accuracy = task.accuracy_reward
     for name in (accuracy, "format", "r1_format", "language"):
         get_reward(name)
     rl_settings, rl_train = settings_from(config.rl, GRPOSettings, TrainSettings, where="rl", template=config.template)
     eval_settings = settings_from(config.eval, EvalSettings, where="eval", scores=EVAL_SCORES)
-    workdir = pathlib.Path(config.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    _check_training_sections(config)
+    workdir = make_workdir(config.workdir)
     started = time.perf_counter()
     mesh = make_mesh(dict(config.mesh))
     if config.init:  # a real checkpoint: its own tokenizer, the task's own splits

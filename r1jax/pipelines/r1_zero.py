@@ -13,7 +13,7 @@ The config (see `experiments/grpo_smollm2.py`):
   task           {"name": <registered task>, **its options}; data_dir ("" = workdir/data)
   grpo           `GRPOSettings` fields (template, system_prompt, loss options ...) and
                  `TrainSettings` fields (steps, learning_rate, warmup_steps, ...)
-  rewards        {registered reward: weight}; reward_workers
+  rewards        {registered reward: weight}, 0 meaning not used (`settings.reward_weights`); reward_workers
   eval           `EvalSettings` of the held-out evaluation
   mesh           the training mesh ({"data": -1}, {"fsdp": -1}, ...: `r1jax.sharding.make_mesh`)
   sampler_mesh   optional: the mesh of rollouts and evaluations (e.g. {"tensor": 2, "data": -1});
@@ -33,7 +33,8 @@ from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
 from r1jax.models import from_pretrained
 from r1jax.pipelines import stages
-from r1jax.pipelines.settings import EvalSettings, TrainSettings, check_rewards, settings_from
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, TrainSettings, check_rewards,
+                                     config_section, make_workdir, settings_from)
 from r1jax.rollout import PromptRenderer
 from r1jax.sharding import make_mesh, reshard
 from r1jax.tasks import task_from_config
@@ -44,17 +45,18 @@ log = logging.getLogger(__name__)
 
 
 class RunSettings:
-    """Everything `r1_zero` reads from a config, checked before any file is written."""
+    """Everything `r1_zero` reads from a config, checked before any file is written (a `ConfigError`)."""
 
     def __init__(self, config, *, init_exists: bool = True):
         self.workdir = pathlib.Path(config.workdir)
         self.init = pathlib.Path(config.init) if config.init else None
         if self.init is None or (init_exists and not self.init.exists()):
-            raise ValueError(f"config.init={config.init!r}: name the starting checkpoint, an existing Hugging Face "
-                             "model directory or .gguf file (--config.init=PATH)")
+            raise ConfigError(f"config.init={config.init!r}: name the starting checkpoint, an existing Hugging Face "
+                              "model directory or .gguf file (--config.init=PATH)")
         self.tokenizer_path = pathlib.Path(config.tokenizer) if config.tokenizer else self.init
         self.model_overrides = dict(config.model)
-        self.task = task_from_config(config.task)
+        with config_section("task"):
+            self.task = task_from_config(config.task)
         self.data_dir = pathlib.Path(config.data_dir) if config.data_dir else self.workdir / "data"
         self.grpo, self.train = settings_from(config.grpo, GRPOSettings, TrainSettings, where="grpo")
         self.rewards = check_rewards(config.rewards)
@@ -69,7 +71,7 @@ def r1_zero(config, *, started: float | None = None) -> dict:
     run = RunSettings(config)
     started = time.perf_counter() if started is None else started
     tokenizer = load_tokenizer(run.tokenizer_path)
-    run.workdir.mkdir(parents=True, exist_ok=True)
+    make_workdir(run.workdir)
     mesh = make_mesh(run.mesh)
     sampler_mesh = make_mesh(run.sampler_mesh) if run.sampler_mesh else mesh
     train = list(run.task.load("train", data_dir=run.data_dir))

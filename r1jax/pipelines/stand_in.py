@@ -24,6 +24,7 @@ from r1jax.distributed import primary_first
 from r1jax.models import ModelConfig, Transformer
 from r1jax.pipelines import stages
 from r1jax.pipelines.r1_zero import RunSettings, r1_zero
+from r1jax.pipelines.settings import config_section, make_workdir, training_settings
 from r1jax.rollout import PromptRenderer
 from r1jax.sharding import make_mesh
 from r1jax.tasks import Task
@@ -34,6 +35,13 @@ def corpus_style(pretrain) -> CorpusStyle:
     """The `CorpusStyle` named by a config's pretrain section (fields it lacks keep their defaults)."""
     fields = {f.name for f in dataclasses.fields(CorpusStyle)}
     return CorpusStyle(**{f: pretrain[f] for f in fields if f in pretrain})
+
+
+def check_pretrain(pretrain) -> None:
+    """The pretrain section (optimisation, batch and corpus), checked before anything is written."""
+    training_settings(pretrain, where="pretrain")  # `pretrain_stage` trains on sft_stage's cosine schedule
+    with config_section("pretrain"):
+        corpus_style(pretrain)
 
 
 def tokenizer_stage(path: pathlib.Path, texts: Callable[[], list[str]], *, vocab_size: int,
@@ -128,7 +136,8 @@ def r1_zero_tiny(config) -> dict:
     workdir = pathlib.Path(config.workdir)
     generic = generic_config(config, workdir / "base" / "model", workdir / "tokenizer.model")
     run = RunSettings(generic, init_exists=False)  # every RL setting is checked before pretraining starts
-    workdir.mkdir(parents=True, exist_ok=True)
+    check_pretrain(config.pretrain)
+    make_workdir(workdir)
     if prepare_base(config, workdir, make_mesh(run.mesh), run.task) is None:
         return {"stopped": "pretrain"}
     return r1_zero(generic, started=started)

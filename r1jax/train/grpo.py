@@ -68,6 +68,19 @@ class GRPOSettings:
         if self.num_generations < 2:
             raise ValueError(f"num_generations={self.num_generations}: GRPO compares completions within a group, "
                              "so every advantage would be 0; use 2 or more")
+        counts = {name: getattr(self, name) for name in ("prompts_per_step", "max_prompt_length", "max_new_tokens",
+                                                         "num_iterations", "num_minibatches")}
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"{name}={value}: use 1 or more")
+        if (self.prompts_per_step * self.num_generations) % self.num_minibatches:
+            raise ValueError(f"num_minibatches={self.num_minibatches} does not divide the rollout's "
+                             f"prompts_per_step x num_generations = {self.prompts_per_step * self.num_generations} "
+                             "rows; choose a divisor")
+        if self.beta < 0 or self.epsilon_low < 0 or not 0 < self.top_p <= 1 or self.temperature < 0:
+            raise ValueError(f"need beta >= 0, epsilon_low >= 0, 0 < top_p <= 1 and temperature >= 0; got "
+                             f"beta={self.beta}, epsilon_low={self.epsilon_low}, top_p={self.top_p}, "
+                             f"temperature={self.temperature}")
 
 
 # judge(prompts, completions, examples) -> float [N], NaN where it cannot judge

@@ -44,17 +44,32 @@ class TrainState(struct.PyTreeNode):
         return nnx.merge(self.graphdef, self.params if params is None else params)
 
 
+def check_schedule(learning_rate: float, warmup_steps: int, total_steps: int, schedule: str = "cosine"):
+    """Refuse a schedule that cannot train: raises ValueError naming the argument to change.
+
+    A NaN, infinite or non-positive rate would train (and export) a NaN model, and a warmup
+    as long as the run never reaches the peak rate (cosine: never starts to decay).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}; use one of {SCHEDULES}")
+    if not 0 < learning_rate < float("inf"):  # False for NaN too
+        raise ValueError(f"learning_rate={learning_rate}: use a finite positive number")
+    if warmup_steps < 0 or total_steps < 1:
+        raise ValueError(f"need warmup_steps >= 0 and steps >= 1, got warmup_steps={warmup_steps}, "
+                         f"steps={total_steps}")
+    if schedule == "cosine" and warmup_steps >= total_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} leaves no room for the cosine decay over "
+                         f"steps={total_steps}; lower warmup_steps or raise steps")
+    if warmup_steps > total_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} is longer than the run (steps={total_steps}), which would "
+                         "end before reaching its learning rate; lower warmup_steps or raise steps")
+
+
 def make_schedule(learning_rate: float, warmup_steps: int, total_steps: int,
                   schedule: str = "cosine") -> optax.Schedule:
     """Linear warmup from 0 over `warmup_steps`, then cosine decay to 0 at `total_steps`, or constant."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r}; use one of {SCHEDULES}")
-    if warmup_steps < 0 or total_steps < 1:
-        raise ValueError(f"need warmup_steps >= 0 and total_steps >= 1, got {warmup_steps}, {total_steps}")
+    check_schedule(learning_rate, warmup_steps, total_steps, schedule)
     if schedule == "cosine":
-        if warmup_steps >= total_steps:
-            raise ValueError(f"warmup_steps={warmup_steps} leaves no room for the cosine decay over "
-                             f"total_steps={total_steps}; lower warmup_steps or use schedule='constant'")
         return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, total_steps, 0.0)
     if warmup_steps == 0:
         return optax.constant_schedule(learning_rate)

@@ -1,0 +1,170 @@
+"""A bad config is refused before any work starts, in seconds, naming the field, and leaving the workdir as it was.
+
+Each case runs a recipe's real entry point on an experiment module's config: in process
+(`pipelines.r1_zero_tiny(config)` ...) where that is the same code path, and as the command
+`python -m experiments.<name> --config...` where the command line itself is under test.
+Every workdir already holds a file, and must hold exactly that afterwards.
+"""
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+import experiments.distill_qwen2_5_1_5b as distill_experiment
+import experiments.grpo_smollm2 as smollm2_experiment
+import experiments.r1_pipeline_tiny as pipeline_experiment
+import experiments.r1_zero_tiny as zero_experiment
+from r1jax import pipelines
+from r1jax.pipelines.r1_zero import RunSettings
+from r1jax.pipelines.settings import ConfigError
+from r1jax.pipelines.stand_in import generic_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SECONDS = 5.0  # the checks are pure Python: a refusal after this long did work first
+
+
+def _config(name: str, workdir: pathlib.Path, **fields):
+    """The config of `experiments.<name>` (its smoke setting where it has one) with `fields` set
+    ("grpo.loss_type": ...), as `--config.<field>=<value>` would set them."""
+    if name == "r1_zero_tiny":
+        config = zero_experiment.get_config()
+    elif name == "r1_pipeline_tiny":
+        config = pipeline_experiment.get_config()
+    else:
+        module = {"grpo_smollm2": smollm2_experiment, "distill": distill_experiment}[name]
+        config = module.runlocal(module.get_config())
+        # any existing path passes the checks, which all come before the checkpoint is read
+        config.init = str(workdir.parent)
+    config.workdir = str(workdir)
+    for dotted, value in fields.items():
+        *parents, leaf = dotted.split(".")
+        section = config
+        for parent in parents:
+            section = section[parent]
+        section[leaf] = value
+    return config
+
+
+PIPELINES = {"r1_zero_tiny": pipelines.r1_zero_tiny, "r1_pipeline_tiny": pipelines.r1_pipeline,
+             "grpo_smollm2": pipelines.r1_zero, "distill": pipelines.distill}
+
+
+def _snapshot(directory: pathlib.Path) -> dict:
+    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+            for p in sorted(directory.rglob("*"))}
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """An existing workdir with a file in it."""
+    path = tmp_path / "run"
+    path.mkdir()
+    (path / "notes.txt").write_text("mine")
+    return path
+
+
+def _refused(name: str, workdir: pathlib.Path, match: str, **fields) -> str:
+    """Run experiment `name` with `fields`; assert a quick ConfigError matching `match` and an untouched workdir."""
+    config = _config(name, workdir, **fields)
+    before = _snapshot(workdir.parent)
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=match) as error:
+        PIPELINES[name](config)
+    assert time.perf_counter() - started < SECONDS
+    assert _snapshot(workdir.parent) == before
+    return str(error.value)
+
+
+@pytest.mark.parametrize("name,field,value", [
+    ("r1_zero_tiny", "pretrain.learning_rate", float("nan")),
+    ("r1_zero_tiny", "grpo.learning_rate", float("inf")),
+    ("r1_pipeline_tiny", "pretrain.learning_rate", -1e-3),
+    ("r1_pipeline_tiny", "rl.learning_rate", float("nan")),
+    ("r1_pipeline_tiny", "cold_start.learning_rate", float("nan")),
+    ("r1_pipeline_tiny", "sft.learning_rate", float("nan")),
+    ("r1_pipeline_tiny", "reward_model.learning_rate", 0.0),
+    ("r1_pipeline_tiny", "student.distill_learning_rate", float("nan")),
+    ("grpo_smollm2", "grpo.learning_rate", float("nan")),
+    ("distill", "sft.learning_rate", float("nan")),
+])
+def test_a_nan_or_non_positive_learning_rate_is_refused_in_every_section(workdir, name, field, value):
+    section, leaf = field.split(".")
+    message = _refused(name, workdir, f"config.{section}", **{field: value})
+    assert leaf in message
+
+
+@pytest.mark.parametrize("name,section", [("r1_zero_tiny", "grpo"), ("r1_pipeline_tiny", "rl"),
+                                          ("grpo_smollm2", "grpo")])
+def test_one_generation_per_prompt_is_refused(workdir, name, section):
+    _refused(name, workdir, f"config.{section}: num_generations=1: .*use 2 or more", **{f"{section}.num_generations": 1})
+
+
+@pytest.mark.parametrize("name,section", [("r1_zero_tiny", "grpo"), ("r1_pipeline_tiny", "rl"),
+                                          ("grpo_smollm2", "grpo")])
+def test_an_unknown_loss_type_is_refused_before_pretraining(workdir, name, section):
+    _refused(name, workdir, f"config.{section}: loss_type='bogus'; choose one of", **{f"{section}.loss_type": "bogus"})
+
+
+@pytest.mark.parametrize("name,field", [("r1_zero_tiny", "pretrain.steps"), ("r1_pipeline_tiny", "pretrain.steps"),
+                                        ("r1_pipeline_tiny", "sft.steps"), ("r1_zero_tiny", "grpo.steps")])
+def test_a_budget_shorter_than_its_warmup_is_refused(workdir, name, field):
+    section = field.split(".")[0]
+    _refused(name, workdir, f"config.{section}: warmup_steps=.*lower warmup_steps or raise steps",
+             **{field: 1, f"{section}.warmup_steps": 5})
+
+
+@pytest.mark.parametrize("name", ["r1_zero_tiny", "r1_pipeline_tiny", "distill"])
+def test_a_workdir_that_cannot_be_created_is_refused(tmp_path, name):
+    (tmp_path / "a_file").write_text("mine")
+    before = _snapshot(tmp_path)
+    config = _config(name, tmp_path / "a_file" / "run")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="config.workdir=.*cannot be created.*--config.workdir=PATH"):
+        PIPELINES[name](config)
+    assert time.perf_counter() - started < SECONDS
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_registered_reward_is_switched_on_by_its_weight(workdir):
+    config = _config("r1_zero_tiny", workdir)
+    config.lock()  # as on the command line: only fields that are there can be set
+    config.rewards.language = 0.5
+    run = RunSettings(generic_config(config, workdir / "base", workdir / "tokenizer.model"), init_exists=False)
+    assert run.rewards == {"arithmetic": 1.0, "format": 1.0, "language": 0.5}  # weight 0: not used
+
+
+def _command(*flags, workdir):
+    before = _snapshot(workdir)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "experiments.r1_zero_tiny", f"--config.workdir={workdir}", *flags],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    print(f"{flags}: {time.perf_counter() - started:.1f}s")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert _snapshot(workdir) == before
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: config."), result.stderr[-3000:]
+    return lines[-1]
+
+
+def test_the_command_line_adds_a_registered_reward_by_name(workdir):
+    # a NaN weight gets through the flags to the recipe's check: the field is there to set
+    line = _command("--config.rewards.language=nan", workdir=workdir)
+    assert line == "error: config.rewards: language=nan: use a finite weight (0: not used)"
+
+
+def test_the_command_line_names_an_unknown_reward_and_the_registered_ones(workdir):
+    line = _command("--config.rewards.acuracy=1.0", workdir=workdir)
+    assert "config.rewards has no field 'acuracy' (did you mean 'accuracy'?)" in line
+    for registered in ("accuracy", "arithmetic", "format", "language"):
+        assert registered in line
+
+
+def test_the_command_line_shows_a_refusal_as_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("mine")
+    line = _command("--config.grpo.loss_type=bogus", workdir=tmp_path)
+    assert line.startswith("error: config.grpo: loss_type='bogus'")
+    line = _command(f"--config.workdir={tmp_path / 'a_file' / 'run'}", workdir=tmp_path)
+    assert "config.workdir=" in line and "cannot be created" in line
