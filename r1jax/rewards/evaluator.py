@@ -71,8 +71,9 @@ class RewardEvaluator:
     """Weighted rule-based rewards, scored in a pool of worker processes.
 
     weights: reward name (see `list_rewards()`) -> weight in the total.
-    num_workers: worker processes; 0 scores in the calling thread without
-      timeouts (for debugging).
+    num_workers: worker processes; 0 scores in a background thread of this
+      process without these timeouts (for debugging; the math reward still
+      bounds itself, see rewards/math.py).
     timeout: seconds per reward call, or a mapping name -> seconds (names left
       out get 10 s). Sandboxed code rewards need room for all their tests.
     reward_kwargs: name -> keyword arguments bound to that reward function,

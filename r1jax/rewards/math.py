@@ -18,6 +18,26 @@ A gold answer that cannot be parsed (math-verify finds no expression in it, or i
 is empty) gives None: the sample cannot be judged and is left out of the
 advantage. Giving it 1.0 (or 0.0) would reward (or punish) the model for a data
 bug; the first is a known open-r1 bug.
+
+Time bound. sympy can spend forever on an answer like `9^{9^{9^{9}}}`, in C
+code that holds the GIL, so only a signal (main thread only) or killing a
+process stops it. Hence:
+
+  * on the main thread (a script, an evaluator worker process) each math-verify
+    step (parsing the gold, parsing the answer, comparing) is cut off after
+    MATH_VERIFY_TIMEOUT_SECONDS by math-verify's own SIGALRM timeout. Python
+    handles the signal between C operations, so the integer operation under
+    way when it fires can overrun the limit (under a second in our tests); in
+    the evaluator, killing the worker past its timeout is the hard bound;
+  * on any other thread math-verify runs in a helper process of that thread's
+    own, killed after MATH_VERIFY_TIMEOUT_SECONDS for the whole comparison.
+    The helper starts with the thread's first such comparison (a second or two
+    for a process's first one) and costs a pipe round trip per comparison
+    after that. Like the evaluator's workers, it needs a script's entry point
+    under `if __name__ == "__main__":`.
+
+An answer that runs out of time scores 0.0, like any other wrong answer; the
+verdict is cached, so a repeated pathological answer costs the time once.
 """
 from __future__ import annotations
 
@@ -29,14 +49,16 @@ from fractions import Fraction
 from typing import Optional
 
 from r1jax.rewards.extraction import extract_final_answer
+from r1jax.rewards.pool import NONE, OK, TIMEOUT, WorkerPool
 from r1jax.rewards.registry import register_reward
 
 log = logging.getLogger(__name__)
 
 # A longer "final answer" is the model rambling; judged wrong without parsing.
 MAX_ANSWER_CHARS = 1_000
-# math-verify's own per-parse/per-comparison limit (signal based, main thread only);
-# the evaluator's worker timeout is the backstop everywhere else.
+# Time limit per math-verify step on the main thread, per comparison elsewhere
+# (module doc). Well below the evaluator's default 10 s timeout, so a
+# pathological answer scores 0.0 instead of costing a worker restart.
 MATH_VERIFY_TIMEOUT_SECONDS = 5
 
 _DECIMAL = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[+-]?\.\d+")
@@ -52,7 +74,9 @@ def math_accuracy(completion: str, gold: str, *, answer_tag: str = "answer") -> 
 
     The final answer is taken from the answer tag, else the last `\\boxed{}`, else
     the text after "the answer is" (see `extract_final_answer`); a completion
-    with none of these scores 0.0.
+    with none of these scores 0.0. Returns within about
+    MATH_VERIFY_TIMEOUT_SECONDS per math-verify step on the main thread, per
+    call on other threads; an answer that runs out of time scores 0.0 (module doc).
     """
     if not isinstance(completion, str):
         raise TypeError(f"completion must be a str, got {type(completion).__name__}")
@@ -60,21 +84,19 @@ def math_accuracy(completion: str, gold: str, *, answer_tag: str = "answer") -> 
     if not gold:
         return None
     predicted = extract_final_answer(completion, answer_tag)
-    if predicted is not None and len(predicted) <= MAX_ANSWER_CHARS:
+    if predicted is not None and len(predicted) > MAX_ANSWER_CHARS:
+        predicted = None
+    if predicted is not None:
         verdict = _compare_plain_numbers(gold, predicted)
         if verdict is not None:
             return verdict
     if _math_verify() is None:
         if not _normalize_latex(gold):
             return None
-        if predicted is None or len(predicted) > MAX_ANSWER_CHARS:
-            return 0.0
-        return float(fallback_equal(gold, predicted))
-    if not _parse(gold).has_expression:
-        return None
-    if predicted is None or len(predicted) > MAX_ANSWER_CHARS:
-        return 0.0
-    return float(_verify(gold, predicted))
+        return 0.0 if predicted is None else float(fallback_equal(gold, predicted))
+    if threading.current_thread() is threading.main_thread():
+        return _math_verify_verdict(predicted, gold=gold)
+    return _math_verify_verdict_in_helper(gold, predicted)
 
 
 def _compare_plain_numbers(gold: str, predicted: str) -> Optional[float]:
@@ -161,6 +183,49 @@ def _timeout_seconds() -> Optional[int]:
     if threading.current_thread() is threading.main_thread():
         return MATH_VERIFY_TIMEOUT_SECONDS
     return None
+
+
+def _math_verify_verdict(predicted: Optional[str], *, gold: str) -> Optional[float]:
+    """None if `gold` has no expression, else 1.0/0.0, computed in this thread.
+
+    Bounded only on the main thread; the argument order is the one WorkerPool
+    calls reward functions with, so the helper process can run it as it is.
+    """
+    if not _parse(gold).has_expression:
+        return None
+    if predicted is None:
+        return 0.0
+    return float(_verify(gold, predicted))
+
+
+_helpers = threading.local()
+
+
+@functools.lru_cache(maxsize=65_536)
+def _math_verify_verdict_in_helper(gold: str, predicted: Optional[str]) -> Optional[float]:
+    """`_math_verify_verdict` run in this thread's helper process, which is
+    killed (and replaced) past MATH_VERIFY_TIMEOUT_SECONDS.
+
+    One helper per thread, so concurrent callers never wait for each other's
+    pathological answers; it exits when the thread's storage is dropped (its
+    pipe closes) or with the program (it is a daemon).
+    """
+    helper = getattr(_helpers, "pool", None)
+    if helper is None:
+        helper = _helpers.pool = WorkerPool(
+            [("math_verify", _math_verify_verdict)], num_workers=1,
+            timeouts=[MATH_VERIFY_TIMEOUT_SECONDS])
+    outcomes, _ = helper.run([(predicted, {"gold": gold})])
+    status, value, message = outcomes[0][0]
+    if status == OK:
+        return value
+    if status == NONE:
+        return None
+    if status == TIMEOUT:
+        log.warning("math-verify took over %g s on answer %.100r (gold %.100r); scored 0.0",
+                    MATH_VERIFY_TIMEOUT_SECONDS, predicted, gold)
+        return 0.0
+    raise RuntimeError(f"math-verify failed in its helper process: {message}")
 
 
 class _Parsed:

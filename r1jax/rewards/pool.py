@@ -74,6 +74,8 @@ def describe_exception(error: BaseException) -> str:
 
 
 def _worker_main(connection, progress, functions):
+    # Rewards run on this process's main thread: signal-based timeouts inside
+    # them (math-verify's SIGALRM) work here, and the kill is the backstop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
     while True:
         try:
