@@ -396,8 +396,9 @@ def reap_sandbox_processes(owner_pid: int, timeout: float = 1.0) -> int:
 
     For an owner stuck in a run: call this *before* killing the owner, so its
     still-living launcher reaps the killed processes (the evaluator does this
-    when it replaces a hung worker). Orphans of a dead owner go to init, which
-    in some containers never reaps them. Waits up to `timeout` seconds for them
+    when it replaces a hung worker). With namespaces a dead owner leaves nothing
+    (its runs' PID namespaces die with it); without, orphans of a dead owner go
+    to init, which in some containers never reaps them. Waits up to `timeout` seconds for them
     to disappear.
     """
     low = SANDBOX_UID_BASE + owner_pid * _UID_SLOTS_PER_PROCESS
@@ -420,9 +421,9 @@ def reap_sandbox_processes(owner_pid: int, timeout: float = 1.0) -> int:
 
 
 class _Confinement:
-    """How a run is confined. `limit_ipc` and `mount_view` run as root in the new
-    namespaces (the supervisor, then the init); the instance itself is the
-    program's preexec_fn, run between fork and exec."""
+    """How a run is confined. `limit_ipc` and `mount_view` run as root in the
+    supervisor, the new namespaces' init; the instance itself is the program's
+    preexec_fn, run between fork and exec."""
 
     def __init__(self, workdir, uid, files, limits, namespaces, syscall_filter, hidden_mounts):
         self.workdir, self.uid, self.files, self.limits = workdir, uid, files, limits
