@@ -26,6 +26,17 @@ renamed to `<step>` only once complete, and only renamed directories are ever li
 so a save cut short by a kill is never loaded (its leftover is deleted when the next
 `Checkpointer` opens the directory, after the model check passes).
 
+A committed checkpoint can still be damaged later (a truncated array file, a garbled
+JSON, a zeroed metadata file: disk full, a bad copy, bit rot). `restore_latest` then
+logs one warning per damaged step and resumes from the newest step that restores;
+when none does it raises `DamagedCheckpointError` listing each step and why. A damaged
+step directory is never modified or deleted by r1jax: its number is recorded in
+`checkpoints/damaged_steps.json`, retention keeps it beside the `keep` newest intact
+steps (Orbax's `max_to_keep` would count it as one of them, then delete it silently),
+and when training reaches that step number again the save is skipped with a warning
+rather than overwriting it (so a run that ends exactly there keeps its final state in
+memory only). Delete the directory, once inspected, to end all this.
+
 Multi-host: every process constructs the `Checkpointer` and calls `save` and
 `restore_latest` with the same arguments; Orbax writes each process's shards and lets
 the primary process write JSON and rename the directory.
@@ -34,22 +45,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from r1jax.distributed import primary_value
+from r1jax.distributed import allgather_objects, is_primary, primary_value
+from r1jax.files import write_json_atomically
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"  # checkpoints live in workdir/checkpoints, beside metrics
+DAMAGED_STEPS_FILE = "damaged_steps.json"  # in CHECKPOINT_SUBDIR: {step: why it does not restore}
 _MAX_LISTED_DIFFERENCES = 12
+_MAX_REASON_CHARS = 300
 
 
 class IncompatibleCheckpointError(RuntimeError):
     """The workdir holds checkpoints written by a different model."""
+
+
+class DamagedCheckpointError(RuntimeError):
+    """The workdir holds checkpoints, but none of them restores (each is damaged on disk)."""
 
 
 def model_signature(config: Any, params: Any = None, *, ignore: tuple[str, ...] = ()) -> dict:
@@ -81,6 +102,7 @@ class Checkpointer:
 
     Construction refuses (with `IncompatibleCheckpointError`, touching nothing) a
     workdir whose latest checkpoint was written by a model with another signature.
+    Steps recorded as damaged (see the module docstring) are kept on top of `keep`.
     """
 
     def __init__(self, workdir: str | os.PathLike, *, save_every: int, keep: int = 3,
@@ -97,11 +119,18 @@ class Checkpointer:
             with ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
                     read_only=True, create=False, save_interval_steps=0,
                     enable_async_checkpointing=False)) as reader:
-                latest = reader.latest_step()
-                if latest is not None:
-                    self._check_signature(reader, latest)
+                # The newest readable signature judges the workdir; unreadable ones are
+                # damaged checkpoints, which restore_latest skips.
+                for step in sorted(reader.all_steps(), reverse=True):
+                    if self._check_signature(reader, step) is None:
+                        break
+        self._damaged = self._read_damaged_steps()
+        if self._damaged:
+            log.warning("checkpoint step(s) %s in %s are damaged (%s); they are kept untouched, never "
+                        "deleted or overwritten: delete them once inspected", sorted(self._damaged),
+                        self.directory, DAMAGED_STEPS_FILE)
         self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
+            preservation_policy=_KeepIntactAndDamaged(keep, self._damaged),
             cleanup_tmp_directories=True,
             # Async: `save` returns once arrays are copied to host memory (so the
             # caller may donate or overwrite the state); files are written by a
@@ -111,10 +140,12 @@ class Checkpointer:
 
     @property
     def latest_step(self) -> int | None:
+        """The newest step directory, a damaged one included (`restore_latest` may pick an older one)."""
         return self._manager.latest_step()
 
     @property
     def all_steps(self) -> list[int]:
+        """Every step directory, damaged ones included."""
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, train_state: Any, host_state: dict, *, force: bool = False) -> bool:
@@ -122,14 +153,18 @@ class Checkpointer:
 
         Asynchronous unless `force`: a forced save (preemption, end of training) blocks
         until the checkpoint is on disk, so the process may exit right after. Saving a
-        step that is already saved is a no-op returning False.
+        step that is already saved is a no-op returning False; so is saving a step whose
+        directory holds a damaged checkpoint, which is left as it is, with a warning.
         """
         step = int(step)
+        if not force and step % self.save_every:
+            return False
         if step in self._manager.all_steps():
+            if step in self._damaged:
+                log.warning("step %d not saved: %s holds a damaged checkpoint of that step, left untouched; "
+                            "delete it to let this step be saved", step, os.path.join(self.directory, str(step)))
             if force:
                 self._manager.wait_until_finished()
-            return False
-        if not force and step % self.save_every:
             return False
         # Our rule above is the only one: Orbax's own policy would also save the first
         # step it sees, whatever save_every says.
@@ -143,23 +178,34 @@ class Checkpointer:
         return saved
 
     def restore_latest(self, abstract_train_state: Any) -> tuple[int, Any, dict] | None:
-        """(step, train_state, host_state) of the newest complete checkpoint, or None.
+        """(step, train_state, host_state) of the newest checkpoint that restores, or None if none is saved.
 
         `abstract_train_state` is a pytree of `jax.ShapeDtypeStruct` with `.sharding`
         set (e.g. `jax.eval_shape(init)` mapped to the run's shardings); arrays are
         read straight into those shardings, whatever mesh the checkpoint was saved from.
+        Newer checkpoints that fail to restore are skipped with a warning each and
+        recorded as damaged; if every one fails, `DamagedCheckpointError` lists them.
         """
         self._manager.wait_until_finished()
         self._manager.reload()
-        step = self._manager.latest_step()
-        if step is None:
-            return None
-        self._check_signature(self._manager, step)
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_train_state),
-            host=ocp.args.JsonRestore(),
-        ))
-        return step, restored.state, dict(restored.host)
+        skipped = {}
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            restored, reason = self._try_restore(step, abstract_train_state)
+            # A process that reads only its own shards may be alone in finding one damaged:
+            # every process must resume from the same step.
+            reason = next((r for r in allgather_objects(reason) if r is not None), None)
+            if reason is None:
+                self._record_damaged(skipped, restored=step)
+                return step, restored["state"], dict(restored["host"])
+            skipped[step] = reason
+            log.warning("checkpoint step %d in %s is damaged, skipped: %s (left untouched on disk)",
+                        step, self.directory, reason)
+        if skipped:
+            listed = "\n  ".join(f"step {step}: {reason}" for step, reason in skipped.items())
+            raise DamagedCheckpointError(
+                f"no checkpoint in {self.directory} restores; each is damaged:\n  {listed}\nNothing was "
+                f"changed: repair one of them to resume from it, or delete {self.directory} to start over.")
+        return None
 
     def wait(self):
         """Blocks until every pending save is on disk."""
@@ -176,14 +222,40 @@ class Checkpointer:
     def __exit__(self, *exc_info):
         self.close()
 
-    def _check_signature(self, manager: ocp.CheckpointManager, step: int):
+    def _try_restore(self, step: int, abstract_train_state: Any) -> tuple[dict, str | None]:
+        """({"host": ..., "state": ...}, None), or ({}, why not) naming the damaged item.
+
+        One item at a time, so that the reason names it: a JSON error alone does not say
+        which file it is in.
+        """
+        reason = self._check_signature(self._manager, step)
+        if reason is not None:
+            return {}, reason
+        restored = {}
+        for item, args in (("host", ocp.args.JsonRestore()),
+                           ("state", ocp.args.StandardRestore(abstract_train_state))):
+            try:
+                restored[item] = self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+            except Exception as error:  # any type: TensorStore raises a bare Exception on a short file
+                return {}, f"{item} item unreadable: {_one_line(error)}"
+        return restored, None
+
+    def _check_signature(self, manager: ocp.CheckpointManager, step: int) -> str | None:
+        """None if `step` was written by this model; why not if its signature is damaged.
+
+        Raises `IncompatibleCheckpointError` if it has no signature or another model's.
+        """
         try:
             saved = manager.restore(step, args=ocp.args.Composite(signature=ocp.args.JsonRestore())).signature
-        except (FileNotFoundError, KeyError, ValueError) as error:
+        except KeyError as error:  # Orbax's "Item "signature" was not found": no r1jax checkpoint
             raise IncompatibleCheckpointError(
                 f"checkpoint step {step} in {self.directory} has no readable model signature "
                 f"({type(error).__name__}: {error}); it was not written by r1jax.checkpoint. Nothing "
                 f"was changed: use a new workdir, or delete {self.directory} to start over.") from error
+        except Exception as error:  # the item is there but unparseable: damaged
+            return f"signature item unparseable: {_one_line(error)}"
+        if not isinstance(saved, Mapping):
+            return f"signature item unparseable: a JSON {type(saved).__name__}, not an object"
         differences = _differences(dict(saved), self.model_signature)
         if differences:
             listed = "\n  ".join(differences[:_MAX_LISTED_DIFFERENCES])
@@ -194,6 +266,58 @@ class Checkpointer:
                 + (f"\n  ... and {more} more" if more > 0 else "")
                 + f"\nNothing was changed. Use a new workdir for this model, or delete "
                   f"{self.directory} if that run is no longer needed.")
+        return None
+
+    def _read_damaged_steps(self) -> dict[int, str]:
+        """The recorded damaged steps whose directories still exist (the user may have deleted some)."""
+        path = os.path.join(self.directory, DAMAGED_STEPS_FILE)
+        if not os.path.exists(path):
+            return {}
+        try:
+            with open(path) as f:
+                recorded = {int(step): reason for step, reason in json.load(f).items()}
+        except (ValueError, AttributeError) as error:
+            raise DamagedCheckpointError(f"{path} is unreadable ({_one_line(error)}); it lists the damaged "
+                                         "checkpoints that must not be deleted: repair or delete it") from error
+        damaged = {step: reason for step, reason in recorded.items()
+                   if os.path.isdir(os.path.join(self.directory, str(step)))}
+        if damaged != recorded:
+            self._write_damaged_steps(damaged)
+        return damaged
+
+    def _record_damaged(self, skipped: dict[int, str], *, restored: int):
+        """Adds the steps `restore_latest` skipped, and forgets `restored` (repaired since)."""
+        before = dict(self._damaged)
+        self._damaged.pop(restored, None)
+        self._damaged.update(skipped)  # in place: the retention policy holds this dict
+        if self._damaged != before:
+            self._write_damaged_steps(self._damaged)
+
+    def _write_damaged_steps(self, damaged: dict[int, str]):
+        if not is_primary():
+            return
+        path = os.path.join(self.directory, DAMAGED_STEPS_FILE)
+        if not damaged:
+            if os.path.exists(path):
+                os.remove(path)
+            return
+        write_json_atomically(path, {str(step): damaged[step] for step in sorted(damaged)}, indent=1)
+
+
+@dataclasses.dataclass
+class _KeepIntactAndDamaged:
+    """Orbax retention (a `PreservationPolicy`): the `keep` newest steps not in `damaged`, and all of `damaged`.
+
+    Orbax's own `max_to_keep` counts a damaged step as one of the kept, which leaves
+    fewer restorable steps, and later deletes it unseen.
+    """
+    keep: int
+    damaged: Mapping[int, str]  # the Checkpointer's record, updated in place
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+        intact = sorted(info.step for info in checkpoints if info.step not in self.damaged)
+        kept = set(intact[-self.keep:]) | set(self.damaged)
+        return [info.step in kept for info in checkpoints]
 
 
 class Preemption:
@@ -257,6 +381,19 @@ def _as_json(value: dict, what: str) -> dict:
     except (TypeError, ValueError) as error:
         raise TypeError(f"{what} must be JSON-serialisable ({error}); convert arrays and numpy "
                         "scalars with .tolist() / int() / float(), or put arrays in the train state") from error
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one short line: its innermost cause, which says what is wrong.
+
+    TensorStore's outer message is a 40-line spec; the cause names the file and the
+    byte range that could not be read.
+    """
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines()
+    line = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return line if len(line) <= _MAX_REASON_CHARS else line[:_MAX_REASON_CHARS - 3] + "..."
 
 
 def _differences(saved: Any, current: Any, path: str = "") -> list[str]:

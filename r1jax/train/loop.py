@@ -1,7 +1,8 @@
 """The outer training loop shared by every stage (pretraining, SFT, GRPO).
 
 It owns what does not depend on the loss: building the sharded train state, resuming
-from the latest Orbax checkpoint (params, optimizer, step and data position), one
+from the newest Orbax checkpoint that restores (params, optimizer, step and data
+position; `Checkpointer.restore_latest` skips a damaged newer one, with a warning), one
 jitted step, periodic evaluation, checkpoints every N steps and on SIGTERM, metrics to
 JSONL/TensorBoard/progress bar, and the plots at the end. A stage supplies only how a
 step's batches are made (`make_batches`) and how the policy is evaluated.
@@ -84,7 +85,11 @@ def run_training(settings: LoopSettings, *, workdir: str | pathlib.Path, model: 
     state = train_state_from_model(model, optimizer, mesh)
     train_step = make_train_step(loss_fn, state, mesh, num_microbatches=settings.num_microbatches)
     start = 0
-    restored = checkpointer.restore_latest(_with_shardings(state))
+    try:
+        restored = checkpointer.restore_latest(_with_shardings(state))
+    except BaseException:  # e.g. DamagedCheckpointError: release Orbax's threads before raising
+        checkpointer.close()
+        raise
     if restored is not None:
         start, state, host = restored
         data.restore(host["data"])
@@ -114,9 +119,11 @@ def run_training(settings: LoopSettings, *, workdir: str | pathlib.Path, model: 
             if row.get("skipped_steps", 0) > 0 and row.get("skipped", 0):
                 log.warning("%s step %d: non-finite loss or gradient, update skipped", name, done)
             stop = preemption.should_stop(done)
-            checkpointer.save(done, state, {"data": data.state()}, force=stop or done == settings.steps)
+            saved = checkpointer.save(done, state, {"data": data.state()}, force=stop or done == settings.steps)
             if stop:
-                log.warning("%s: preempted (SIGTERM) at step %d; checkpoint saved, exiting", name, done)
+                # not saved: the step's directory holds a damaged checkpoint (the Checkpointer said so)
+                log.warning("%s: preempted (SIGTERM) at step %d; %s, exiting", name, done,
+                            "checkpoint saved" if saved else "NO checkpoint of this step")
                 break
     try:
         if is_primary():  # the one writer of metrics
