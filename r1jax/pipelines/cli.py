@@ -13,7 +13,13 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from r1jax import distributed
+from r1jax.checkpoint import DamagedCheckpointError, IncompatibleCheckpointError
+from r1jax.models.weights import CheckpointError
 from r1jax.pipelines.settings import ConfigError
+
+# Errors in what the user gave (a config, a checkpoint to start from or resume), found
+# before they cost work or with nothing changed on disk: shown as `error: <message>`.
+USER_ERRORS = (ConfigError, CheckpointError, IncompatibleCheckpointError, DamagedCheckpointError)
 
 Shrink = Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
 
@@ -49,7 +55,8 @@ def run(pipeline: Callable[..., dict], config: ml_collections.ConfigDict, runloc
     names it), run `pipeline(config)` and print what it returns as JSON.
 
     A bad config (an unknown field, a `ConfigError` that the pipeline raises before it starts
-    working) ends the command with one line, `error: ...`, and exit status 2.
+    working), a bad starting checkpoint or a workdir whose checkpoints cannot be resumed ends
+    the command with `error: ...` and exit status 2, without a traceback.
 
     Several hosts: run the same command on every host. `--coordinator_address=HOST:PORT
     --num_processes=N --process_id=I` join them (needed off a cluster, e.g. several processes
@@ -78,7 +85,7 @@ def run(pipeline: Callable[..., dict], config: ml_collections.ConfigDict, runloc
         join()
         try:
             result = pipeline(config_flag.value)
-        except ConfigError as error:  # raised before any work: the message says what to change
+        except USER_ERRORS as error:  # the message says what to change; a traceback would bury it
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         if distributed.is_primary():
