@@ -38,15 +38,18 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl = base.grpo.to_dict()
     c.language_weight = 0.5  # lambda of the language-consistency reward
     # cold-start data: R1-Zero samples (k per training prompt) that pass the filters, plus
-    # `annotated` worked solutions written out by hand (the paper also uses human-written ones)
+    # `annotated` worked solutions written out by hand (the paper also uses human-written ones);
+    # `replay`: the share of each SFT set (here, and in sft and the student's distillation) that is
+    # the stand-in base's pretraining corpus, so SFT keeps what the base knew
     c.cold_start = dict(samples_per_prompt=8, temperature=0.6, top_p=0.95, annotated=0, steps=100,
-                        batch_size=32, learning_rate=1e-3, warmup_steps=10)
+                        batch_size=32, learning_rate=1e-3, warmup_steps=10, replay=0.0)
     c.rejection = dict(samples_per_prompt=8, temperature=0.6, top_p=0.95)
     c.general = dict(prompts=64, sft_pairs=256)  # general (non-reasoning) prompts and SFT answers
-    c.sft = dict(steps=150, batch_size=32, learning_rate=1e-3, warmup_steps=10)
+    c.sft = dict(steps=150, batch_size=32, learning_rate=1e-3, warmup_steps=10, replay=0.0)
     c.reward_model = dict(pairs=2000, steps=150, batch_size=32, learning_rate=1e-3, warmup_steps=10)
-    c.student = dict(init="", model=dict(hidden_size=64, intermediate_size=192, num_layers=2, num_heads=4, num_kv_heads=2),
-                     distill_batch_size=32, distill_learning_rate=1e-3, distill_warmup_steps=10)
+    # worked_rate: how often the student base's pretraining corpus shows a worked solution
+    c.student = dict(init="", worked_rate=0.5, model=dict(hidden_size=64, intermediate_size=192, num_layers=2, num_heads=4, num_kv_heads=2),
+                     distill_batch_size=32, distill_learning_rate=1e-3, distill_warmup_steps=10, distill_replay=0.0)
     c.findings = dict(target_accuracy=0.6)  # finding (c): RL steps until training accuracy reaches this
     c.reward_workers = 1
     c.eval = base.eval.to_dict()

@@ -27,8 +27,8 @@ from jax.sharding import Mesh
 
 from r1jax.data import DatasetNotPreparedError
 from r1jax.data.sources import open_split
-from r1jax.evaluation import (EVAL_TEMPERATURE, EVAL_TOP_P, cons_at_k, evaluation_report, mean_response_length,
-                              pass_at_1, report_markdown)
+from r1jax.evaluation import (EVAL_TEMPERATURE, EVAL_TOP_P, evaluation_report, majority_votes,
+                              mean_response_length, report_markdown, standard_error)
 from r1jax.models import from_pretrained
 from r1jax.rollout import PromptRenderer, check_template, rollout
 from r1jax.distributed import allgather_objects, process_share
@@ -105,7 +105,8 @@ class TaskSamples(NamedTuple):
     correct: np.ndarray  # bool
     answers: list[list[str | None]]  # the extracted final answers, for the majority vote
     lengths: np.ndarray  # completion tokens
-    scores: dict[str, list[float]] = {}  # name -> the values of `scores` functions that judged (not None)
+    # name -> per prompt, the values of `scores` functions that judged its samples (None: not judged)
+    scores: dict[str, list[list[float]]] = {}
 
 
 def sample_task(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptRenderer, examples: Sequence[dict], *,
@@ -150,14 +151,14 @@ def _score(examples: Sequence[dict], completions: Sequence[str], lengths: np.nda
            task: Task, correct_fn, scores: Mapping[str, Callable]) -> TaskSamples:
     """The `TaskSamples` of `examples`, whose `num_samples` completions each come first in `completions`."""
     correct, answers, kept_lengths = [], [], []
-    scored: dict[str, list[float]] = {name: [] for name in scores}
+    scored: dict[str, list[list[float]]] = {name: [] for name in scores}
     for i, example in enumerate(examples):
         own = completions[i * num_samples:(i + 1) * num_samples]
         correct.append([bool(correct_fn(c, **example)) for c in own])
         answers.append([task.answer(c) for c in own])
         kept_lengths.append(lengths[i * num_samples:(i + 1) * num_samples])
         for name, score_fn in scores.items():
-            scored[name].extend(v for v in (score_fn(c, **example) for c in own) if v is not None)
+            scored[name].append([v for v in (score_fn(c, **example) for c in own) if v is not None])
     return TaskSamples(np.asarray(correct, bool).reshape(-1, num_samples), answers,
                        np.asarray(kept_lengths).reshape(-1, num_samples), scored)
 
@@ -167,9 +168,14 @@ def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptR
                     max_new_tokens: int, temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P,
                     mesh: Mesh, correct_fn: Callable[..., float | None] | None = None,
                     scores: Mapping[str, Callable[..., float | None]] | None = None,
-                    batch_prompts: int = 64) -> dict[str, float]:
+                    batch_prompts: int = 64, per_prompt: bool = False) -> dict:
     """pass@1 averaged over `num_samples` samples per prompt, cons@k, length and the mean of each of
-    `scores` (e.g. {"format_reward": get_reward("format")}) over the samples it judges.
+    `scores` (e.g. {"format_reward": get_reward("format")}) over the samples it judges; each with
+    its standard error over prompts (`<key>_se`, `r1jax.evaluation.standard_error`).
+
+    per_prompt: also return the per-prompt values, `{"per_prompt": {key: [num_prompts]}}` (NaN
+    where a score judged none of a prompt's samples), for paired comparisons of two models
+    on the same prompts (`r1jax.evaluation.compare`).
 
     Rewards are scored inline (no worker pool): evaluation is rare and its completions are
     short, and keeping it synchronous makes its numbers independent of timeouts.
@@ -178,11 +184,18 @@ def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptR
                           max_prompt_length=max_prompt_length,
                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, rng=rng,
                           mesh=mesh, batch_prompts=batch_prompts, correct_fn=correct_fn, scores=scores)
-    result = {"pass_at_1": pass_at_1(samples.correct),
-              f"cons_at_{num_samples}": cons_at_k(samples.answers, samples.correct),
+    cons = f"cons_at_{num_samples}"
+    values = {"pass_at_1": samples.correct.mean(axis=1),
+              cons: majority_votes(samples.answers, samples.correct).astype(np.float64)}
+    result = {"pass_at_1": float(values["pass_at_1"].mean()), cons: float(values[cons].mean()),
               "response_length": mean_response_length(samples.lengths)}
-    for name, values in samples.scores.items():
-        result[name] = float(np.mean(values)) if values else float("nan")
+    for name, judged in samples.scores.items():
+        every = [v for prompt in judged for v in prompt]
+        result[name] = float(np.mean(every)) if every else float("nan")
+        values[name] = np.array([np.mean(prompt) if prompt else np.nan for prompt in judged])
+    result.update({f"{key}_se": standard_error(per) for key, per in values.items()})
+    if per_prompt:
+        result["per_prompt"] = {key: [float(v) for v in per] for key, per in values.items()}
     return result
 
 

@@ -6,6 +6,10 @@ from the reward functions, extracted answers, token lengths):
     pass_at_1(correct)                 mean correctness over samples, then prompts
     pass_at_k(n, c, k)                 unbiased estimator of P(any of k samples is correct)
     cons_at_k(answers, correct)        accuracy of the majority-vote answer
+    majority_votes(answers, correct)   per prompt: is the majority-vote answer correct
+    standard_error(per_prompt)         of a mean over prompts, the held-out set's sampling noise
+    paired_difference(a, b)            mean per-prompt difference of two models, and its error
+    compare(a, b)                      that difference judged against its error
     mean_response_length(lengths)
     evaluation_report(per_task)        all of the above per task, plus an overall row
     report_markdown(report)            that report as a Markdown table
@@ -13,6 +17,13 @@ from the reward functions, extracted answers, token lengths):
 The paper samples with temperature 0.6 and top-p 0.95 (greedy decoding gives repetitive,
 checkpoint-sensitive results on long reasoning) and reports pass@1 averaged over k
 samples and cons@64.
+
+Errors treat the held-out prompts as the sampled units (drawn from the task's
+distribution): the standard error of a mean over prompts is the standard deviation of the
+per-prompt values over sqrt(num_prompts), which also carries the noise of the k samples
+within each prompt. Two models evaluated on the same prompts are compared through their
+per-prompt differences (a paired comparison), whose error is much smaller than either
+model's when the prompts' difficulty dominates.
 """
 from __future__ import annotations
 
@@ -24,6 +35,9 @@ import numpy as np
 EVAL_TEMPERATURE = 0.6
 EVAL_TOP_P = 0.95
 OVERALL = "overall"
+# a difference counts (`compare`) when it exceeds this many standard errors: about 95%
+# two-sided for a normal error
+SIGNIFICANT_STANDARD_ERRORS = 2.0
 
 Answers = Sequence[Sequence[str | None]]
 
@@ -92,15 +106,63 @@ def cons_at_k(answers: Answers, correct, *, k: int | None = None,
     found) and `correct[p][j]` that sample's correctness, [num_prompts, samples]. Only
     the first `k` samples of each prompt vote (all of them by default).
     """
+    return float(np.mean(majority_votes(answers, correct, k=k, normalize=normalize)))
+
+
+def majority_votes(answers: Answers, correct, *, k: int | None = None,
+                   normalize: Callable[[str | None], str | None] = normalize_answer) -> np.ndarray:
+    """Per prompt, whether its majority-vote answer is correct: bool [num_prompts] (see `cons_at_k`)."""
     correct = _as_correct(correct)
     if len(answers) != correct.shape[0]:
         raise ValueError(f"answers has {len(answers)} prompts but correct has {correct.shape[0]}")
     k = correct.shape[1] if k is None else k
     if not 1 <= k <= correct.shape[1]:
         raise ValueError(f"cons@{k} needs 1 <= k <= {correct.shape[1]} samples per prompt")
-    votes = [majority_vote(list(prompt_answers)[:k], prompt_correct[:k], normalize)[1]
-             for prompt_answers, prompt_correct in zip(answers, correct)]
-    return float(np.mean(votes))
+    return np.array([majority_vote(list(prompt_answers)[:k], prompt_correct[:k], normalize)[1]
+                     for prompt_answers, prompt_correct in zip(answers, correct)], bool)
+
+
+def standard_error(per_prompt) -> float:
+    """Standard error of the mean of `per_prompt` values [num_prompts] (NaNs, prompts without a
+    value, left out): sample standard deviation / sqrt(n). NaN for fewer than 2 values."""
+    values = np.asarray(per_prompt, np.float64)
+    if values.ndim != 1:
+        raise ValueError(f"per_prompt must be one value per prompt, got shape {values.shape}")
+    values = values[~np.isnan(values)]
+    if values.size < 2:
+        return float("nan")
+    return float(values.std(ddof=1) / np.sqrt(values.size))
+
+
+def paired_difference(a, b) -> tuple[float, float]:
+    """(mean of a - b, its standard error) for per-prompt values of two models on the same
+    prompts [num_prompts] each; prompts where either is NaN are left out."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"need per-prompt values of the same prompts, got shapes {a.shape} and {b.shape}")
+    difference = a - b
+    difference = difference[~np.isnan(difference)]
+    if difference.size == 0:
+        raise ValueError("no prompt has a value for both models")
+    return float(difference.mean()), standard_error(difference)
+
+
+def compare(a, b, *, errors: float = SIGNIFICANT_STANDARD_ERRORS) -> dict:
+    """Is `a` above, below or level with `b` (per-prompt values of the same prompts)?
+
+    {"difference": mean(a - b), "error": its standard error, "verdict": "higher" | "lower" |
+    "level"}: "higher" only when the difference exceeds `errors` standard errors.
+    """
+    difference, error = paired_difference(a, b)
+    if np.isnan(error):
+        verdict = "level"  # one prompt: no error to judge against
+    elif difference > errors * error:
+        verdict = "higher"
+    elif difference < -errors * error:
+        verdict = "lower"
+    else:
+        verdict = "level"
+    return {"difference": difference, "error": error, "verdict": verdict}
 
 
 def mean_response_length(lengths) -> float:

@@ -115,6 +115,11 @@ def test_a_budget_shorter_than_its_warmup_is_refused(workdir, name, field):
              **{field: 1, f"{section}.warmup_steps": 5})
 
 
+@pytest.mark.parametrize("field", ["cold_start.replay", "sft.replay", "student.distill_replay"])
+def test_a_replay_share_outside_zero_to_one_is_refused(workdir, field):
+    _refused("r1_pipeline_tiny", workdir, f"config.{field}=1.0: .*must be in \\[0, 1\\)", **{field: 1.0})
+
+
 @pytest.mark.parametrize("name", ["r1_zero_tiny", "r1_pipeline_tiny", "distill"])
 def test_a_workdir_that_cannot_be_created_is_refused(tmp_path, name):
     (tmp_path / "a_file").write_text("mine")

@@ -6,8 +6,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from r1jax.evaluation import (EVAL_TEMPERATURE, EVAL_TOP_P, cons_at_k, evaluation_report, majority_vote,
-                              mean_response_length, normalize_answer, pass_at_1, pass_at_k, report_markdown)
+from r1jax.evaluation import (EVAL_TEMPERATURE, EVAL_TOP_P, compare, cons_at_k, evaluation_report,
+                              majority_vote, majority_votes, mean_response_length, normalize_answer,
+                              paired_difference, pass_at_1, pass_at_k, report_markdown, standard_error)
 
 
 def test_paper_sampling_defaults():
@@ -135,3 +136,40 @@ def test_report_markdown():
     ])
     mixed = report_markdown({"a": {"num_prompts": 1, "pass@1": 0.5}, "overall": {"num_prompts": 1}})
     assert mixed.splitlines()[-1] == "| overall | 1 | – |"
+
+
+def test_standard_error_of_a_mean_over_prompts_hand_worked():
+    # per-prompt pass rates 1/4, 3/4, 1, 0: mean 1/2, sample variance
+    # ((1/4)^2 + (1/4)^2 + (1/2)^2 + (1/2)^2) / 3 = 5/24, error sqrt(5/24 / 4)
+    correct = [[1, 0, 0, 0], [1, 1, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0]]
+    per_prompt = np.mean(correct, axis=1)
+    assert standard_error(per_prompt) == pytest.approx(math.sqrt(5 / 24 / 4))
+    assert standard_error([0.5, np.nan, 0.5]) == 0.0  # a prompt without a value is left out
+    assert math.isnan(standard_error([0.3]))
+    with pytest.raises(ValueError, match="one value per prompt"):
+        standard_error(np.ones((2, 2)))
+
+
+def test_majority_votes_per_prompt_average_to_cons_at_k():
+    answers = [["1", "2", "1"], ["3", "4", "4"], [None, None, "5"]]
+    correct = [[True, False, True], [True, False, False], [False, False, True]]
+    votes = majority_votes(answers, correct)
+    assert votes.tolist() == [True, False, True]
+    assert cons_at_k(answers, correct) == pytest.approx(votes.mean())
+
+
+def test_paired_difference_and_its_verdict_hand_worked():
+    a = np.array([1.0, 0.5, 1.0, 0.75])
+    b = np.array([0.5, 0.5, 0.75, 0.25])
+    # differences 0.5, 0, 0.25, 0.5: mean 0.3125, sample std sqrt(0.0573) / 2
+    difference, error = paired_difference(a, b)
+    assert difference == pytest.approx(0.3125)
+    assert error == pytest.approx(np.std([0.5, 0, 0.25, 0.5], ddof=1) / 2)
+    assert compare(a, b) == {"difference": difference, "error": error, "verdict": "higher"}  # 0.3125 > 2 x 0.12
+    assert compare(b, a)["verdict"] == "lower"
+    # the same mean difference, but noisy: within two errors
+    noisy = compare(np.array([1.0, 0.0, 1.0, 0.25]), np.array([0.0, 0.5, 0.5, 0.0]))
+    assert noisy["difference"] == pytest.approx(0.3125) and noisy["verdict"] == "level"
+    assert compare(a, a)["verdict"] == "level"
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_difference(a, b[:3])

@@ -25,7 +25,7 @@ TINY = [
     "--config.rl.warmup_steps=1", "--config.cold_start.samples_per_prompt=2", "--config.cold_start.annotated=16",
     "--config.cold_start.steps=2", "--config.cold_start.batch_size=4", "--config.cold_start.warmup_steps=1",
     "--config.rejection.samples_per_prompt=2", "--config.general.prompts=8", "--config.general.sft_pairs=8",
-    "--config.sft.steps=2", "--config.sft.batch_size=4", "--config.sft.warmup_steps=1",
+    "--config.sft.steps=2", "--config.sft.batch_size=4", "--config.sft.warmup_steps=1", "--config.sft.replay=0.5",
     "--config.reward_model.pairs=16", "--config.reward_model.steps=2", "--config.reward_model.batch_size=4",
     "--config.reward_model.warmup_steps=1", "--config.student.model.hidden_size=16",
     "--config.student.model.intermediate_size=32", "--config.student.model.num_layers=1",
@@ -69,8 +69,10 @@ def test_pipeline_resumes_at_the_stage_it_was_killed_in(tmp_path):
     findings = json.loads((workdir / "findings.json").read_text())["findings"]
     assert set(findings) == {"a_rl_raises_pass_at_1", "b_cons_at_k_at_least_pass_at_1",
                              "c_rl_steps_to_target_accuracy", "d_language_reward_raises_consistency",
-                             "e_distillation_beats_rl_at_equal_compute", "general_prompts_judge_score"}
-    assert "r1_format" in (workdir / "findings.md").read_text()
+                             "e_distillation_beats_rl_at_equal_compute", "f_r1_as_accurate_and_more_readable",
+                             "general_prompts_judge_score"}
+    table = (workdir / "findings.md").read_text()
+    assert "r1 format" in table and " ± " in table  # every pass@1 and cons@k with its error
     cold_start = json.loads((workdir / "cold_start" / "data.json").read_text())
     assert len(cold_start["pairs"]) == cold_start["stats"]["kept"] + 16  # R1-Zero's kept + annotated
     assert all(completion.startswith("|special_token|") for _, completion in cold_start["pairs"])

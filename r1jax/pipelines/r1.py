@@ -34,10 +34,10 @@ from r1jax.data.cold_start import build_cold_start, to_r1_format
 from r1jax.data.preferences import general_prompts, preference_pairs
 from r1jax.data.rejection import load_sft_dataset, rejection_sample, rollout_sampler
 from r1jax.files import write_json_atomically
-from r1jax.metrics import summary_table
 from r1jax.models import from_pretrained
 from r1jax.models.reward_model import RewardModel
 from r1jax.pipelines import stages, stand_in
+from r1jax.pipelines.findings import findings_table, models_table, paper_findings
 from r1jax.pipelines.settings import (ConfigError, EvalSettings, TrainSettings, config_section, make_workdir,
                                      settings_from, training_settings)
 from r1jax.rewards import OutputFormat, get_reward
@@ -93,6 +93,11 @@ def _annotated_pairs(examples, count: int, config, renderer, task) -> list[tuple
             for prompt, completion in stand_in.corpus_pairs(chosen, rng, style, renderer, task)]
 
 
+def _student_style(config):
+    """The stand-in student base's corpus: the base's, with the student's own `worked_rate`."""
+    return dataclasses.replace(stand_in.corpus_style(config.pretrain), worked_rate=config.student.worked_rate)
+
+
 def _check_training_sections(config) -> None:
     """The optimisation of every stage that does not train with `config.rl`, checked before the first
     stage starts (SFT and the reward model train on a cosine schedule)."""
@@ -100,6 +105,16 @@ def _check_training_sections(config) -> None:
         stand_in.check_pretrain(config.pretrain)
     for where in ("cold_start", "sft", "reward_model"):
         training_settings(config[where], where=where)
+    with config_section("student"):
+        _student_style(config)
+    for where, field in (("cold_start", "replay"), ("sft", "replay"), ("student", "distill_replay")):
+        share = config[where][field]
+        if not 0 <= share < 1:
+            raise ConfigError(f"config.{where}.{field}={share}: the share of base-corpus pairs in the SFT set "
+                              "must be in [0, 1)")
+        if share and config.init:
+            raise ConfigError(f"config.{where}.{field}={share} replays the stand-in base's pretraining corpus, "
+                              "which a checkpoint given as config.init does not have: set it to 0")
     # the distillation's steps follow from the student RL run's compute: known only then
     st = config.student
     if not 0 < st.distill_learning_rate < float("inf") or st.distill_warmup_steps < 0 or st.distill_batch_size < 1:
@@ -134,13 +149,26 @@ def r1_pipeline(config) -> dict:
             return {"stopped": "pretrain"}
         train, test, tokenizer, base_dir = prepared
     renderer = PromptRenderer(tokenizer, config.template)
+
+    def with_replay(pairs: list, share: float, seed: int) -> list:
+        """`pairs` plus pairs of the stand-in base's pretraining corpus (all its problems, drawn
+        afresh), `share` of the result: SFT keeps what the base knew, as the paper mixes
+        non-reasoning data into its SFT sets."""
+        count = round(len(pairs) * share / (1 - share)) if pairs else 0
+        if not count:
+            return pairs
+        rng = np.random.default_rng(seed)
+        corpus = train + test  # what the base was pretrained on (stand_in.prepare_base)
+        chosen = [corpus[i] for i in rng.integers(len(corpus), size=count)]
+        return pairs + stand_in.corpus_pairs(chosen, rng, stand_in.corpus_style(config.pretrain), renderer, task)
     eval_examples = test[:eval_settings.num_prompts] if eval_settings.num_prompts else test
     max_new_tokens = rl_settings.max_new_tokens
 
     def evaluate(name: str, model_dir: pathlib.Path) -> dict:
         return stages.cached(workdir / "evals" / f"{name}.json", lambda: stages.evaluate_stage(
             *stages.split(from_pretrained(model_dir, mesh=mesh)), renderer, eval_examples, task=task,
-            settings=eval_settings, max_new_tokens=max_new_tokens, mesh=mesh, seed=config.seed + 1))
+            settings=eval_settings, max_new_tokens=max_new_tokens, mesh=mesh, seed=config.seed + 1,
+            per_prompt=True), needs=("per_prompt",))
 
     def rl(name: str, init: pathlib.Path, rewards: dict, examples=train, model_reward=None):
         log.info("stage %s (%.0fs)", name, time.perf_counter() - started)
@@ -197,7 +225,8 @@ def r1_pipeline(config) -> dict:
     if not cold["pairs"]:
         raise RuntimeError(f"no R1-Zero sample passed the cold-start filters ({cold['stats']}) and "
                            "cold_start.annotated is 0: train R1-Zero longer or add annotated samples")
-    cold_start_dir = sft("cold_start", base_dir, [tuple(p) for p in cold["pairs"]], c.steps, c)
+    cold_start_dir = sft("cold_start", base_dir,
+                         with_replay([tuple(p) for p in cold["pairs"]], c.replay, config.seed + 11), c.steps, c)
     if cold_start_dir is None:
         return {"stopped": "cold_start"}
 
@@ -221,7 +250,8 @@ def r1_pipeline(config) -> dict:
                      for q, chosen, _ in preference_pairs(config.seed, config.general.sft_pairs,
                                                           aspects=("harmlessness",))]
     s = config.sft
-    sft_dir = sft("sft", base_dir, reasoning_pairs + general_pairs, s.steps, s)
+    sft_dir = sft("sft", base_dir, with_replay(reasoning_pairs + general_pairs, s.replay, config.seed + 12),
+                  s.steps, s)
     if sft_dir is None:
         return {"stopped": "sft"}
 
@@ -253,9 +283,11 @@ def r1_pipeline(config) -> dict:
     if st.init:  # a real student checkpoint
         student_base = pathlib.Path(st.init)
     else:
+        # the student's own pretraining corpus: `worked_rate` sets how often its base shows the
+        # worked reasoning that RL could amplify (the paper's explanation of its Table 6)
         student_base = stand_in.pretrain_stage(
             workdir / "student" / "base", model_section=st.model, pretrain=config.pretrain,
-            style=stand_in.corpus_style(config.pretrain), examples=train + test, tokenizer=tokenizer,
+            style=_student_style(config), examples=train + test, tokenizer=tokenizer,
             renderer=renderer, task=task, mesh=mesh, seed=config.seed, name="student_pretrain")
         if student_base is None:
             return {"stopped": "student_pretrain"}
@@ -275,7 +307,8 @@ def r1_pipeline(config) -> dict:
         distill_batch = min(st.distill_batch_size, len(reasoning_pairs))  # as `sft` will use
         sft_flops_per_step = 3 * student_flops * distill_batch * (prompt_tokens + completion_tokens)
         distill_steps = max(1, round(rl_flops / sft_flops_per_step))
-        student_distill = sft("student/distill", student_base, reasoning_pairs, distill_steps,
+        student_distill = sft("student/distill", student_base,
+                              with_replay(reasoning_pairs, st.distill_replay, config.seed + 13), distill_steps,
                               types.SimpleNamespace(batch_size=st.distill_batch_size,
                                                     warmup_steps=st.distill_warmup_steps,
                                                     learning_rate=st.distill_learning_rate))
@@ -299,33 +332,15 @@ def r1_pipeline(config) -> dict:
     target = config.findings.target_accuracy
     steps_from_base = _steps_to_reach(workdir / "r1_zero" / "metrics.jsonl", target)
     steps_from_cold = _steps_to_reach(workdir / "reasoning_rl" / "metrics.jsonl", target)
-    findings = {
-        "a_rl_raises_pass_at_1": {"base": evals["base"]["pass_at_1"], "r1_zero": evals["r1_zero"]["pass_at_1"],
-                                  "holds": evals["r1_zero"]["pass_at_1"] > evals["base"]["pass_at_1"]},
-        "b_cons_at_k_at_least_pass_at_1": {
-            name: {"pass_at_1": e["pass_at_1"], f"cons_at_{k}": e[f"cons_at_{k}"]} for name, e in evals.items()},
-        "c_rl_steps_to_target_accuracy": {"target": target, "from_base": steps_from_base,
-                                          "from_cold_start": steps_from_cold, "rl_steps": rl_train.steps,
-                                          "holds": steps_from_cold is not None and (
-                                              steps_from_base is None or steps_from_cold < steps_from_base)},
-        "d_language_reward_raises_consistency": {
-            "without": evals["r1_zero"]["language"], "with": evals["r1_zero_language"]["language"],
-            "holds": evals["r1_zero_language"]["language"] > evals["r1_zero"]["language"]},
-        "e_distillation_beats_rl_at_equal_compute": {
-            "student_base": evals["student_base"]["pass_at_1"], "student_rl": evals["student_rl"]["pass_at_1"],
-            "student_distill": evals["student_distill"]["pass_at_1"] if student_distill else None,
-            "rl_flops": rl_flops, "distill_steps": distill_steps,
-            "distill_flops": distill_steps * sft_flops_per_step if student_distill else None,
-            "holds": bool(student_distill) and evals["student_distill"]["pass_at_1"] > evals["student_rl"]["pass_at_1"]},
-        "general_prompts_judge_score": general_scores,
-    }
-    findings["b_cons_at_k_at_least_pass_at_1"]["holds"] = all(
-        e[f"cons_at_{k}"] >= e["pass_at_1"] for e in evals.values())
+    findings = paper_findings(evals, k=k, target=target, rl_steps=rl_train.steps, steps_from_base=steps_from_base,
+                              steps_from_cold=steps_from_cold)
+    findings["e_distillation_beats_rl_at_equal_compute"].update(
+        rl_flops=rl_flops, distill_steps=distill_steps,
+        distill_flops=distill_steps * sft_flops_per_step if student_distill else None)
+    findings["general_prompts_judge_score"] = general_scores
     write_json_atomically(workdir / "findings.json", {"findings": findings, "evals": evals,
                                                   "seconds": round(time.perf_counter() - started, 1)})
-    table = summary_table([{"model": name, "pass@1": e["pass_at_1"], f"cons@{k}": e[f"cons_at_{k}"],
-                            "format": e["format_reward"], "r1_format": e["r1_format"], "language": e["language"],
-                            "length": e["response_length"]} for name, e in evals.items()])
+    table = models_table(evals, k=k) + "\n\n" + findings_table(findings)
     (workdir / "findings.md").write_text(table + "\n")
     print(table)
     return findings

@@ -106,15 +106,17 @@ def sft_stage(workdir: pathlib.Path, *, init: Transformer | pathlib.Path, exampl
 
 
 def evaluate_stage(graphdef, params, renderer: PromptRenderer, examples: Sequence[dict], *, task: Task,
-                   settings: EvalSettings, max_new_tokens: int, mesh: Mesh, seed: int) -> dict[str, float]:
+                   settings: EvalSettings, max_new_tokens: int, mesh: Mesh, seed: int,
+                   per_prompt: bool = False) -> dict:
     """Held-out pass@1 over `settings.num_samples` samples, cons@k, length and the mean of each of
-    `settings.scores` (result key -> registered reward name)."""
+    `settings.scores` (result key -> registered reward name), with standard errors (and the
+    per-prompt values, for paired comparisons: `r1jax.evaluate.evaluate_policy`)."""
     return evaluate_policy(
         graphdef, params, renderer, examples, task=task,
         scores={key: get_reward(name) for key, name in dict(settings.scores).items()},
         rng=jax.random.key(seed), num_samples=settings.num_samples, max_prompt_length=settings.max_prompt_length,
         max_new_tokens=settings.max_new_tokens or max_new_tokens, temperature=settings.temperature,
-        top_p=settings.top_p, mesh=mesh)
+        top_p=settings.top_p, mesh=mesh, per_prompt=per_prompt)
 
 
 def grpo_stage(workdir: pathlib.Path, *, init: pathlib.Path, train: Sequence[dict], tokenizer: Tokenizer,
@@ -154,10 +156,16 @@ def grpo_stage(workdir: pathlib.Path, *, init: pathlib.Path, train: Sequence[dic
     return out
 
 
-def cached(path: pathlib.Path, compute: Callable[[], dict]) -> dict:
-    """`compute()`'s result, stored as JSON at `path` the first time (evaluations are slow)."""
+def cached(path: pathlib.Path, compute: Callable[[], dict], *, needs: Sequence[str] = ()) -> dict:
+    """`compute()`'s result, stored as JSON at `path` the first time (evaluations are slow).
+
+    A stored result without every key in `needs` (written by an older version) is computed
+    again and replaced: it is derived data, and the checkpoint it came from is still there.
+    """
     if path.exists():
-        return json.loads(path.read_text())
+        stored = json.loads(path.read_text())
+        if all(key in stored for key in needs):
+            return stored
     value = compute()  # every process computes it (a collective); process 0 writes it
     if is_primary():
         path.parent.mkdir(parents=True, exist_ok=True)
