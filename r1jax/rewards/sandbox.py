@@ -41,8 +41,8 @@ Children are started by a small launcher process (this file run as a script,
 stdlib only), one per calling process: forking it costs a millisecond where
 forking a trainer or a worker with sympy loaded costs ten, and it is
 single-threaded (so the pre-exec setup is safe even when the caller runs JAX
-threads). Per run it forks a supervisor that enters the new namespaces and
-forks the namespace's init, which mounts the private file system view, starts
+threads). Per run it forks a supervisor, the init of a new PID namespace,
+which enters the other namespaces, mounts the private file system view, starts
 the program, enforces the wall-clock limit and reports back over a pipe. Once
 the program exits or hits the wall-clock limit, the init exits and the kernel
 kills whatever the program left running (a fork bomb cannot outrun it). Output
@@ -118,6 +118,9 @@ _SECCOMP_ARCH = {
 _X32_SYSCALL_BIT = 0x40000000  # x86_64's second syscall table (the x32 ABI)
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# The same C library, called with the GIL held: a clone() made while another thread could take
+# the GIL would leave the child a GIL owned by a thread it does not have.
+_libc_holding_gil = ctypes.PyDLL(None, use_errno=True)
 
 
 class _MountAttr(ctypes.Structure):
@@ -198,8 +201,9 @@ def _probe(namespaces: int, syscall_filter: bool = False) -> bool:
         return False
     _syscall_filter()  # built here: the child below should only make syscalls
     # A fork straight into the new namespaces (the child is their init, as a run's
-    # is), by raw syscall: the caller may be threaded.
-    pid = _libc.syscall(_SYS_CLONE[machine], namespaces | signal.SIGCHLD, 0, 0, 0, 0)
+    # is), by raw syscall: the caller may be threaded, and the child runs no Python
+    # that could wait for another thread's lock (only these C calls, then _exit).
+    pid = _libc_holding_gil.syscall(_SYS_CLONE[machine], namespaces | signal.SIGCHLD, 0, 0, 0, 0)
     if pid == 0:
         ok = not namespaces or (
             _libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
@@ -505,18 +509,17 @@ class _Confinement:
 def _install_syscall_filter() -> int:
     """Install the seccomp filter on this thread and its future children (it
     needs PR_SET_NO_NEW_PRIVS or root). Returns 0 or -1, as prctl does."""
-    program = _syscall_filter()
-    if program is None:
+    fprog = _syscall_filter()
+    if fprog is None:
         return -1
-    fprog = _SockFprog(len(program) // 8, program)
     return _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0)
 
 
 @functools.lru_cache(maxsize=None)
-def _syscall_filter() -> Optional[bytes]:
+def _syscall_filter() -> Optional[_SockFprog]:
     """The filter, in classic BPF over `struct seccomp_data` (nr at offset 0,
     arch at 4, the first argument's low word at 16 on these little-endian
-    machines); None on an architecture it does not know."""
+    machines), as prctl takes it; None on an architecture it does not know."""
     machine = os.uname().machine
     if machine not in _SECCOMP_ARCH:
         return None
@@ -535,7 +538,7 @@ def _syscall_filter() -> Optional[bytes]:
             program += [op(jeq, number, 0, 1), op(ret, errno | _ENOSYS)]
     program += [op(jeq, numbers["socket"], 0, 3), op(load, 16), op(jeq, _AF_UNIX, 0, 1),
                 op(ret, errno | _EAFNOSUPPORT), op(ret, allow)]
-    return b"".join(program)
+    return _SockFprog(len(program), b"".join(program))  # the bytes live as long as the cached struct
 
 
 def _check(result: int, what: str):
