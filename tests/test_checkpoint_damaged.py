@@ -5,7 +5,6 @@ damaged the ways a disk or a copy does it (a truncated array file, a garbled JSO
 zeroed metadata file). Each damaged copy must resume from step 2 and end bit-exact like
 a copy whose step 4 was simply never written. The rest uses `Checkpointer` alone.
 """
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from r1jax.models import ModelConfig, Transformer
 from r1jax.sharding import make_mesh
 from r1jax.train.loop import LoopSettings, run_training
 from r1jax.train.objectives import sft_objective
+from test_checkpoint import snapshot
 
 TINY = ModelConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1)
 TOTAL_STEPS = 6  # the base run stops at 4; the resumed ones go on to 6
@@ -76,18 +76,6 @@ def assert_bit_exact(got, want):
         assert a.dtype == b.dtype and a.shape == b.shape
         np.testing.assert_array_equal(np.asarray(a).reshape(-1).view(np.uint8),
                                       np.asarray(b).reshape(-1).view(np.uint8))
-
-
-def snapshot(directory):
-    """Every path under `directory` with the sha256 of its bytes."""
-    out = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(root, name), directory)] = "dir"
-        for name in files:
-            path = os.path.join(root, name)
-            out[os.path.relpath(path, directory)] = hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")

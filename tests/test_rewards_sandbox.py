@@ -45,9 +45,9 @@ def run(program: str, limits=LIMITS):
                          exposed_paths=EXPOSED)
 
 
-def sandbox_processes() -> list[int]:
-    """Processes (zombies included) running as one of this process's sandbox uids."""
-    low = SANDBOX_UID_BASE + os.getpid() * 64
+def sandbox_processes(owner_pid: int | None = None) -> list[int]:
+    """Processes (zombies included) running as one of the sandbox uids of `owner_pid` (this process)."""
+    low = SANDBOX_UID_BASE + (os.getpid() if owner_pid is None else owner_pid) * 64
     pids = []
     for entry in os.listdir("/proc"):
         try:
@@ -449,19 +449,9 @@ def test_escaped_grandchild_dies_with_a_killed_owner():
         run_sandboxed({PYTHON!r}, files={{"main.py": {program!r}}}, exposed_paths={EXPOSED!r},
                       limits=SandboxLimits(wall_seconds=60, cpu_seconds=5))
     """)])
-    low = SANDBOX_UID_BASE + owner.pid * 64
 
     def owned():
-        found = []
-        for entry in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{entry}/status") as status:
-                    uid = next(int(line.split()[1]) for line in status if line.startswith("Uid:"))
-            except (OSError, ValueError, StopIteration):
-                continue
-            if low <= uid < low + 64:
-                found.append(int(entry))
-        return found
+        return sandbox_processes(owner.pid)
 
     try:
         deadline = time.monotonic() + 30
