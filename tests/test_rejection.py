@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from r1jax.data.rejection import (DROP_REASONS, assemble_dataset, dataset_path, load_sft_dataset,
+from r1jax.data.rejection import (DROP_REASONS, OutputDirError, assemble_dataset, dataset_path, load_sft_dataset,
                                   rejection_sample, rollout_sampler, to_sft_pairs)
 from r1jax.data.sources import DatasetNotPreparedError
 from r1jax.rewards.countdown import arithmetic_reward
@@ -289,12 +289,12 @@ def test_real_model_end_to_end(tmp_path, tiny_policy):
 def test_other_provenance_or_settings_are_refused_and_nothing_changes(tmp_path):
     run(tmp_path, scripted_sampler, scripted_examples(), num_samples=7)
     before = snapshot(tmp_path)
-    with pytest.raises(ValueError, match=r"provenance.step: stored 120, requested 121.*nothing was changed"):
+    with pytest.raises(OutputDirError, match=r"provenance.step: stored 120, requested 121.*nothing was changed"):
         run(tmp_path, scripted_sampler, scripted_examples(), num_samples=7,
             provenance={**PROVENANCE, "step": 121})
-    with pytest.raises(ValueError, match="settings.temperature: stored 0.6, requested 1.0"):
+    with pytest.raises(OutputDirError, match="settings.temperature: stored 0.6, requested 1.0"):
         run(tmp_path, scripted_sampler, scripted_examples(), num_samples=7, temperature=1.0)
-    with pytest.raises(ValueError, match="settings.examples_sha256"):
+    with pytest.raises(OutputDirError, match="settings.examples_sha256"):
         run(tmp_path, scripted_sampler, arithmetic_examples(4), num_samples=7)
     assert snapshot(tmp_path) == before
 
@@ -304,7 +304,7 @@ def test_unfinished_runs_are_refused_too(tmp_path):
         run(tmp_path, scripted_sampler, scripted_examples(), num_samples=7, process_count=2,
             assembly_timeout=0)
     before = snapshot(tmp_path)
-    with pytest.raises(ValueError, match="settings.chunk_size"):
+    with pytest.raises(OutputDirError, match="settings.chunk_size"):
         run(tmp_path, scripted_sampler, scripted_examples(), num_samples=7, process_count=2, chunk_size=2)
     with pytest.raises(DatasetNotPreparedError, match="no finished"):
         load_sft_dataset(tmp_path)
@@ -315,14 +315,14 @@ def test_directories_that_are_not_ours_are_left_alone(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="notes.txt.*empty or new output_dir"):
+    with pytest.raises(OutputDirError, match="notes.txt.*empty or new output_dir"):
         run(foreign, scripted_sampler, scripted_examples(), num_samples=7)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
     orphan = tmp_path / "orphan"
     (orphan / "chunks").mkdir(parents=True)
     (orphan / "chunks" / "chunk_00000.json").write_text("{}")
-    with pytest.raises(ValueError, match="provenance.json is missing"):
+    with pytest.raises(OutputDirError, match="provenance.json is missing"):
         run(orphan, scripted_sampler, scripted_examples(), num_samples=7)
     assert [p.name for p in orphan.rglob("*")] == ["chunks", "chunk_00000.json"]
 

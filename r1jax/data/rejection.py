@@ -99,6 +99,11 @@ class RejectionStats:
     dataset_ready: bool
 
 
+class OutputDirError(ValueError):
+    """The output directory holds something this run must not resume or overwrite (another
+    run's samples, files that are not a run); nothing was changed."""
+
+
 def dataset_path(output_dir) -> pathlib.Path:
     """The folder of the finished TFDS dataset; load it with `tfds.builder_from_directory`."""
     return pathlib.Path(output_dir) / DATASET_NAME / DATASET_VERSION
@@ -357,21 +362,21 @@ def _claim_output_dir(output_dir: pathlib.Path, run: dict) -> dict:
     foreign = [name for name in entries
                if name not in _OWN_ENTRIES and not name.startswith(f".{PROVENANCE_FILE}.")]  # our temporaries
     if foreign:
-        raise ValueError(f"{output_dir} holds files that are not a rejection-sampling run "
+        raise OutputDirError(f"{output_dir} holds files that are not a rejection-sampling run "
                          f"({', '.join(foreign[:5])}); pass an empty or new output_dir")
     if provenance_file.exists():
         stored = json.loads(provenance_file.read_text())
         stored_run = {key: stored.get(key) for key in run}
         if stored_run != run:
             differences = "; ".join(_differences(stored_run, run))
-            raise ValueError(f"{output_dir} holds a run with other provenance or settings ({differences}). "
+            raise OutputDirError(f"{output_dir} holds a run with other provenance or settings ({differences}). "
                              "Resume it with the same settings, or pass a new output_dir; nothing was changed.")
         return stored_run  # equal, and exactly what the chunks' digest was taken of
     if (output_dir / CHUNKS_DIR).exists() and any((output_dir / CHUNKS_DIR).iterdir()):
-        raise ValueError(f"{output_dir / CHUNKS_DIR} holds chunks but {provenance_file} is missing, so "
+        raise OutputDirError(f"{output_dir / CHUNKS_DIR} holds chunks but {provenance_file} is missing, so "
                          "their settings are unknown; pass a new output_dir")
     if (output_dir / DATASET_NAME).exists():
-        raise ValueError(f"{output_dir / DATASET_NAME} exists but {provenance_file} is missing; "
+        raise OutputDirError(f"{output_dir / DATASET_NAME} exists but {provenance_file} is missing; "
                          "pass a new output_dir")
     (output_dir / CHUNKS_DIR).mkdir(parents=True, exist_ok=True)
     write_json_atomically(provenance_file, run)
@@ -394,7 +399,7 @@ def _chunk_path(output_dir: pathlib.Path, chunk_index: int) -> pathlib.Path:
 def _read_chunk(path: pathlib.Path, digest: str) -> dict:
     chunk = json.loads(path.read_text())
     if chunk.get("run_sha256") != digest:
-        raise ValueError(f"{path} was made by a run with other provenance or settings than "
+        raise OutputDirError(f"{path} was made by a run with other provenance or settings than "
                          f"{path.parent.parent / PROVENANCE_FILE} describes; pass a new output_dir")
     return chunk
 

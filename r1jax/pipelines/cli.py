@@ -14,12 +14,13 @@ from ml_collections import config_flags
 
 from r1jax import distributed
 from r1jax.checkpoint import DamagedCheckpointError, IncompatibleCheckpointError
+from r1jax.data.rejection import OutputDirError
 from r1jax.models.weights import CheckpointError
 from r1jax.pipelines.settings import ConfigError
 
-# Errors in what the user gave (a config, a checkpoint to start from or resume), found
-# before they cost work or with nothing changed on disk: shown as `error: <message>`.
-USER_ERRORS = (ConfigError, CheckpointError, IncompatibleCheckpointError, DamagedCheckpointError)
+# Errors in what the user gave (a config, a checkpoint to start from or resume, a workdir
+# holding another run's data), found with nothing changed on disk: shown as `error: <message>`.
+USER_ERRORS = (ConfigError, CheckpointError, IncompatibleCheckpointError, DamagedCheckpointError, OutputDirError)
 
 Shrink = Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
 
