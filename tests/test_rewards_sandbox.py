@@ -202,25 +202,31 @@ def test_environment_secret_is_unreachable(monkeypatch):
         holder.wait()
 
 
+def assert_nobody_connects(server: socket.socket, connect: str):
+    """A program that would print "connected" after `conn = <connect>` and a send scores 0.0,
+    and the listening, non-blocking `server` never sees a connection."""
+    program = f"""
+        import socket
+        try:
+            conn = {connect}
+            conn.sendall(b"exfiltrated")
+            print("connected")
+        except OSError as error:
+            print("blocked")
+    """
+    assert score(program, "connected") == 0.0
+    assert score(program, "blocked") == 1.0
+    with pytest.raises(BlockingIOError):
+        server.accept()  # nobody ever connected
+
+
 def test_socket_to_localhost_is_blocked():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
         server.setblocking(False)
         port = server.getsockname()[1]
-        program = f"""
-            import socket
-            try:
-                with socket.create_connection(("127.0.0.1", {port}), timeout=1) as conn:
-                    conn.sendall(b"exfiltrated")
-                print("connected")
-            except OSError as error:
-                print("blocked")
-        """
-        assert score(program, "connected") == 0.0
-        assert score(program, "blocked") == 1.0
-        with pytest.raises(BlockingIOError):
-            server.accept()  # nobody ever connected
+        assert_nobody_connects(server, f'socket.create_connection(("127.0.0.1", {port}), timeout=1)')
 
 
 def test_deleting_files_fails(tmp_path):
@@ -305,20 +311,7 @@ def test_unix_socket_of_a_host_service_is_unreachable(directory):
         os.chmod(path, 0o777)
         server.listen()
         server.setblocking(False)
-        program = f"""
-            import socket
-            try:
-                with socket.socket(socket.AF_UNIX) as conn:
-                    conn.connect({path!r})
-                    conn.sendall(b"exfiltrated")
-                print("connected")
-            except OSError as error:
-                print("blocked")
-        """
-        assert score(program, "connected") == 0.0
-        assert score(program, "blocked") == 1.0
-        with pytest.raises(BlockingIOError):
-            server.accept()  # nobody ever connected
+        assert_nobody_connects(server, f"socket.socket(socket.AF_UNIX); conn.connect({path!r})")
     finally:
         server.close()
         os.unlink(path)
