@@ -120,6 +120,16 @@ def test_a_replay_share_outside_zero_to_one_is_refused(workdir, field):
     _refused("r1_pipeline_tiny", workdir, f"config.{field}=1.0: .*must be in \\[0, 1\\)", **{field: 1.0})
 
 
+@pytest.mark.parametrize("field,value", [("cold_start.prompts", -1), ("rejection.prompts", -5)])
+def test_a_sampled_prompt_count_that_is_not_a_count_is_refused(workdir, field, value):
+    _refused("r1_pipeline_tiny", workdir, f"config.{field}={value}: the number of training prompts",
+             **{field: value})
+
+
+def test_a_student_rl_budget_shorter_than_its_warmup_is_refused(workdir):
+    _refused("r1_pipeline_tiny", workdir, "config.student: warmup_steps=5.*raise steps", **{"student.rl_steps": 2})
+
+
 @pytest.mark.parametrize("name", ["r1_zero_tiny", "r1_pipeline_tiny", "distill"])
 def test_a_workdir_that_cannot_be_created_is_refused(tmp_path, name):
     (tmp_path / "a_file").write_text("mine")

@@ -7,13 +7,14 @@ from r1jax.pipelines.findings import findings_table, models_table, paper_finding
 K = 4
 
 
-def evaluation(pass_rates, votes, language):
+def evaluation(pass_rates, votes, language, r1_format=0.0):
     pass_rates, votes, language = (np.asarray(v, float) for v in (pass_rates, votes, language))
+    r1_format = np.full(len(pass_rates), r1_format)
     return {"pass_at_1": pass_rates.mean(), "pass_at_1_se": pass_rates.std(ddof=1) / np.sqrt(len(pass_rates)),
             f"cons_at_{K}": votes.mean(), f"cons_at_{K}_se": votes.std(ddof=1) / np.sqrt(len(votes)),
-            "format_reward": 1.0, "r1_format": 0.0, "language": language.mean(), "response_length": 20.0,
+            "format_reward": 1.0, "r1_format": r1_format.mean(), "language": language.mean(), "response_length": 20.0,
             "per_prompt": {"pass_at_1": pass_rates.tolist(), f"cons_at_{K}": votes.tolist(),
-                           "language": language.tolist()}}
+                           "language": language.tolist(), "r1_format": r1_format.tolist()}}
 
 
 def evals(**changes):
@@ -25,7 +26,7 @@ def evals(**changes):
         "base": evaluation(low, low_votes, np.full(prompts, 0.9)),
         "r1_zero": evaluation(high, np.ones(prompts), np.tile([0.6, 0.8], prompts // 2)),
         "r1_zero_language": evaluation(high - 0.01, np.ones(prompts), np.full(prompts, 0.95)),
-        "all_scenario_rl": evaluation(noisy_high, np.ones(prompts), np.full(prompts, 1.0)),
+        "all_scenario_rl": evaluation(noisy_high, np.ones(prompts), np.full(prompts, 1.0), r1_format=1.0),
         "student_base": evaluation(low, low_votes, np.full(prompts, 0.9)),
         "student_rl": evaluation(high, np.ones(prompts), np.full(prompts, 0.7)),
         "student_distill": evaluation(np.full(prompts, 0.9), np.ones(prompts), np.full(prompts, 1.0)),
@@ -61,6 +62,9 @@ def test_findings_that_do_not_hold():
     assert not findings["c_rl_steps_to_target_accuracy"]["holds"]
     assert not findings["e_distillation_beats_rl_at_equal_compute"]["holds"]
     assert not findings["f_r1_as_accurate_and_more_readable"]["holds"]
+    # as accurate and one-language, but not in R1's format: not more readable
+    unformatted = evaluation(np.tile([1.0, 0.5], prompts // 2), np.ones(prompts), np.full(prompts, 1.0))
+    assert not judge(evals(all_scenario_rl=unformatted))["f_r1_as_accurate_and_more_readable"]["holds"]
     without_student = evals()
     del without_student["student_distill"]
     assert not judge(without_student)["e_distillation_beats_rl_at_equal_compute"]["holds"]

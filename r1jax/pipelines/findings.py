@@ -11,7 +11,7 @@ the paper does; a difference between two models counts only when it exceeds
     (c) from the cold start, RL reaches a target training accuracy in fewer steps
     (d) the language reward raises language consistency    at a (small) accuracy cost
     (e) distillation beats RL on the small student at equal compute
-    (f) R1 is at least as accurate as R1-Zero and more readable (language consistency)
+    (f) R1 is at least as accurate as R1-Zero and more readable (R1's format, language consistency)
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def paper_findings(evals: Mapping[str, Mapping], *, k: int, target: float, rl_st
                    steps_from_base: int | None, steps_from_cold: int | None) -> dict:
     """Each finding: the comparisons it rests on (difference, error, verdict) and `holds`.
 
-    `evals[model]` needs `per_prompt` values of `pass_at_1`, `cons_at_<k>` and `language`;
+    `evals[model]` needs `per_prompt` values of `pass_at_1`, `cons_at_<k>`, `language` and `r1_format`;
     the models are the pipeline's (`base`, `r1_zero`, `r1_zero_language`, `all_scenario_rl`,
     `student_base`, `student_rl`, optionally `student_distill`). `steps_from_*`: the RL step
     at which the training accuracy reached `target` from the base and from the cold start
@@ -53,9 +53,11 @@ def paper_findings(evals: Mapping[str, Mapping], *, k: int, target: float, rl_st
     e = {"distill_vs_rl": versus("student_distill", "student_rl")} if "student_distill" in evals else {}
     findings["e_distillation_beats_rl_at_equal_compute"] = {
         **e, "holds": bool(e) and e["distill_vs_rl"]["verdict"] == "higher"}
-    f = {"accuracy": versus("all_scenario_rl", "r1_zero"), "language": versus("all_scenario_rl", "r1_zero", "language")}
+    f = {"accuracy": versus("all_scenario_rl", "r1_zero"), "language": versus("all_scenario_rl", "r1_zero", "language"),
+         "format": versus("all_scenario_rl", "r1_zero", "r1_format")}
     findings["f_r1_as_accurate_and_more_readable"] = {
-        **f, "holds": f["accuracy"]["verdict"] != "lower" and f["language"]["verdict"] == "higher"}
+        **f, "holds": f["accuracy"]["verdict"] != "lower" and f["language"]["verdict"] == "higher"
+        and f["format"]["verdict"] == "higher"}
     return findings
 
 

@@ -53,8 +53,10 @@ from r1jax.train.state import make_optimizer
 log = logging.getLogger(__name__)
 
 # R1's markers; the summary is written in words the tiny tokenizer learned from the base
-# corpus (the default "$\\boxed{N}$" is a string of rare byte pieces a tiny model garbles)
-FORMAT = OutputFormat(summary_template="the answer is {answer} .")
+# corpus (the default "$\\boxed{N}$" is a string of rare byte pieces a tiny model garbles), with
+# the leading space that makes "the" the corpus's own piece: without it the summary after the
+# marker starts with a piece the base never saw, and the model garbled it ("hehe answer is 8")
+FORMAT = OutputFormat(summary_template=" the answer is {answer} .")
 EVAL_SCORES = {"format_reward": "format", "r1_format": "r1_format", "language": "language"}
 
 
@@ -93,6 +95,11 @@ def _annotated_pairs(examples, count: int, config, renderer, task) -> list[tuple
             for prompt, completion in stand_in.corpus_pairs(chosen, rng, style, renderer, task)]
 
 
+def _first(examples: list, count: int) -> list:
+    """The first `count` examples (the splits are in random order), or all of them for 0."""
+    return examples[:count] if count else examples
+
+
 def _student_style(config):
     """The stand-in student base's corpus: the base's, with the student's own `worked_rate`."""
     return dataclasses.replace(stand_in.corpus_style(config.pretrain), worked_rate=config.student.worked_rate)
@@ -107,14 +114,16 @@ def _check_training_sections(config) -> None:
         training_settings(config[where], where=where)
     with config_section("student"):
         _student_style(config)
+    for where in ("cold_start", "rejection"):
+        count = config[where].prompts
+        if not isinstance(count, int) or count < 0:
+            raise ConfigError(f"config.{where}.prompts={count!r}: the number of training prompts to sample, "
+                              "an integer >= 0 (0: all of them)")
     for where, field in (("cold_start", "replay"), ("sft", "replay"), ("student", "distill_replay")):
         share = config[where][field]
         if not 0 <= share < 1:
             raise ConfigError(f"config.{where}.{field}={share}: the share of base-corpus pairs in the SFT set "
                               "must be in [0, 1)")
-        if share and config.init:
-            raise ConfigError(f"config.{where}.{field}={share} replays the stand-in base's pretraining corpus, "
-                              "which a checkpoint given as config.init does not have: set it to 0")
     # the distillation's steps follow from the student RL run's compute: known only then
     st = config.student
     if not 0 < st.distill_learning_rate < float("inf") or st.distill_warmup_steps < 0 or st.distill_batch_size < 1:
@@ -134,6 +143,8 @@ def r1_pipeline(config) -> dict:
     rl_settings, rl_train = settings_from(config.rl, GRPOSettings, TrainSettings, where="rl", template=config.template)
     eval_settings = settings_from(config.eval, EvalSettings, where="eval", scores=EVAL_SCORES)
     _check_training_sections(config)
+    with config_section("student"):  # the student's GRPO run: config.rl's, for its own number of steps
+        student_rl_train = dataclasses.replace(rl_train, steps=config.student.rl_steps or rl_train.steps)
     workdir = make_workdir(config.workdir)
     started = time.perf_counter()
     mesh = make_mesh(dict(config.mesh))
@@ -149,12 +160,15 @@ def r1_pipeline(config) -> dict:
             return {"stopped": "pretrain"}
         train, test, tokenizer, base_dir = prepared
     renderer = PromptRenderer(tokenizer, config.template)
+    if config.init and (config.cold_start.replay or config.sft.replay or config.student.distill_replay):
+        log.warning("config.init is a checkpoint without the stand-in's pretraining corpus: the SFT sets are not "
+                    "mixed with replay (cold_start.replay, sft.replay, student.distill_replay are not used)")
 
     def with_replay(pairs: list, share: float, seed: int) -> list:
         """`pairs` plus pairs of the stand-in base's pretraining corpus (all its problems, drawn
         afresh), `share` of the result: SFT keeps what the base knew, as the paper mixes
         non-reasoning data into its SFT sets."""
-        count = round(len(pairs) * share / (1 - share)) if pairs else 0
+        count = round(len(pairs) * share / (1 - share)) if pairs and not config.init else 0
         if not count:
             return pairs
         rng = np.random.default_rng(seed)
@@ -170,10 +184,10 @@ def r1_pipeline(config) -> dict:
             settings=eval_settings, max_new_tokens=max_new_tokens, mesh=mesh, seed=config.seed + 1,
             per_prompt=True), needs=("per_prompt",))
 
-    def rl(name: str, init: pathlib.Path, rewards: dict, examples=train, model_reward=None):
+    def rl(name: str, init: pathlib.Path, rewards: dict, examples=train, model_reward=None, train_settings=rl_train):
         log.info("stage %s (%.0fs)", name, time.perf_counter() - started)
         return stages.grpo_stage(workdir / name, init=init, train=examples, tokenizer=tokenizer, task=task,
-                                 rewards=rewards, settings=rl_settings, train_settings=rl_train, mesh=mesh,
+                                 rewards=rewards, settings=rl_settings, train_settings=train_settings, mesh=mesh,
                                  seed=config.seed, reward_workers=config.reward_workers, model_reward=model_reward)
 
     def sample_fn(model_dir: pathlib.Path, samples: int, temperature: float, top_p: float):
@@ -203,10 +217,11 @@ def r1_pipeline(config) -> dict:
     cold_start_data = workdir / "cold_start" / "data.json"
     if not cold_start_data.exists():
         sample = sample_fn(r1_zero_dir, c.samples_per_prompt, c.temperature, c.top_p)
-        texts = renderer.texts(train, task)
+        sampled = _first(train, c.prompts)
+        texts = renderer.texts(sampled, task)
         records = []
-        for start in range(0, len(train), 32):
-            chunk = train[start:start + 32]
+        for start in range(0, len(sampled), 32):
+            chunk = sampled[start:start + 32]
             out = sample(texts[start:start + 32], jax.random.key(config.seed + start))
             for i, (completion, _, _) in enumerate(out):
                 example = chunk[i // c.samples_per_prompt]
@@ -240,7 +255,8 @@ def r1_pipeline(config) -> dict:
     r = config.rejection
     rejection_dir = workdir / "rejection"
     rejection_sample(
-        *stages.split(from_pretrained(reasoning_dir, mesh=mesh)), renderer, train, output_dir=rejection_dir, task=task,
+        *stages.split(from_pretrained(reasoning_dir, mesh=mesh)), renderer, _first(train, r.prompts),
+        output_dir=rejection_dir, task=task,
         num_samples=r.samples_per_prompt, max_new_tokens=max_new_tokens, temperature=r.temperature,
         top_p=r.top_p, language="en", mesh=mesh, seed=config.seed,
         provenance={"checkpoint": str(reasoning_dir), "step": rl_train.steps, "stage": "reasoning_rl"})
@@ -292,7 +308,7 @@ def r1_pipeline(config) -> dict:
         if student_base is None:
             return {"stopped": "student_pretrain"}
     student_config = from_pretrained(student_base).config
-    student_rl = rl("student/rl", student_base, {accuracy: 1.0, "format": 1.0})
+    student_rl = rl("student/rl", student_base, {accuracy: 1.0, "format": 1.0}, train_settings=student_rl_train)
     if student_rl is None:
         return {"stopped": "student_rl"}
     rl_flops = distill_steps = sft_flops_per_step = student_distill = None

@@ -108,8 +108,9 @@ def prepare_base(config, workdir: pathlib.Path, mesh, task: Task, *, symbols=Non
         return [prompt + completion for prompt, completion in pairs[:config.tokenizer.corpus_size]]
 
     extra = {} if symbols is None else {"symbols": symbols}
-    tokenizer = tokenizer_stage(workdir / "tokenizer.model", tokenizer_corpus,
-                                vocab_size=config.tokenizer.vocab_size, **extra)
+    with config_section("tokenizer"):  # e.g. a vocab_size larger than the corpus has pieces for
+        tokenizer = tokenizer_stage(workdir / "tokenizer.model", tokenizer_corpus,
+                                    vocab_size=config.tokenizer.vocab_size, **extra)
     base_dir = pretrain_stage(workdir / "base", model_section=config.model, pretrain=config.pretrain, style=style,
                               examples=corpus_examples, tokenizer=tokenizer,
                               renderer=PromptRenderer(tokenizer, config.template), task=task, mesh=mesh,
