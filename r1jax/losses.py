@@ -8,6 +8,7 @@ is computed (``loss_type``, ``beta`` ...) are Python values, fixed at trace time
 """
 from __future__ import annotations
 
+import functools
 import numbers
 
 import jax
@@ -141,70 +142,146 @@ def entropy(logits: jax.Array) -> jax.Array:
 
 # The LM head, the log-probs and the entropy as one primitive. The head is the
 # largest matmul of a small model (SmolLM2-135M: 28M of its 134M matmul
-# parameters), and its backward is where plain autodiff loses the most on CPU:
-# it materialises softmax as its own [.., V] array, and XLA transposes the
-# [N, V] logit gradient (805 MB at 4096 tokens) to compute the head's gradient
-# as a [V, D] = [V, N] x [N, D] product. Here the gradient is written once in
-# a fused pass and the head's gradient is computed as [D, V] = [D, N] x [N, V]
-# and transposed: a copy of the [V, D] result (113 MB), not of the [N, V]
-# operand.
+# parameters), and its logits the largest array of a long-completion step:
+# [rows x completion tokens x V] floats (32 x 512 x 49,152 = 3.2 GB, 26 GB at
+# 4,096 tokens). So the head runs over the positions in chunks of at most
+# `chunk_size` positions, forward and backward: the forward keeps only [...]
+# statistics, and the backward recomputes each chunk's logits (one more head
+# matmul) and accumulates the head's gradient chunk by chunk. Peak memory is
+# then one chunk's [chunk, V], whatever the length. When every position fits
+# in one chunk (a 64-token GRPO step) the chunk's logits are kept instead, which
+# saves the recomputation and is still bounded by [chunk, V].
+#
+# Inside a chunk, plain autodiff would lose the most on CPU: it materialises
+# softmax as its own [.., V] array, and XLA transposes the [n, V] logit
+# gradient to compute the head's gradient as a [V, D] = [V, n] x [n, D]
+# product. Here the gradient is written once in a fused pass and the head's
+# gradient is computed as [D, V] = [D, n] x [n, V] and transposed at the end.
 
-@jax.custom_vjp
-def _head_logprobs(hidden, head, tokens):
-  return _head_logprobs_fwd(hidden, head, tokens)[0]
+HEAD_CHUNK_SIZE = 2048  # positions per chunk of `head_logprobs` (a [2048, V] float32 block: 400 MB at V = 49,152)
 
 
-def _head_logprobs_fwd(hidden, head, tokens):
-  logits = jnp.einsum("...d,vd->...v", hidden, head)
+def _head_chunk_forward(hidden, head, tokens):
+  """[n, D] x [V, D] -> (logps, entropy, log_z) [n], and the chunk's logits [n, V]."""
+  logits = hidden @ head.T
   log_z = _logsumexp_f32(logits)
-  taken = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
+  taken = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
   logits32 = logits.astype(jnp.float32)
-  mean_logit = jnp.sum(jnp.exp(logits32 - log_z[..., None]) * logits32, axis=-1)
-  outputs = (taken.astype(jnp.float32) - log_z, log_z - mean_logit)
-  return outputs, (hidden, head, tokens, logits, log_z)
+  mean_logit = jnp.sum(jnp.exp(logits32 - log_z[:, None]) * logits32, axis=-1)
+  return (taken.astype(jnp.float32) - log_z, log_z - mean_logit, log_z), logits
 
 
-def _head_logprobs_bwd(residuals, cotangents):
+def _head_chunk_backward(hidden, head, tokens, logits, log_z, g):
+  """d hidden [n, D] and d head^T [D, V] of sum(g * logps) over one chunk."""
+  probs = jnp.exp(logits.astype(jnp.float32) - log_z[:, None])
+  is_token = jnp.arange(logits.shape[-1]) == tokens[:, None]
+  g_logits = (g[:, None] * (is_token.astype(jnp.float32) - probs)).astype(logits.dtype)
+  return g_logits @ head, hidden.T @ g_logits
+
+
+def _chunks(x, num_chunks):
+  """[R, C, ...] -> [num_chunks, R * C / num_chunks, ...], chunk i = columns [i c, (i + 1) c) of every row.
+
+  Chunks cut the columns, not the rows, so that a chunk holds every row and keeps the rows'
+  sharding over the data-parallel devices.
+  """
+  rows, columns = x.shape[:2]
+  x = x.reshape(rows, num_chunks, columns // num_chunks, *x.shape[2:]).swapaxes(0, 1)
+  return x.reshape(num_chunks, rows * (columns // num_chunks), *x.shape[3:])
+
+
+def _unchunk(x, rows):
+  """The inverse of `_chunks`: [num_chunks, R * c, ...] -> [R, num_chunks * c, ...]."""
+  num_chunks = x.shape[0]
+  x = x.reshape(num_chunks, rows, -1, *x.shape[2:]).swapaxes(0, 1)
+  return x.reshape(rows, -1, *x.shape[3:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _head_logprobs(hidden, head, tokens, num_chunks):
+  return _head_logprobs_fwd(hidden, head, tokens, num_chunks)[0]
+
+
+def _head_logprobs_fwd(hidden, head, tokens, num_chunks):
+  rows = hidden.shape[0]
+  if num_chunks == 1:
+    (logps, ent, log_z), logits = _head_chunk_forward(hidden.reshape(-1, hidden.shape[-1]), head,
+                                                      tokens.reshape(-1))
+    return (logps.reshape(rows, -1), ent.reshape(rows, -1)), (hidden, head, tokens, logits, log_z)
+  logps, ent, log_z = jax.lax.map(lambda chunk: _head_chunk_forward(chunk[0], head, chunk[1])[0],
+                                  (_chunks(hidden, num_chunks), _chunks(tokens, num_chunks)))
+  outputs = (_unchunk(logps, rows), _unchunk(ent, rows))
+  return outputs, (hidden, head, tokens, None, log_z)
+
+
+def _head_logprobs_bwd(num_chunks, residuals, cotangents):
   hidden, head, tokens, logits, log_z = residuals
   g = cotangents[0]  # the entropy is a statistic: its cotangent is dropped
-  probs = jnp.exp(logits.astype(jnp.float32) - log_z[..., None])
-  is_token = jnp.arange(logits.shape[-1]) == tokens[..., None]
-  g_logits = (g[..., None] * (is_token.astype(jnp.float32) - probs)).astype(logits.dtype)
-  d_hidden = jnp.einsum("...v,vd->...d", g_logits, head)
-  d_head = jnp.einsum("...d,...v->dv", hidden, g_logits).T
-  return d_hidden.astype(hidden.dtype), d_head.astype(head.dtype), None
+  rows, width = hidden.shape[0], hidden.shape[-1]
+  if num_chunks == 1:
+    d_hidden, d_head_t = _head_chunk_backward(hidden.reshape(-1, width), head, tokens.reshape(-1), logits,
+                                              log_z, g.reshape(-1))
+    return d_hidden.reshape(hidden.shape).astype(hidden.dtype), d_head_t.T.astype(head.dtype), None
+
+  def chunk_grads(d_head_t, chunk):
+    hidden_c, tokens_c, log_z_c, g_c = chunk
+    logits_c = hidden_c @ head.T  # recomputed: no [N, V] array lives from the forward to here
+    d_hidden_c, d_head_t_c = _head_chunk_backward(hidden_c, head, tokens_c, logits_c, log_z_c, g_c)
+    return d_head_t + d_head_t_c.astype(jnp.float32), d_hidden_c
+
+  zeros = jnp.zeros((width, head.shape[0]), jnp.float32)
+  d_head_t, d_hidden = jax.lax.scan(chunk_grads, zeros, (
+      _chunks(hidden, num_chunks), _chunks(tokens, num_chunks), log_z, _chunks(g, num_chunks)))
+  return _unchunk(d_hidden, rows).astype(hidden.dtype), d_head_t.T.astype(head.dtype), None
 
 
 _head_logprobs.defvjp(_head_logprobs_fwd, _head_logprobs_bwd)
 
 
-def head_logprobs(hidden: jax.Array, head: jax.Array, tokens: jax.Array
-                  ) -> tuple[jax.Array, jax.Array]:
+def head_logprobs(hidden: jax.Array, head: jax.Array, tokens: jax.Array, *,
+                  chunk_size: int = HEAD_CHUNK_SIZE) -> tuple[jax.Array, jax.Array]:
   """Log-probs of `tokens` and the entropy under ``softmax(hidden @ head.T)``.
 
   Args:
-    hidden: [..., D] final hidden states (after the last norm), the positions
+    hidden: [..., T, D] final hidden states (after the last norm), the positions
       whose next token is scored; any float dtype.
     head: [V, D] the output embedding (the tied input embedding, or the
       transposed LM head), in the dtype the logits should be computed in.
-    tokens: int [...], the token each position predicts.
+    tokens: int [..., T], the token each position predicts.
+    chunk_size: at most this many positions' logits exist at once, forward
+      and backward (the last axis T is cut into chunks of whole columns, every
+      row in each chunk). Peak memory ~ chunk_size x V floats, whatever T.
 
   Returns:
-    (logps, entropy), float32 [...] each: ``token_logprobs(logits, tokens)``
+    (logps, entropy), float32 [..., T] each: ``token_logprobs(logits, tokens)``
     and ``entropy(logits)`` of ``logits = hidden @ head.T``, from one pass over
     the logits. The entropy is a statistic: it carries no gradient
     (differentiating through it is a silent zero, so only log it).
 
-  Gradients flow to `hidden` and `head` through `logps`. The backward saves
-  only the logits and [...] statistics, writes the logit gradient in one fused
-  pass and computes the head's gradient without transposing it (note above).
+  Gradients flow to `hidden` and `head` through `logps`. With more than one
+  chunk the backward recomputes each chunk's logits instead of keeping all of
+  them; it writes each logit gradient in one fused pass and accumulates the
+  head's gradient without transposing it (note above).
   """
   _check_logits_and_tokens(hidden, tokens, "tokens")
   if head.ndim != 2 or head.shape[1] != hidden.shape[-1]:
     raise ValueError(f"head must be [V, D] with D = hidden's last dim {hidden.shape[-1]}, got {head.shape}")
-  # one [N, D] x [D, V] matmul: with several leading dims XLA:CPU transposes the gradient operands
-  flat = _head_logprobs(hidden.reshape(-1, hidden.shape[-1]), head, tokens.reshape(-1))
-  return tuple(x.reshape(tokens.shape) for x in flat)
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+    raise ValueError(f"chunk_size={chunk_size!r}: the number of positions per chunk, an integer >= 1")
+  shape = tokens.shape
+  # [R, C, D]: rows (every leading axis but the last) x columns, chunked along the columns
+  columns = shape[-1] if shape else 1
+  hidden = hidden.reshape(-1, columns, hidden.shape[-1])
+  tokens = tokens.reshape(-1, columns)
+  rows = hidden.shape[0]
+  per_chunk = max(1, chunk_size // max(rows, 1))
+  num_chunks = -(-columns // per_chunk)
+  if num_chunks > 1:  # pad the columns to whole chunks; padded positions get a zero cotangent
+    padded = num_chunks * -(-columns // num_chunks)
+    hidden = jnp.pad(hidden, ((0, 0), (0, padded - columns), (0, 0)))
+    tokens = jnp.pad(tokens, ((0, 0), (0, padded - columns)))
+  logps, ent = _head_logprobs(hidden, head, tokens, num_chunks)
+  return tuple(x[:, :columns].reshape(shape) for x in (logps, ent))
 
 
 # --------------------------------------------------------------------------

@@ -7,7 +7,8 @@ values never recompile), the sampling settings are static (each setting compiles
 few fixed prompt lengths ("buckets") so that shapes repeat, and places the batch on a mesh.
 
 Layout of one call, for B rows, prompts padded to P and N new tokens: the cache holds
-P + N - 1 slots. Prompts are padded on the left, so every row's newest prompt token is
+P + N - 1 slots (rounded up to whole attention blocks when decoding attends blockwise: each
+decode step then reads only the blocks filled so far, `r1jax.models.attention`). Prompts are padded on the left, so every row's newest prompt token is
 in slot P - 1 and new token t goes to slot P + t for all rows at once; padding slots
 stay masked as keys, and each row's RoPE positions count only its real tokens. The
 prefill writes slots [0, P - 1); decode step t feeds slot P - 1 + t (the prompt's last
@@ -25,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from r1jax.models.transformer import KVCache, Transformer
+from r1jax.models.transformer import KVCache, Transformer, cache_slots
 from r1jax.sharding import activate, constrain, logical_to_spec
 
 # Vocabulary block of the two-stage Gumbel-max draw (see `_categorical`).
@@ -216,7 +217,7 @@ def _sample_loop(graphdef, state, prompt_tokens, prompt_mask, rng, stop_ids, max
     model = nnx.merge(graphdef, state)
     _check_settings(max_new_tokens, temperature, top_p, top_k, model.config.vocab_size)
     batch, prompt_len = prompt_tokens.shape
-    cache_length = prompt_len + max_new_tokens - 1
+    cache_length = cache_slots(model.config, prompt_len + max_new_tokens - 1)
     prompt_tokens = constrain(prompt_tokens.astype(jnp.int32), ("batch", None))
     prompt_mask = constrain(prompt_mask.astype(jnp.int32), ("batch", None))
     key_mask = cache_mask(prompt_mask, cache_length)

@@ -99,6 +99,11 @@ def activate(mesh: Mesh):
         _ACTIVE.reset(token)
 
 
+def active_mesh() -> Mesh | None:
+    """The mesh of the innermost `activate`, or None (e.g. for a kernel that needs `shard_map`)."""
+    return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """Sharding hint for an activation; a no-op unless a mesh is active (`activate`)."""
     mesh = _ACTIVE.get()

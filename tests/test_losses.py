@@ -225,6 +225,43 @@ def test_head_logprobs_match_numpy_and_the_gradient_of_the_plain_head():
     head_logprobs(hidden, head.T, tokens)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 15, 16])
+def test_chunked_head_equals_numpy_and_the_one_chunk_head(chunk_size):
+  """Chunks of whole columns (3 rows x 5 columns: 1 to 5 columns a chunk, some ragged): the same
+  log-probs and entropy as numpy, and the same gradients as the head in one chunk."""
+  rng = np.random.default_rng(4)
+  hidden = jnp.asarray(rng.normal(size=(3, 5, 7)), jnp.float32)
+  head = jnp.asarray(rng.normal(size=(11, 7)), jnp.float32)
+  tokens = random_tokens((3, 5), 11)
+  cotangent = random_cotangent((3, 5))
+  logps, ent = jax.jit(functools.partial(head_logprobs, chunk_size=chunk_size))(hidden, head, tokens)
+  logits = np.asarray(hidden, np.float64) @ np.asarray(head, np.float64).T
+  np.testing.assert_allclose(logps, np_token_logprobs(logits, tokens), **TOL)
+  np.testing.assert_allclose(ent, np_entropy(logits), **TOL)
+  grads = lambda size: jax.jit(lambda h, w, g: jax.vjp(
+      lambda h, w: head_logprobs(h, w, tokens, chunk_size=size)[0], h, w)[1](g))(hidden, head, cotangent)
+  for got, want in zip(grads(chunk_size), grads(10**6)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="chunk_size=0"):
+    head_logprobs(hidden, head, tokens, chunk_size=0)
+
+
+def test_chunked_head_keeps_no_positions_by_vocabulary_array():
+  """The gradient's scratch memory is about one chunk's logits, not all positions' ([N, V])."""
+  positions, vocab, width = 4096, 8192, 32
+  shapes = (jax.ShapeDtypeStruct((8, positions // 8, width), jnp.float32),
+            jax.ShapeDtypeStruct((vocab, width), jnp.float32),
+            jax.ShapeDtypeStruct((8, positions // 8), jnp.int32))
+
+  def temp_bytes(chunk_size):
+    grad = jax.grad(lambda h, w, t: head_logprobs(h, w, t, chunk_size=chunk_size)[0].sum(), argnums=(0, 1))
+    return jax.jit(grad).lower(*shapes).compile().memory_analysis().temp_size_in_bytes
+
+  all_logits = positions * vocab * 4
+  assert temp_bytes(positions) > all_logits  # one chunk: the logits live from the forward to the backward
+  assert temp_bytes(512) < all_logits / 4
+
+
 def naive_sft_loss(logits, targets, mask):
   return -(naive_token_logprobs(logits, targets) * mask).sum() / mask.sum()
 

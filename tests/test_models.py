@@ -229,9 +229,10 @@ def test_smollm2_gguf_logits_match_transformers(smollm2):
     assert got[0, -1].argmax() == want[0, -1].argmax()
 
 
-def test_remat_changes_memory_not_numbers_and_works_inside_loops():
-    """remat=True: the same logits and gradients, also under lax.map (the log-prob pass) and in the
-    sampler's while_loop, where the blocks' parameters were traced outside the remat."""
+@pytest.mark.parametrize("policy", ["block", "attention", "dots_saveable", True])
+def test_remat_changes_memory_not_numbers_and_works_inside_loops(policy):
+    """Every remat policy: the same logits and gradients, also under lax.map (the log-prob pass) and
+    in the sampler's while_loop, where the blocks' parameters were traced outside the remat."""
     import jax
 
     from r1jax.sampling import Sampler
@@ -240,7 +241,7 @@ def test_remat_changes_memory_not_numbers_and_works_inside_loops():
                       num_kv_heads=2)
     plain = Transformer(cfg, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(plain, nnx.Param)
-    remat_graphdef, _ = nnx.split(Transformer(cfg.replace(remat=True), rngs=nnx.Rngs(0)), nnx.Param)
+    remat_graphdef, _ = nnx.split(Transformer(cfg.replace(remat=policy), rngs=nnx.Rngs(0)), nnx.Param)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, VOCAB, (4, 7)), jnp.int32)
 
     def loss(graph, params):
@@ -260,17 +261,42 @@ def test_remat_changes_memory_not_numbers_and_works_inside_loops():
     np.testing.assert_array_equal(*greedy)
 
 
+def test_remat_lowers_the_compiled_step_memory():
+    """What each policy keeps, in XLA's own accounting of a compiled gradient (8 layers, 4 x 512
+    tokens): remat "block" keeps a layer's input alone, and its recomputation runs in the backward
+    pass layer by layer (XLA:CPU used to merge it back into the forward pass: the same memory as
+    without remat)."""
+    import jax
+
+    cfg = ModelConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=256, num_layers=8, num_heads=4,
+                      num_kv_heads=2, attention="blockwise", attention_block=128)
+    tokens = jax.ShapeDtypeStruct((4, 512), jnp.int32)
+
+    def temp_bytes(policy):
+        graphdef, params = nnx.split(Transformer(cfg.replace(remat=policy), rngs=nnx.Rngs(0)), nnx.Param)
+        loss = lambda params, tokens: jnp.mean(nnx.merge(graphdef, params).hidden_states(tokens) ** 2)
+        compiled = jax.jit(jax.grad(loss)).lower(jax.eval_shape(lambda: params), tokens).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    none, block, dots = temp_bytes("none"), temp_bytes("block"), temp_bytes("dots_saveable")
+    assert block < 0.35 * none, (block, none)
+    assert block < dots < none, (block, dots, none)
+
+
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 6e-2)])
-def test_dot_product_attention_path_equals_the_einsum_path(pair, dtype, tol):
+@pytest.mark.parametrize("kind", ["dot_product_attention", "blockwise"])
+def test_attention_paths_equal_the_einsum_path(pair, dtype, tol, kind):
     """The accelerator path (`attention="dot_product_attention"`: cuDNN flash attention on GPU, XLA
-    here) gives the einsum path's logits with left padding, its gradients, and its KV-cache
-    decoding; in float32 and under the bfloat16 compute policy (float32 master weights)."""
+    here) and blockwise attention (blocks of 8: several per row) give the einsum path's logits with
+    left padding, its gradients, and its KV-cache decoding; in float32 and under the bfloat16
+    compute policy (float32 master weights)."""
     import jax
 
     from r1jax.sampling import Sampler
 
     _, path = pair
-    models = {kind: from_pretrained(path, attention=kind, dtype=dtype) for kind in ("einsum", "dot_product_attention")}
+    models = {name: from_pretrained(path, attention=name, attention_block=8, dtype=dtype)
+              for name in ("einsum", kind)}
     assert models["einsum"].embed[...].dtype == jnp.float32  # master weights stay float32
     rng = np.random.RandomState(2)
     ids = rng.randint(0, VOCAB, (3, 20))
@@ -284,7 +310,7 @@ def test_dot_product_attention_path_equals_the_einsum_path(pair, dtype, tol):
 
     results = {kind: nnx.value_and_grad(loss, has_aux=True)(model) for kind, model in models.items()}
     (value, logits), grads = results["einsum"]
-    (dpa_value, dpa_logits), dpa_grads = results["dot_product_attention"]
+    (dpa_value, dpa_logits), dpa_grads = results[kind]
     real = mask.astype(bool)
     np.testing.assert_allclose(np.asarray(dpa_logits)[real], np.asarray(logits)[real], atol=tol * 10, rtol=tol)
     np.testing.assert_allclose(dpa_value, value, rtol=tol)
@@ -292,7 +318,7 @@ def test_dot_product_attention_path_equals_the_einsum_path(pair, dtype, tol):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol * 1e-2 + 1e-6,
                                    rtol=tol * 10)
     if dtype == "float32":  # greedy tokens can flip on near-ties under bfloat16 rounding
-        greedy = [Sampler(m, pad_id=0, stop_ids=())([[1, 2, 3], [4, 5]], max_new_tokens=5, temperature=0.0,
+        greedy = [Sampler(m, pad_id=0, stop_ids=())([[1, 2, 3], [4, 5]], max_new_tokens=25, temperature=0.0,
                                                     rng=jax.random.key(0)).tokens for m in models.values()]
         np.testing.assert_array_equal(*greedy)
 
@@ -301,3 +327,14 @@ def test_attention_setting_is_checked():
     with pytest.raises(ValueError, match="attention='flash'; choose one of"):
         ModelConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=2, num_kv_heads=1,
                     attention="flash")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("remat", "sometimes", "remat='sometimes'; choose one of"),
+    ("attention_block", 0, "attention_block=0; expected a positive integer"),
+    ("head_chunk_size", 2.5, "head_chunk_size=2.5; expected a positive integer"),
+])
+def test_memory_settings_are_checked(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=2, num_kv_heads=1,
+                    **{field: value})

@@ -217,6 +217,28 @@ def test_completion_columns_and_shared_prompts_change_no_number(mesh, initial_st
             np.testing.assert_allclose(a, b, atol=1e-6, err_msg=str(key))
 
 
+@pytest.mark.parametrize("settings", [
+    dict(attention="blockwise", attention_block=2, head_chunk_size=3, remat="block"),
+    dict(remat="dots_saveable"), dict(remat="attention", attention="blockwise", attention_block=4)])
+def test_long_completion_settings_change_no_number(mesh, initial_state, settings):
+    """What long completions need (blockwise attention over several blocks, the LM head in chunks of
+    one column, remat policies), against the default model: the same GRPO metrics and update, with
+    shared prompts and two microbatches."""
+    batch = grouped_batch()
+    tx = make_optimizer(3e-3, schedule="constant", weight_decay=0.1, eps=1e-3)
+    objective = grpo_objective(beta=0.04, completion_columns=LENGTH - PROMPT, rows_per_group=2)
+    results = []
+    for config in (CONFIG, CONFIG.replace(**settings)):
+        state = create_train_state(lambda: tiny_model(config), tx, mesh)
+        results.append(make_train_step(objective, state, mesh, num_microbatches=2)(state, batch, jax.random.key(0)))
+    (state, metrics), (default_state, default_metrics) = results[1], results[0]
+    for name in default_metrics:
+        np.testing.assert_allclose(float(metrics[name]), float(default_metrics[name]), rtol=1e-5, atol=1e-7,
+                                   err_msg=name)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(default_state.params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_rows_that_do_not_share_their_prompt_skip_the_update(mesh, initial_state):
     batch = grouped_batch()
     batch["tokens"] = batch["tokens"].at[3, PROMPT - 2].add(1)  # row 3's prompt differs from row 2's

@@ -3,10 +3,13 @@
 Runs with a separate venv that has torch/transformers/trl/accelerate/datasets (never r1jax):
 
     /work/peers/trl-venv/bin/python bench/peers/trl_grpo.py --model_dir /work/peers/smollm2-f32 --steps 2
+    /work/peers/trl-venv/bin/python bench/peers/trl_grpo.py --model_dir /work/peers/smollm2-f32 --steps 2 \
+        --max_new_tokens 512 --gradient_checkpointing
 
 Each step: 4 prompts x 8 generations = 32 completions of 64 tokens (forced with min_new_tokens
-unless --eos), one reference log-prob pass (beta 0.04), one AdamW update. The last stdout line is
-`RESULT {json}`; everything else goes to stderr.
+unless --eos), one reference log-prob pass (beta 0.04), one AdamW update. Gradient checkpointing
+is off unless --gradient_checkpointing (TRL's own default is on); at 512+ tokens it needs it to
+stay within 24 GiB. The last stdout line is `RESULT {json}`; everything else goes to stderr.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ def main() -> None:
     p.add_argument("--eos", action="store_true", help="stop completions at EOS instead of forcing full length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--gradient_checkpointing", action="store_true",
+                   help="recompute activations in the backward pass (less memory, another forward)")
     a = p.parse_args()
 
     # stdout is reserved for the RESULT line; the trainer's log dicts are printed to stdout otherwise.
@@ -69,7 +74,7 @@ def run(a: argparse.Namespace) -> dict:
         # TRL defaults differ from classic GRPO: loss "dapo", gradient checkpointing on, bf16 on.
         loss_type="grpo", beta=0.04, epsilon=0.2, learning_rate=1e-6,
         lr_scheduler_type="constant", warmup_steps=0,
-        gradient_checkpointing=False, bf16=False, use_vllm=False, use_cpu=True,
+        gradient_checkpointing=a.gradient_checkpointing, bf16=False, use_vllm=False, use_cpu=True,
         shuffle_dataset=False,  # step k takes prompts k*4 .. k*4+3, as the r1jax bench does
         max_steps=a.steps, logging_steps=1, save_strategy="no", report_to="none", seed=a.seed,
         disable_tqdm=True,
@@ -135,7 +140,7 @@ def run(a: argparse.Namespace) -> dict:
             "step_seconds": steps, "generate_seconds": gen, "reference_seconds": ref,
             "completion_tokens": lengths, "load_seconds": load_seconds,
             "completions_per_step": gen_rows, "longest_completion": gen_width,
-            "eos": a.eos, "threads": a.threads}
+            "eos": a.eos, "threads": a.threads, "gradient_checkpointing": a.gradient_checkpointing}
 
 
 if __name__ == "__main__":

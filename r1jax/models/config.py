@@ -9,8 +9,14 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
-# how attention is computed (`Attention.__call__`); the same weights and numbers either way
-ATTENTION = ("auto", "einsum", "dot_product_attention")
+# how attention is computed (`r1jax.models.attention`); the same weights and numbers either way
+ATTENTION = ("auto", "einsum", "blockwise", "dot_product_attention", "splash")
+# what the backward pass recomputes instead of keeping (`Transformer`): nothing; each block's
+# attention core; each whole block (its input alone is kept); each block but its matmul outputs
+REMAT = ("none", "attention", "block", "dots_saveable")
+# fields that change how the numbers are computed, not the numbers or the weights: a checkpoint
+# resumes under other values of these
+RUNTIME_FIELDS = ("remat", "attention", "attention_block", "head_chunk_size")
 # the sizes a model is built from; each must be a positive integer (head_dim may be 0: derived)
 SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
          "max_position_embeddings")
@@ -57,11 +63,16 @@ class ModelConfig:
     eos_token_id: int | None = None
     param_dtype: str = "float32"
     dtype: str = "float32"
-    remat: bool = False  # recompute each block's activations in the backward pass
-    # "einsum": grouped-query attention as two batched einsums (the fastest on CPU);
-    # "dot_product_attention": `jax.nn.dot_product_attention`, cuDNN flash attention on GPU
-    # (bfloat16/float16), XLA elsewhere; "auto": dot_product_attention on GPU, einsum elsewhere
+    # one of REMAT; True and False (the old switch) mean "block" and "none"
+    remat: str = "none"
+    # one of ATTENTION (`r1jax.models.attention`); "auto" resolves per call by backend and length
+    # (`attention_kind`): dot_product_attention (cuDNN) on GPU, splash on TPU where its blocks fit,
+    # and einsum for rows up to `attention_block` keys, blockwise beyond, elsewhere
     attention: str = "auto"
+    attention_block: int = 512  # query and key block of blockwise and splash attention
+    # positions per chunk of the LM head in the losses (`r1jax.losses.head_logprobs`): the
+    # [chunk, V] logits are the most that exist at once
+    head_chunk_size: int = 2048
 
     def __post_init__(self):
         check_sizes(vars(self))
@@ -71,6 +82,13 @@ class ModelConfig:
             raise ValueError(f"architecture={self.architecture!r}; expected one of {sorted(ARCHITECTURES.values())}")
         if self.attention not in ATTENTION:
             raise ValueError(f"attention={self.attention!r}; choose one of {ATTENTION}")
+        if isinstance(self.remat, bool):
+            object.__setattr__(self, "remat", "block" if self.remat else "none")
+        if self.remat not in REMAT:
+            raise ValueError(f"remat={self.remat!r}; choose one of {REMAT} (or True / False: block / none)")
+        for field in ("attention_block", "head_chunk_size"):
+            if not (_is_int(getattr(self, field)) and getattr(self, field) > 0):
+                raise ValueError(f"{field}={getattr(self, field)!r}; expected a positive integer")
         for field in ("param_dtype", "dtype"):
             jnp.dtype(getattr(self, field))  # fail early on a typo such as "bfloat"
 

@@ -81,7 +81,7 @@ class RewardModel(nnx.Module):
         x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.dtype)
         x = constrain(x, ("batch", "seq", "act_embed"))
         inv_freq = rope_frequencies(cfg)
-        run = nnx.remat(_run_block) if cfg.remat else _run_block
+        run = _run_block if cfg.remat == "none" else nnx.remat(_run_block)  # any policy: the whole block
         for block in self.layers:
             x = run(block, x, positions, key_mask, inv_freq)
         return self.final_norm(x)

@@ -10,12 +10,14 @@ F MLP width, V vocabulary, L layers.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from r1jax.models.attention import attend
 from r1jax.models.config import ModelConfig
 from r1jax.sharding import constrain
 
@@ -44,11 +46,37 @@ class KVCache(NamedTuple):
         return KVCache(tuple(map(repeat, self.keys)), tuple(map(repeat, self.values)), self.index)
 
 
-def attention_kind(config: ModelConfig) -> str:
-    """The attention path `config.attention` takes on this backend ("auto" resolved)."""
+def attention_kind(config: ModelConfig, query_len: int, key_len: int) -> str:
+    """The attention path `config.attention` takes for `query_len` queries over `key_len` keys.
+
+    "auto": cuDNN's fused `dot_product_attention` on GPU for a training forward, splash on TPU
+    where the rows are whole blocks (also "splash" itself falls back to blockwise elsewhere); elsewhere, and for decoding (a few queries over a long
+    cache: blockwise reads only the filled blocks), einsum while all keys fit one block (it is
+    the fastest there, and what it keeps for the backward is small) and blockwise beyond.
+    """
+    backend, block = jax.default_backend(), config.attention_block
+    splash_fits = query_len % block == 0 and key_len % block == 0
+    if config.attention == "splash" and not splash_fits:
+        return "blockwise"  # the kernel takes whole blocks only: e.g. one-token decode steps
     if config.attention != "auto":
         return config.attention
-    return "dot_product_attention" if jax.default_backend() == "gpu" else "einsum"
+    if backend == "gpu" and query_len > 1:
+        return "dot_product_attention"
+    if backend == "tpu" and splash_fits:
+        return "splash"
+    return "einsum" if key_len <= block else "blockwise"
+
+
+def cache_slots(config: ModelConfig, needed: int) -> int:
+    """The slots of a decoding cache that must hold `needed` tokens.
+
+    Whole attention blocks when one-token decode steps attend blockwise, so that no step pads
+    the cache to blocks (a copy of it); the extra slots are never seen (they lie in the future of
+    every query).
+    """
+    if attention_kind(config, 1, needed) != "blockwise":
+        return needed
+    return -(-needed // config.attention_block) * config.attention_block
 
 
 def matmul_2d(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -160,6 +188,11 @@ class Attention(nnx.Module):
         if cache_kv is None:
             # a query at slot t sees keys at slots <= t: left padding keeps slot order = time order
             query_slot = jnp.arange(time)
+        elif cache_kv[0].shape[2] + time == key_mask.shape[1]:
+            # a full cache (a shared prompt, `Transformer.__call__`): this chunk's keys follow it
+            k = jnp.concatenate([cache_kv[0], k.astype(cache_kv[0].dtype)], axis=2)
+            v = jnp.concatenate([cache_kv[1], v.astype(cache_kv[1].dtype)], axis=2)
+            query_slot = cache_kv[0].shape[2] + jnp.arange(time)
         else:
             # write this chunk into the cache at [index, index + T) and attend to the whole cache
             k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k.astype(cache_kv[0].dtype), cache_index, 2)
@@ -167,24 +200,15 @@ class Attention(nnx.Module):
             query_slot = cache_index + jnp.arange(time)
         k = constrain(k, ("batch", "kv_heads", "cache_seq", "head_dim"))
         v = constrain(v, ("batch", "kv_heads", "cache_seq", "head_dim"))
-        key_slot = jnp.arange(k.shape[2])
-        allowed = (key_slot[None, :] <= query_slot[:, None])[None] & key_mask[:, None, :]  # [B, T, S]
-        if segment_ids is not None:
-            allowed &= segment_ids[:, :, None] == segment_ids[:, None, :]
+        kind = attention_kind(cfg, time, k.shape[2])
 
-        if attention_kind(cfg) == "dot_product_attention":
-            out = jax.nn.dot_product_attention(
-                q, k.transpose(0, 2, 1, 3).astype(q.dtype), v.transpose(0, 2, 1, 3).astype(q.dtype),
-                mask=allowed[:, None], scale=cfg.head_dim ** -0.5)
-        else:
-            groups = cfg.num_heads // cfg.num_kv_heads
-            q = q.reshape(batch, time, cfg.num_kv_heads, groups, cfg.head_dim)
-            scores = jnp.einsum("btkge,bkse->bkgts", q, k.astype(q.dtype)).astype(jnp.float32)
-            scores = scores * (cfg.head_dim ** -0.5)
-            # a finite floor (not -inf) keeps fully padded query rows finite instead of NaN
-            scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-            out = jnp.einsum("bkgts,bkse->btkge", probs, v.astype(q.dtype))
+        def core(q, k, v, query_slot, key_mask, segment_ids):
+            return attend(q, k, v, query_slots=query_slot, key_mask=key_mask, segment_ids=segment_ids, kind=kind,
+                          block_size=cfg.attention_block)
+
+        if cfg.remat == "attention":  # keep q, k, v for the backward; recompute scores and probabilities
+            core = _in_order_checkpoint(core, None)
+        out = core(q, k, v, query_slot, key_mask, segment_ids)
         # one [H*E, D] matmul: as an einsum over (h, e), XLA:CPU re-laid out the weight every decode step
         out = out.reshape(batch, time, cfg.num_heads * cfg.head_dim)
         y = matmul_2d(out, self.o[...].astype(q.dtype).reshape(cfg.num_heads * cfg.head_dim, -1))
@@ -224,15 +248,62 @@ def _run_block(block, x, positions, key_mask, inv_freq, cache_kv, cache_index, s
     return block(x, positions, key_mask, inv_freq, cache_kv, cache_index, segment_ids)
 
 
-def _run_block_remat(block, *args):
-    """`_run_block` whose activations are recomputed in the backward pass instead of stored.
+def _run_block_remat(block, *args, policy=None):
+    """`_run_block` whose activations are recomputed in the backward pass instead of stored
+    (all of them, or those `policy` does not save: `jax.checkpoint_policies`).
 
-    `jax.checkpoint` of a pure function of the block's parameters, rather than `nnx.remat` of
-    the module: the parameters enter as arguments, so this works at any trace level (inside
-    `lax.map` or a `while_loop`), where `nnx.remat` refuses Params traced outside it.
+    Recomputed *in the backward pass*, in the order of the layers: with `jax.checkpoint`
+    alone, nothing ties a layer's recomputation to the gradient arriving from the layer above,
+    and XLA:CPU merged every layer's recomputation back into the forward pass, so that all the
+    activations were alive at once and remat saved nothing (a 512-token SmolLM2 GRPO step asked
+    for 26.7 GiB with remat, 29.5 GiB without). Here the recomputation depends on that gradient
+    (`_in_order_checkpoint`), so it runs in the backward pass, one layer at a time.
+
+    A pure function of the block's parameters, rather than `nnx.remat` of the module: the
+    parameters enter as arguments, so this works at any trace level (inside `lax.map` or a
+    `while_loop`), where `nnx.remat` refuses Params traced outside it. Outside a differentiated
+    function it is the plain block, so decoding is unchanged.
     """
     graphdef, state = nnx.split(block)
-    return jax.checkpoint(lambda state, *args: _run_block(nnx.merge(graphdef, state), *args))(state, *args)
+    run = lambda state, *args: _run_block(nnx.merge(graphdef, state), *args)
+    return _in_order_checkpoint(run, policy)(state, *args)
+
+
+def _in_order_checkpoint(fn, policy):
+    """`jax.checkpoint(fn, policy=policy)` whose recomputation waits for the output's gradient."""
+    checkpointed = jax.checkpoint(fn, policy=policy)
+
+    @jax.custom_vjp
+    def run(*args):
+        return fn(*args)
+
+    def forward(*args):
+        return jax.vjp(checkpointed, *args)  # (outputs, vjp): the vjp holds what the policy saves
+
+    def backward(vjp, cotangents):
+        # XLA:CPU drops optimization barriers before it eliminates common subexpressions, and then
+        # merged each recomputation back into the forward pass. A data dependency survives: the
+        # saved values plus 0 x one element of the incoming gradient (not simplified away, as
+        # 0 x NaN is NaN), so the recomputation is new work that needs that gradient first.
+        anchor = next(x for x in jax.tree.leaves(cotangents) if jnp.issubdtype(x.dtype, jnp.floating))
+        zero = anchor.reshape(-1)[0] * 0
+        vjp = jax.tree.map(lambda x: x + zero.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, vjp)
+        return vjp(cotangents)
+
+    run.defvjp(forward, backward)
+    return run
+
+
+# how each `ModelConfig.remat` runs a block ("attention" is applied inside `Attention`)
+_BLOCK_RUNNERS = {
+    "none": _run_block,
+    "attention": _run_block,
+    "block": _run_block_remat,
+    # keep every matmul without batch dims (the projections and the MLP, `matmul_2d`) and
+    # recompute the rest: norms, RoPE, activations, attention
+    "dots_saveable": functools.partial(_run_block_remat,
+                                       policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
+}
 
 
 class Transformer(nnx.Module):
@@ -257,7 +328,10 @@ class Transformer(nnx.Module):
             one (`cumsum(attention_mask) - 1`), so a left-padded row gets the same
             positions as it would unpadded.
         cache: a `KVCache`; the tokens are written at `cache.index` and the call returns
-            `(logits, new_cache)` instead of logits alone.
+            `(logits, new_cache)` instead of logits alone. A full cache (`cache.index` equal to
+            its length, e.g. a prefilled prompt) with an attention_mask over its slots and the
+            T tokens is extended instead: the new cache has T more slots. Nothing but the
+            prefix and the tokens is then stored (a training forward against a shared prompt).
         segment_ids: int [B, T] for packed rows holding several sequences side by side (no
             cache): a token attends only to earlier real tokens with its own segment id, and
             default positions restart at 0 in each segment, so every sequence gets the
@@ -282,6 +356,8 @@ class Transformer(nnx.Module):
             raise ValueError(f"tokens must be an integer array [batch, time], got {tokens.dtype}{tokens.shape}")
         batch, time = tokens.shape
         key_len = time if cache is None else cache.keys[0].shape[2]
+        if cache is not None and attention_mask is not None and attention_mask.shape[1] == key_len + time:
+            key_len += time  # a full cache that the tokens extend (see `cache` above)
         if attention_mask is None:
             attention_mask = jnp.ones((batch, key_len), jnp.int32)
         if attention_mask.shape != (batch, key_len):
@@ -305,8 +381,9 @@ class Transformer(nnx.Module):
         x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.dtype)
         x = constrain(x, ("batch", "seq", "act_embed"))
         inv_freq = rope_frequencies(cfg)
-        # remat saves activation memory for a backward pass; decoding with a cache has none
-        run = _run_block_remat if cfg.remat and cache is None else _run_block
+        # remat saves activation memory for a backward pass, also through a cache (the GRPO forward
+        # runs a group's completions against its prompt's cache); decoding is not differentiated
+        run = _BLOCK_RUNNERS[cfg.remat]
         new_keys, new_values = [], []
         for i, block in enumerate(self.layers):
             cache_kv = None if cache is None else (cache.keys[i], cache.values[i])

@@ -33,6 +33,7 @@ from r1jax.checkpoint import Checkpointer, Preemption, model_signature
 from r1jax.distributed import is_primary
 from r1jax.metrics import MetricsLogger, plot_metrics
 from r1jax.models import Transformer
+from r1jax.models.config import RUNTIME_FIELDS
 from r1jax.train.state import TrainState, train_state_from_model
 from r1jax.train.step import make_train_step, metrics_to_host
 
@@ -79,7 +80,7 @@ def run_training(settings: LoopSettings, *, workdir: str | pathlib.Path, model: 
     minibatches).
     """
     workdir = pathlib.Path(workdir)
-    signature = model_signature(model.config, nnx.state(model, nnx.Param), ignore=("remat", "attention"))
+    signature = model_signature(model.config, nnx.state(model, nnx.Param), ignore=RUNTIME_FIELDS)
     checkpointer = Checkpointer(workdir, save_every=settings.save_every, keep=settings.keep_checkpoints,
                                 model_signature=signature)
     state = train_state_from_model(model, optimizer, mesh)

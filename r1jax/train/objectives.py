@@ -68,7 +68,8 @@ def completion_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, col
         hidden = _shared_prompt(model, tokens, attention_mask, time - columns - 1, rows_per_group)
     else:
         hidden = model.hidden_states(tokens, attention_mask=attention_mask)[:, time - columns - 1:time - 1]
-    return head_logprobs(hidden, model.head_weight(), tokens[:, time - columns:])
+    return head_logprobs(hidden, model.head_weight(), tokens[:, time - columns:],
+                         chunk_size=model.config.head_chunk_size)
 
 
 def _shared_prompt(model, tokens, attention_mask, shared: int, group: int) -> jax.Array:
@@ -83,7 +84,8 @@ def _shared_prompt(model, tokens, attention_mask, shared: int, group: int) -> ja
     if batch % group:
         raise ValueError(f"{batch} rows do not split into groups of rows_per_group={group}")
     positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-    cache = prefill(model, tokens[::group, :shared], attention_mask[::group, :shared], time - 1)
+    # a cache of the prompt alone, which the completions extend: no slots kept for them
+    cache = prefill(model, tokens[::group, :shared], attention_mask[::group, :shared], shared)
     hidden, _ = model.hidden_states(tokens[:, shared:time - 1], attention_mask=attention_mask[:, :time - 1],
                                     positions=positions[:, shared:time - 1], cache=cache.repeat_rows(group))
     first = lambda x: jnp.repeat(x[::group, :shared], group, axis=0)
