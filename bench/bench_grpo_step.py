@@ -206,6 +206,8 @@ def failure_reason(log: str, code: int) -> str:
 
 def median(result: dict, key: str) -> float:
     values = result.get(key) or []
+    if len(values) == 1:  # --steps 1: the one step, compilation included (an upper bound)
+        return float(values[0])
     return float(np.median(values[1:])) if len(values) > 1 else float("nan")
 
 
@@ -275,7 +277,8 @@ def per_token_growth(runs: list[dict]) -> list[str]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=6, help="steps per contestant; medians over 2..steps")
+    parser.add_argument("--steps", type=int, default=6, help="steps per contestant; medians over 2..steps "
+                        "(1: step 1's figures, compilation included)")
     parser.add_argument("--prompts_per_step", type=int, default=4)
     parser.add_argument("--num_generations", type=int, default=8)
     parser.add_argument("--max_new_tokens", type=int, nargs="+", default=[64],
@@ -303,8 +306,11 @@ def main():
                              "bench_train_step.py (train-step MFU) in this run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.steps < 2:
-        parser.error("--steps must be at least 2: step 1 compiles and is left out of the medians")
+    if args.steps < 1:
+        parser.error("--steps must be at least 1 (at least 2 for medians without step 1, which compiles)")
+    if args.steps == 1:
+        print("--steps 1: every figure is step 1's, compilation included: an upper bound, for runs whose "
+              "steps take many minutes (does it run, and in how much memory)")
     if args.child:
         print("RESULT " + json.dumps(run_r1jax(args)), flush=True)
         return
