@@ -180,7 +180,7 @@ def _flash_fwd(q, k, v, query_slots, key_mask, query_segments, key_segments, blo
 
 def _flash_bwd(block_q, block_k, residuals, d_out):
     q, k, v, query_slots, key_mask, query_segments, key_segments, out, lse = residuals
-    time, num_query_blocks = q.shape[3], q.shape[3] // block_q
+    num_query_blocks = q.shape[3] // block_q
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # D = rowsum(dO * O)
     last_slots = query_slots[block_q - 1::block_q]  # each query block's last (largest) slot
 
@@ -215,10 +215,9 @@ def _flash_bwd(block_q, block_k, residuals, d_out):
 
     d_q, (d_k, d_v) = jax.lax.scan(key_block, jnp.zeros(q.shape, jnp.float32), jnp.arange(k.shape[2] // block_k))
     scale = q.shape[-1] ** -0.5
-    merge = lambda x: (jnp.moveaxis(x, 0, 2).reshape(k.shape) * scale)
-    d_v = jnp.moveaxis(d_v, 0, 2).reshape(v.shape)
-    del time
-    return (d_q * scale).astype(q.dtype), merge(d_k).astype(k.dtype), d_v.astype(v.dtype), None, None, None, None
+    key_blocks = lambda x: jnp.moveaxis(x, 0, 2).reshape(k.shape)  # [nk, B, K, bk, E] -> [B, K, S, E]
+    return ((d_q * scale).astype(q.dtype), (key_blocks(d_k) * scale).astype(k.dtype), key_blocks(d_v).astype(v.dtype),
+            None, None, None, None)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
