@@ -50,9 +50,10 @@ def attention_kind(config: ModelConfig, query_len: int, key_len: int) -> str:
     """The attention path `config.attention` takes for `query_len` queries over `key_len` keys.
 
     "auto": cuDNN's fused `dot_product_attention` on GPU for a training forward, splash on TPU
-    where the rows are whole blocks (also "splash" itself falls back to blockwise elsewhere); elsewhere, and for decoding (a few queries over a long
+    where the rows are whole blocks; elsewhere, and for decoding (a few queries over a long
     cache: blockwise reads only the filled blocks), einsum while all keys fit one block (it is
     the fastest there, and what it keeps for the backward is small) and blockwise beyond.
+    "splash" itself falls back to blockwise where the rows are not whole blocks.
     """
     backend, block = jax.default_backend(), config.attention_block
     splash_fits = query_len % block == 0 and key_len % block == 0
