@@ -8,7 +8,8 @@ few fixed prompt lengths ("buckets") so that shapes repeat, and places the batch
 
 Layout of one call, for B rows, prompts padded to P and N new tokens: the cache holds
 P + N - 1 slots (rounded up to whole attention blocks when decoding attends blockwise: each
-decode step then reads only the blocks filled so far, `r1jax.models.attention`). Prompts are padded on the left, so every row's newest prompt token is
+decode step then reads only the blocks filled so far, `r1jax.models.attention`). Prompts
+are padded on the left, so every row's newest prompt token is
 in slot P - 1 and new token t goes to slot P + t for all rows at once; padding slots
 stay masked as keys, and each row's RoPE positions count only its real tokens. The
 prefill writes slots [0, P - 1); decode step t feeds slot P - 1 + t (the prompt's last
