@@ -1,6 +1,6 @@
 """Tiny random Llama and Qwen2 chat checkpoints saved by transformers, with a tokenizer.json and a chat
 template: real checkpoints in everything but size, made here because nothing is downloaded."""
-from r1jax.tokenizers import _byte_level_pre_tokenizer
+from r1jax.tokenizers.hf import _byte_level_pre_tokenizer
 
 # Qwen2.5's template, tools left out: a default system turn when the messages bring none.
 QWEN_TEMPLATE = """\
