@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from r1jax.sampling import round_up
+from r1jax.batching import round_up
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from r1jax.batching import pad_left
 from r1jax.models.transformer import KVCache, Transformer, cache_slots
 from r1jax.sharding import activate, constrain, logical_to_spec
 
@@ -312,45 +313,6 @@ def _check_groups(prompt_tokens, prompt_mask, group: int) -> None:
 
 
 # ---- host-side front end ---------------------------------------------------------------
-
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def padded_width(length: int, *, minimum_multiple: int = 8, per_doubling: int = 4) -> int:
-    """The width to pad `length` tokens to: at most `per_doubling` widths between two powers of two.
-
-    The multiple grows with the length (8 up to 63 tokens, then 16, 32, ...), so that padding adds
-    at most 1 / per_doubling (25%) of the length while a run compiles a bounded number of shapes
-    (about `per_doubling` per doubling of the longest prompt): SmolLM2's 50-token chat prompts
-    pad to 56, not to 64.
-    """
-    if length < 1:
-        raise ValueError(f"length={length}: pad at least one token")
-    multiple = max(minimum_multiple, (1 << (length.bit_length() - 1)) // per_doubling)
-    return round_up(length, multiple)
-
-
-def pad_left(rows: Sequence[Sequence[int]], pad_id: int, *, multiple: int = 1, width: int | None = None,
-             repeat: int = 1, dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
-    """`dtype` tokens and int32 0/1 mask [len(rows) * repeat, W], each row `repeat` times in a row, padded on the left.
-
-    W is `width`, or the longest row rounded up to `multiple` (so a run compiles for a
-    few widths only). Left padding puts every row's last token in the same column, where
-    decoding continues.
-    """
-    longest = max((len(row) for row in rows), default=0)
-    width = round_up(max(longest, 1), multiple) if width is None else width
-    if longest > width:
-        raise ValueError(f"a row has {longest} tokens, more than the width {width}")
-    tokens = np.full((len(rows) * repeat, width), pad_id, dtype)
-    mask = np.zeros(tokens.shape, np.int32)
-    for i, row in enumerate(rows):
-        if len(row):
-            tokens[i * repeat:(i + 1) * repeat, width - len(row):] = row
-            mask[i * repeat:(i + 1) * repeat, width - len(row):] = 1
-    return tokens, mask
-
 
 def _default_buckets(max_length: int) -> tuple[int, ...]:
     buckets = [min(16, max_length)]

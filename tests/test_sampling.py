@@ -207,7 +207,8 @@ def test_first_token_follows_the_softmax(model, reference_logits):
 def test_prompts_prefilled_once_per_group_sample_what_repeated_prompts_sample(model):
     """rows_per_prompt=G (GRPO's groups): each prompt is prefilled once and its cache copied to its
     G rows; the tokens and log-probs are those of prefilling every row."""
-    from r1jax.sampling import generate, pad_left
+    from r1jax.batching import pad_left
+    from r1jax.sampling import generate
 
     graphdef, state = nnx.split(model)
     tokens, mask = pad_left(PROMPTS[:4], PAD, repeat=3)
