@@ -22,7 +22,7 @@ from r1jax.pipelines.cli import launch_flags
 from r1jax.tasks import list_tasks
 
 _MODEL = flags.DEFINE_string("model", None, "Hugging Face model directory or .gguf file.", required=True)
-_TASKS = flags.DEFINE_list("tasks", None, f"<task>:<split> entries; tasks: {', '.join(list_tasks())}.",
+_TASKS = flags.DEFINE_list("tasks", None, f"<task>[/<config>]:<split> entries; tasks: {', '.join(list_tasks())}.",
                            required=True)
 _OUT = flags.DEFINE_string("out", None, "Directory for report.json and report.md.", required=True)
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer path (default: the model's own).")

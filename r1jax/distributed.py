@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from r1jax.sampling import round_up
+from r1jax.batching import round_up
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,14 +37,37 @@ T = TypeVar("T")
 HEARTBEAT_TIMEOUT_SECONDS = 60  # JAX's default is 100: a dead peer is noticed within a minute instead
 
 
+def jax_cluster_detectors() -> list[type]:
+    """The cluster environments `jax.distributed.initialize()` detects, in the order it tries them.
+
+    Private JAX API, read here and nowhere else: JAX (0.10) offers no public way to ask whether
+    `initialize()` would find its arguments without calling it, which joins a cluster or fails.
+    The list is `jax._src.clusters.ClusterEnv._cluster_types`, the registry that
+    `ClusterEnv.auto_detect_unset_distributed_params` walks: classes with a classmethod
+    `is_env_present()` and a bool `opt_in_only_method`. tests/test_distributed.py fails when a
+    JAX upgrade moves or reshapes it; until then this raises rather than guess.
+    """
+    try:
+        from jax._src import clusters
+
+        detectors = list(clusters.ClusterEnv._cluster_types)
+    except (ImportError, AttributeError) as error:
+        raise RuntimeError(f"jax {jax.__version__} has no jax._src.clusters.ClusterEnv._cluster_types, the "
+                           "private list of cluster detectors r1jax reads: update "
+                           "r1jax.distributed.jax_cluster_detectors, or give --coordinator_address, "
+                           "--num_processes and --process_id") from error
+    if not detectors or not all(callable(getattr(d, "is_env_present", None)) for d in detectors):
+        raise RuntimeError(f"jax {jax.__version__}'s ClusterEnv._cluster_types is {detectors!r}, not the list of "
+                           "detector classes r1jax expects: update r1jax.distributed.jax_cluster_detectors")
+    return detectors
+
+
 def cluster_detected() -> bool:
     """Whether `jax.distributed.initialize()` can find its arguments on its own (TPU VM, SLURM, Open MPI, k8s).
 
     Asks JAX's own cluster detectors, skipping those that must be chosen explicitly (mpi4py).
     """
-    from jax._src import clusters  # the detectors `initialize` itself runs; no public API lists them
-
-    for cluster in clusters.ClusterEnv._cluster_types:
+    for cluster in jax_cluster_detectors():
         if getattr(cluster, "opt_in_only_method", False):
             continue
         try:

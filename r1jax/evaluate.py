@@ -12,7 +12,6 @@ pass@k for every power of two k <= num_samples, and the mean response length in 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -21,12 +20,9 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 from flax import nnx
 from jax.sharding import Mesh
 
-from r1jax.data import DatasetNotPreparedError
-from r1jax.data.sources import open_split
 from r1jax.evaluation import (EVAL_TEMPERATURE, EVAL_TOP_P, evaluation_report, majority_votes,
                               mean_response_length, report_markdown, standard_error)
 from r1jax.models import from_pretrained
@@ -34,69 +30,12 @@ from r1jax.rollout import PromptRenderer, check_template, rollout
 from r1jax.distributed import allgather_objects, process_share
 from r1jax.sharding import make_mesh, num_batch_shards
 from r1jax.tokenizers import Tokenizer, load_tokenizer
-from r1jax.tasks import Task, get_task, list_tasks
+from r1jax.tasks import Task, parse_task_specs
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
 REPORT_FILES = ("report.json", "report.md")
-
-
-class TaskSpec(NamedTuple):
-    name: str
-    split: str  # TFDS slicing allowed: "test[:100]"
-    config: str | None = None  # a generated task's builder config, e.g. "2_ops" or "ops1_max6_n78"
-
-    def __str__(self) -> str:
-        return f"{self.name}{'/' + self.config if self.config else ''}:{self.split}"
-
-
-def _takes_config(name: str) -> bool:
-    return "config" in {f.name for f in dataclasses.fields(get_task(name))}
-
-
-def parse_tasks(tasks: str | Sequence[str]) -> list[TaskSpec]:
-    """"arithmetic:test,gsm8k:test" (or a list of such entries) -> task specs, checked by name.
-
-    A generated task may name its builder config: "arithmetic/ops1_max6_n78:test" reads the
-    dataset a recipe generated in its data dir (`<data_dir>/arithmetic/ops1_max6_n78/`).
-    """
-    entries = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-    specs = []
-    for entry in (e.strip() for e in entries):
-        name_and_config, _, split = entry.partition(":")
-        name, _, config = name_and_config.partition("/")
-        if name not in list_tasks():
-            raise ValueError(f"unknown task {name!r} in {entry!r}; known tasks: {', '.join(list_tasks())}")
-        if config and not _takes_config(name):
-            raise ValueError(f"task {name!r} takes no builder config, got {entry!r}")
-        if not split:
-            raise ValueError(f"task {entry!r} names no split; write <task>:<split>, e.g. {name}:test")
-        specs.append(TaskSpec(name, split, config or None))
-    if not specs:
-        raise ValueError("no task to evaluate; pass e.g. gsm8k:test")
-    if len(set(specs)) != len(specs):
-        raise ValueError(f"a task is listed twice in {[str(s) for s in specs]}")
-    return specs
-
-
-def load_examples(task: TaskSpec, *, data_dir: PathLike | None, manual_dir: PathLike | None = None):
-    """The examples of one task's split (generated tasks are generated in `data_dir` if absent)."""
-    if task.config is None:
-        return get_task(task.name).load(task.split, data_dir=data_dir, manual_dir=manual_dir)
-    try:
-        built_in = get_task(task.name, config=task.config)
-    except ValueError as error:  # not a built-in config: read what a recipe generated under that name
-        where = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR) / task.name / task.config
-        versions = sorted(where.glob("*/dataset_info.json"))
-        if not versions:
-            raise DatasetNotPreparedError(
-                f"no prepared {task.name} dataset with config {task.config!r} in {where}; pass the --data_dir of "
-                f"the run that generated it, or a built-in config ({error})") from None
-    else:
-        return built_in.load(task.split, data_dir=data_dir, manual_dir=manual_dir)
-    builder = tfds.builder_from_directory(versions[-1].parent)
-    return open_split(builder, task.split, how_to_prepare=f"rerun the recipe that generated {where}")
 
 
 class TaskSamples(NamedTuple):
@@ -223,7 +162,8 @@ def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: To
                    batch_prompts: int = 64) -> dict[str, dict[str, float]]:
     """The evaluation report of the model at `model` (an HF directory or a .gguf file) on `tasks`.
 
-    tasks: "name:split" entries, name a registered task (`r1jax.tasks`); a str is split at commas.
+    tasks: "<task>[/<config>]:<split>" entries naming registered tasks (`r1jax.tasks.parse_task_specs`);
+        a str is split at commas. Their data comes from the tasks alone (`Task.load`).
     max_new_tokens: the completion budget; None: each task's own (`Task.eval_defaults`).
     tokenizer: a tokenizer, a path for `load_tokenizer`, or None for the one beside the
         model (tokenizer.json / tokenizer.model in its directory, or the GGUF's own).
@@ -233,7 +173,7 @@ def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: To
     max_prompts: evaluate only the first `max_prompts` examples of each split.
     Returns `evaluation_report`'s dict: one row per task label ("gsm8k:test") and "overall".
     """
-    specs = parse_tasks(tasks)
+    specs = parse_task_specs(tasks)
     check_template(template, system_prompt)
     if num_samples < 1 or (max_new_tokens is not None and max_new_tokens < 1) or batch_prompts < 1 or (
             max_prompts is not None and max_prompts < 1):
@@ -244,7 +184,7 @@ def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: To
     tokenizer = _tokenizer(model, tokenizer)
     datasets = {}
     for spec in specs:  # every split is read before the first sample: a missing one fails early
-        examples = load_examples(spec, data_dir=data_dir, manual_dir=manual_dir)
+        examples = spec.task.load(spec.split, data_dir=data_dir, manual_dir=manual_dir)
         datasets[spec] = examples[:max_prompts] if max_prompts else examples[:]
     mesh = make_mesh({"data": -1}) if mesh is None else mesh
     loaded = from_pretrained(model, mesh=mesh)
@@ -256,11 +196,11 @@ def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: To
     rng = jax.random.key(seed)
     samples = {}
     for index, (spec, examples) in enumerate(datasets.items()):
-        log.info("%s: %d prompts x %d samples", spec, len(examples), num_samples)
-        samples[str(spec)] = sample_task(
-            graphdef, params, renderer, examples, task=get_task(spec.name), num_samples=num_samples,
+        log.info("%s: %d prompts x %d samples", spec.label, len(examples), num_samples)
+        samples[spec.label] = sample_task(
+            graphdef, params, renderer, examples, task=spec.task, num_samples=num_samples,
             max_prompt_length=max_prompt_length, temperature=temperature,
-            max_new_tokens=max_new_tokens or get_task(spec.name).eval_defaults.max_new_tokens,
+            max_new_tokens=max_new_tokens or spec.task.eval_defaults.max_new_tokens,
             top_p=top_p, rng=jax.random.fold_in(rng, index), mesh=mesh, batch_prompts=batch_prompts)
     return build_report(samples)
 

@@ -24,9 +24,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from r1jax.batching import pad_left, padded_width
 from r1jax.data.prompts import CHAT_TEMPLATES, TEXT_TEMPLATES, chat_messages, format_prompt
 from r1jax.distributed import allgather_objects, local_rows
-from r1jax.sampling import SampleOutput, generate, pad_left, padded_width
+from r1jax.sampling import SampleOutput, generate
 from r1jax.sharding import batch_sharding, make_global_batch
 from r1jax.tasks import question_of
 from r1jax.tokenizers import Tokenizer

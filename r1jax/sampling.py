@@ -3,8 +3,8 @@
 `generate(graphdef, state, prompt_tokens, prompt_mask, rng, ...)` is the pure core the
 GRPO trainer calls with its current parameters: the parameters are an argument (new
 values never recompile), the sampling settings are static (each setting compiles once).
-`Sampler` wraps it for host-side use: it takes ragged token lists, left-pads them to a
-few fixed prompt lengths ("buckets") so that shapes repeat, and places the batch on a mesh.
+Everything here runs on device; the host side (rendering prompts, padding them with
+`r1jax.batching`, placing the batch on a mesh, decoding text) is `r1jax.rollout`.
 
 Layout of one call, for B rows, prompts padded to P and N new tokens: the cache holds
 P + N - 1 slots (rounded up to whole attention blocks when decoding attends blockwise: each
@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from r1jax.models.transformer import KVCache, Transformer, cache_slots
-from r1jax.sharding import activate, constrain, logical_to_spec
+from r1jax.sharding import activate, constrain
 
 # Vocabulary block of the two-stage Gumbel-max draw (see `_categorical`).
 _BLOCK = 256
@@ -282,7 +282,7 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array,
     mesh: when given, activations follow `r1jax.sharding`'s logical table on it (the
         batch split over the data axes); inputs should already be placed on it.
     rows_per_prompt: G > 1 when the rows come in groups of G consecutive identical prompts
-        (`pad_left(..., repeat=G)`, GRPO's groups): each prompt is prefilled once and its KV
+        (`r1jax.batching.pad_left(..., repeat=G)`, GRPO's groups): each prompt is prefilled once and its KV
         cache copied to its G rows. Checked on the host when the prompts are addressable here.
 
     The decode loop is a `lax.while_loop` that feeds one token per step through the KV
@@ -309,153 +309,3 @@ def _check_groups(prompt_tokens, prompt_mask, group: int) -> None:
         if not (x.reshape(rows // group, group, -1) == x[::group, None]).all():
             raise ValueError(f"rows_per_prompt={group}, but the prompts of some group of {group} consecutive "
                              "rows differ; repeat each prompt (pad_left(..., repeat=G)) or pass rows_per_prompt=1")
-
-
-# ---- host-side front end ---------------------------------------------------------------
-
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def padded_width(length: int, *, minimum_multiple: int = 8, per_doubling: int = 4) -> int:
-    """The width to pad `length` tokens to: at most `per_doubling` widths between two powers of two.
-
-    The multiple grows with the length (8 up to 63 tokens, then 16, 32, ...), so that padding adds
-    at most 1 / per_doubling (25%) of the length while a run compiles a bounded number of shapes
-    (about `per_doubling` per doubling of the longest prompt): SmolLM2's 50-token chat prompts
-    pad to 56, not to 64.
-    """
-    if length < 1:
-        raise ValueError(f"length={length}: pad at least one token")
-    multiple = max(minimum_multiple, (1 << (length.bit_length() - 1)) // per_doubling)
-    return round_up(length, multiple)
-
-
-def pad_left(rows: Sequence[Sequence[int]], pad_id: int, *, multiple: int = 1, width: int | None = None,
-             repeat: int = 1, dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
-    """`dtype` tokens and int32 0/1 mask [len(rows) * repeat, W], each row `repeat` times in a row, padded on the left.
-
-    W is `width`, or the longest row rounded up to `multiple` (so a run compiles for a
-    few widths only). Left padding puts every row's last token in the same column, where
-    decoding continues.
-    """
-    longest = max((len(row) for row in rows), default=0)
-    width = round_up(max(longest, 1), multiple) if width is None else width
-    if longest > width:
-        raise ValueError(f"a row has {longest} tokens, more than the width {width}")
-    tokens = np.full((len(rows) * repeat, width), pad_id, dtype)
-    mask = np.zeros(tokens.shape, np.int32)
-    for i, row in enumerate(rows):
-        if len(row):
-            tokens[i * repeat:(i + 1) * repeat, width - len(row):] = row
-            mask[i * repeat:(i + 1) * repeat, width - len(row):] = 1
-    return tokens, mask
-
-
-def _default_buckets(max_length: int) -> tuple[int, ...]:
-    buckets = [min(16, max_length)]
-    while buckets[-1] < max_length:
-        buckets.append(min(2 * buckets[-1], max_length))
-    return tuple(buckets)
-
-
-class Sampler:
-    """Ragged prompts in, `SampleOutput` out, through one compiled `generate` per shape.
-
-        sampler = Sampler(model, pad_id=tokenizer.pad_id, stop_ids=[tokenizer.eos_id])
-        out = sampler([[1, 5, 9], [1, 7]], max_new_tokens=256, rng=jax.random.key(0))
-
-    model: a `Transformer`, re-split on every call so in-place updates (an optimizer
-        step) are seen; or `(graphdef, state)`, whose state a call's `state=` replaces.
-    pad_id: the token that fills prompt padding and completions after their stop.
-    stop_ids: tokens that end a row; None means the model config's `eos_token_id`.
-    prompt_buckets: prompt lengths to pad up to (default: powers of two from 16 to
-        `max_position_embeddings`), so that varying prompts reuse a few compiled programs.
-    mesh: split the batch over its data axes (`r1jax.sharding` table); the state is placed
-        on it by its logical axes (a no-op when it already is).
-    """
-
-    def __init__(self, model: Transformer | tuple[nnx.GraphDef, nnx.State], *, pad_id: int,
-                 stop_ids: Sequence[int] | None = None, prompt_buckets: Sequence[int] | None = None,
-                 mesh: Mesh | None = None):
-        if isinstance(model, Transformer):
-            self.model, self.graphdef, self.state = model, None, None
-            self.config = model.config
-        else:
-            self.model = None
-            self.graphdef, self.state = model
-            self.config = nnx.merge(self.graphdef, self.state).config
-        if stop_ids is None:
-            stop_ids = () if self.config.eos_token_id is None else (self.config.eos_token_id,)
-        self.pad_id = int(pad_id)
-        self.stop_ids = tuple(int(i) for i in stop_ids)
-        self.prompt_buckets = tuple(sorted(prompt_buckets or _default_buckets(self.config.max_position_embeddings)))
-        self.mesh = mesh
-
-    def __call__(self, prompts, prompt_mask=None, *, max_new_tokens: int, rng: jax.Array,
-                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                 state: nnx.State | None = None) -> SampleOutput:
-        """Sample continuations of `prompts`.
-
-        prompts: a list of token-id lists, or a [B, P] array padded on the left with
-            `prompt_mask` [B, P] (1 = real token; default all ones).
-        Other settings as in `generate`. Returns arrays with B rows; the prompts come back
-        left-padded to the bucket length P.
-        """
-        tokens, mask = self._pad_prompts(prompts, prompt_mask)
-        longest = int(mask.sum(axis=1).max())
-        if longest + max_new_tokens > self.config.max_position_embeddings:
-            raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
-                             f"model's max_position_embeddings={self.config.max_position_embeddings}")
-        if self.model is not None:
-            graphdef, current_state = nnx.split(self.model)
-        else:
-            graphdef, current_state = self.graphdef, self.state
-        state = current_state if state is None else state
-        tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
-        if self.mesh is not None:
-            tokens, mask, state = self._place(tokens, mask, state)
-        return generate(graphdef, state, tokens, mask, rng, max_new_tokens=max_new_tokens,
-                        temperature=temperature, top_p=top_p, top_k=top_k, stop_ids=self.stop_ids,
-                        pad_id=self.pad_id, mesh=self.mesh)
-
-    def _pad_prompts(self, prompts, prompt_mask) -> tuple[np.ndarray, np.ndarray]:
-        """Left-pad to the bucket length; [B, P] int32 tokens and mask, checked on the host."""
-        if isinstance(prompts, (list, tuple)):
-            if prompt_mask is not None:
-                raise ValueError("prompt_mask goes with a padded [batch, length] array, not with token lists")
-            if not prompts or any(len(p) == 0 for p in prompts):
-                raise ValueError("every prompt needs at least one token (e.g. BOS), and the batch at least one prompt")
-            tokens, mask = pad_left(prompts, self.pad_id, dtype=np.int64)  # int64: out-of-range ids are caught below
-        else:
-            tokens = np.asarray(prompts)
-            mask = np.ones(tokens.shape, np.int32) if prompt_mask is None else np.asarray(prompt_mask).astype(np.int32)
-            if tokens.ndim != 2 or mask.shape != tokens.shape:
-                raise ValueError(f"prompts must be [batch, length] with a mask of the same shape, got "
-                                 f"{tokens.shape} and {mask.shape}")
-            if not np.isin(mask, (0, 1)).all() or (np.diff(mask, axis=1) < 0).any() or not mask[:, -1].all():
-                raise ValueError("prompt_mask must be 0/1 and pad on the left (zeros, then ones, with each row's "
-                                 "last token real); re-pad right-padded prompts on the left")
-        if not (np.issubdtype(tokens.dtype, np.integer) and tokens.min() >= 0
-                and tokens.max() < self.config.vocab_size):
-            raise ValueError(f"prompt tokens must be integers in [0, vocab_size={self.config.vocab_size})")
-        width = tokens.shape[1]
-        bucket = next((b for b in self.prompt_buckets if b >= width), None)
-        if bucket is None:
-            raise ValueError(f"a prompt of {width} tokens is longer than the largest prompt bucket "
-                             f"{self.prompt_buckets[-1]}; pass larger prompt_buckets to Sampler")
-        extra = ((0, 0), (bucket - width, 0))
-        return (np.pad(tokens, extra, constant_values=self.pad_id).astype(np.int32),
-                np.pad(mask, extra).astype(np.int32))
-
-    def _place(self, tokens, mask, state):
-        data_parallel = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        if tokens.shape[0] % data_parallel:
-            raise ValueError(f"batch {tokens.shape[0]} does not split over the mesh's {data_parallel} "
-                             "data-parallel devices; use a multiple of it")
-        batch_sharding = NamedSharding(self.mesh, logical_to_spec(("batch", None)))
-        param_shardings = jax.tree.map(
-            lambda v: NamedSharding(self.mesh, logical_to_spec(v.get_metadata("axes", None))),
-            state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-        return (jax.device_put(tokens, batch_sharding), jax.device_put(mask, batch_sharding),
-                jax.device_put(state, param_shardings))

@@ -119,18 +119,20 @@ def test_block_limited_decode_samples_what_full_cache_decode_samples():
     """Decoding with attention_block=8 (each step reads only the cache blocks filled so far; the cache
     is sized to whole blocks) draws the same tokens with the same log-probs as the einsum path, which
     attends over every slot; and its log-probs are still the training forward's."""
+    from r1jax.batching import pad_left
     from r1jax.rollout import training_batch
-    from r1jax.sampling import Sampler
+    from r1jax.sampling import generate
     from r1jax.sharding import make_mesh
     from r1jax.train.objectives import completion_logprobs
 
     prompts = [[5, 17, 42, 9, 33, 21, 8], [12, 5, 60], [1], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50]]
     new_tokens = 45  # the cache spans 7 blocks of 8
+    tokens, prompt_mask = pad_left(prompts, 0, width=16)
     outputs = {}
     for kind in ("einsum", "blockwise"):
         model = sharpened(tiny_config(attention=kind, attention_block=8))
-        outputs[kind] = Sampler(model, pad_id=0, stop_ids=(3,), prompt_buckets=(16,))(
-            prompts, max_new_tokens=new_tokens, temperature=1.0, rng=jax.random.key(1))
+        outputs[kind] = generate(*nnx.split(model), tokens, prompt_mask, jax.random.key(1), max_new_tokens=new_tokens,
+                                 temperature=1.0, stop_ids=(3,), pad_id=0)
     np.testing.assert_array_equal(outputs["blockwise"].tokens, outputs["einsum"].tokens)
     np.testing.assert_allclose(outputs["blockwise"].logprobs, outputs["einsum"].logprobs, rtol=1e-5, atol=1e-5)
     out = outputs["blockwise"]

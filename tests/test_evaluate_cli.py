@@ -12,7 +12,7 @@ import pytest
 
 from r1jax import evaluate
 from r1jax.rollout import PromptRenderer
-from r1jax.tasks import get_task
+from r1jax.tasks import get_task, parse_task_specs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -90,17 +90,20 @@ def test_pass_at_k_values_are_the_powers_of_two():
 
 
 def test_task_parsing_names_the_choices():
-    assert evaluate.parse_tasks("arithmetic:test, gsm8k:test[:50]") == [
-        evaluate.TaskSpec("arithmetic", "test"), evaluate.TaskSpec("gsm8k", "test[:50]")]
+    assert [tuple(spec) for spec in parse_task_specs("arithmetic:test, gsm8k:test[:50]")] == [
+        (get_task("arithmetic"), "test", "arithmetic:test"), (get_task("gsm8k"), "test[:50]", "gsm8k:test[:50]")]
     with pytest.raises(ValueError, match="unknown task 'gsm9k'.*arithmetic, countdown, general, gsm8k, math"):
-        evaluate.parse_tasks("gsm9k:test")
+        parse_task_specs("gsm9k:test")
     with pytest.raises(ValueError, match="names no split.*arithmetic:test"):
-        evaluate.parse_tasks(["arithmetic"])
+        parse_task_specs(["arithmetic"])
+    with pytest.raises(ValueError, match="listed twice"):
+        parse_task_specs("gsm8k:test,gsm8k:test")
 
 
 def test_unknown_split_is_named(tmp_path):
+    spec, = parse_task_specs("arithmetic:validation")
     with pytest.raises(ValueError, match="no split 'validation'.*'train', 'test'|no split 'validation'.*'test', 'train'"):
-        evaluate.load_examples(evaluate.TaskSpec("arithmetic", "validation"), data_dir=tmp_path)
+        spec.task.load(spec.split, data_dir=tmp_path)
 
 
 # ---- the CLI, in a subprocess --------------------------------------------------------------
@@ -173,17 +176,18 @@ def test_cli_unknown_task_is_a_clear_error_and_writes_nothing(tiny_model_dir, tm
 
 
 def test_a_recipe_made_task_config_is_read_from_its_data_dir(tmp_path):
+    """The registry's task reads what a recipe generated under its own config name: no path around the tasks."""
     from r1jax.data import ArithmeticConfig, load_task
 
     config = ArithmeticConfig(name="ops1_max4_n10", seed=3, train_size=10, test_size=6, num_operations=1,
                               max_value=4)
     made = load_task("arithmetic", "test", data_dir=tmp_path, config=config)
-    spec, = evaluate.parse_tasks("arithmetic/ops1_max4_n10:test")
-    assert spec == evaluate.TaskSpec("arithmetic", "test", "ops1_max4_n10")
-    assert str(spec) == "arithmetic/ops1_max4_n10:test"
-    read = evaluate.load_examples(spec, data_dir=tmp_path)
+    spec, = parse_task_specs("arithmetic/ops1_max4_n10:test")
+    assert spec == (get_task("arithmetic", config="ops1_max4_n10"), "test", "arithmetic/ops1_max4_n10:test")
+    read = spec.task.load(spec.split, data_dir=tmp_path)
     assert [read[i] for i in range(len(read))] == [made[i] for i in range(len(made))]
-    with pytest.raises(Exception, match="no prepared arithmetic dataset with config 'other'"):
-        evaluate.load_examples(evaluate.TaskSpec("arithmetic", "test", "other"), data_dir=tmp_path)
+    other, = parse_task_specs("arithmetic/other:test")
+    with pytest.raises(ValueError, match="no config 'other'.*'2_ops'.*none in .*arithmetic/other"):
+        other.task.load(other.split, data_dir=tmp_path)
     with pytest.raises(ValueError, match="task 'gsm8k' takes no builder config"):
-        evaluate.parse_tasks("gsm8k/main:test")
+        parse_task_specs("gsm8k/main:test")

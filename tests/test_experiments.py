@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import experiments.distill_qwen2_5_1_5b as distill_experiment
 import experiments.grpo_smollm2 as smollm2_experiment
@@ -23,8 +24,7 @@ from hf_checkpoints import tiny_checkpoint
 from r1jax import pipelines
 from r1jax.models import from_pretrained
 from r1jax.rewards import RewardEvaluator, register_reward
-from r1jax.rollout import PromptRenderer
-from r1jax.sampling import Sampler
+from r1jax.rollout import PromptRenderer, rollout
 from r1jax.sharding import make_mesh
 from r1jax.tasks import get_task
 from r1jax.tokenizers import load_tokenizer
@@ -170,8 +170,9 @@ def test_a_grpo_trained_export_chats_in_transformers_as_in_r1jax(qwen2, math_cop
     reference = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     renderer = PromptRenderer(tokenizer, "chat")
     prompts = [renderer.encode(renderer(question)) for question in ("What is 2 + 3?", "Name a colour.")]
-    sampler = Sampler(ours, pad_id=tokenizer.pad_id, stop_ids=sorted(tokenizer.stop_ids))
-    greedy = sampler(prompts, max_new_tokens=8, rng=jax.random.key(0), temperature=0.0)
+    greedy = rollout(*nnx.split(ours), tokenizer, prompts, jax.random.key(0), repeat=1, max_prompt_length=256,
+                     max_new_tokens=8, temperature=0.0, top_p=1.0,
+                     mesh=make_mesh({"data": 1}, devices=jax.devices()[:1])).samples
     for row, (question, prompt) in enumerate(zip(("What is 2 + 3?", "Name a colour."), prompts)):
         messages = [{"role": "user", "content": question}]
         assert list(reference_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,

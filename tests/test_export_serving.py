@@ -9,7 +9,8 @@ from flax import nnx
 from hf_checkpoints import CORPUS, QWEN_TEMPLATE, chatml_tokenizer
 from r1jax import assets
 from r1jax.models import from_pretrained, save_pretrained
-from r1jax.sampling import Sampler
+from r1jax.rollout import rollout
+from r1jax.sharding import make_mesh
 from r1jax.tokenizers import (HFTokenizer, SentencePieceTokenizer, load_tokenizer,
                               save_tokenizer, train_sentencepiece)
 
@@ -74,8 +75,9 @@ def test_transformers_tokenizer_renders_and_encodes_chats_as_r1jax(exported):
 def test_transformers_greedy_generation_matches_r1jax(exported):
     model, tokenizer, out = exported
     prompts = [tokenizer.encode(tokenizer.apply_chat_template(messages)) for messages in CONVERSATIONS]
-    sampler = Sampler(model, pad_id=tokenizer.pad_id, stop_ids=sorted(tokenizer.stop_ids))
-    ours = sampler(prompts, max_new_tokens=8, rng=jax.random.key(0), temperature=0.0)
+    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+    ours = rollout(*nnx.split(model), tokenizer, prompts, jax.random.key(0), repeat=1, max_prompt_length=120,
+                   max_new_tokens=8, temperature=0.0, top_p=1.0, mesh=mesh).samples
     reference = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert set(reference.generation_config.eos_token_id) == tokenizer.stop_ids  # what generate stops at
     for row, prompt in enumerate(prompts):

@@ -235,7 +235,8 @@ def test_remat_changes_memory_not_numbers_and_works_inside_loops(policy):
     in the sampler's while_loop, where the blocks' parameters were traced outside the remat."""
     import jax
 
-    from r1jax.sampling import Sampler
+    from r1jax.batching import pad_left
+    from r1jax.sampling import generate
 
     cfg = ModelConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                       num_kv_heads=2)
@@ -254,9 +255,9 @@ def test_remat_changes_memory_not_numbers_and_works_inside_loops(policy):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     mapped = jax.jit(lambda params: jax.lax.map(lambda row: nnx.merge(remat_graphdef, params)(row[None])[0], tokens))
     np.testing.assert_allclose(mapped(params), plain(tokens), rtol=1e-5, atol=1e-6)
-    prompts = [[1, 2, 3], [4, 5]]
-    greedy = [Sampler((graph, params), pad_id=0, stop_ids=())(prompts, max_new_tokens=4, rng=jax.random.key(0),
-                                                                temperature=0.0).tokens
+    prompt_tokens, prompt_mask = pad_left([[1, 2, 3], [4, 5]], 0, width=16)
+    greedy = [generate(graph, params, prompt_tokens, prompt_mask, jax.random.key(0), max_new_tokens=4,
+                       temperature=0.0).tokens
               for graph in (graphdef, remat_graphdef)]
     np.testing.assert_array_equal(*greedy)
 
@@ -292,7 +293,8 @@ def test_attention_paths_equal_the_einsum_path(pair, dtype, tol, kind):
     compute policy (float32 master weights)."""
     import jax
 
-    from r1jax.sampling import Sampler
+    from r1jax.batching import pad_left
+    from r1jax.sampling import generate
 
     _, path = pair
     models = {name: from_pretrained(path, attention=name, attention_block=8, dtype=dtype)
@@ -318,8 +320,9 @@ def test_attention_paths_equal_the_einsum_path(pair, dtype, tol, kind):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol * 1e-2 + 1e-6,
                                    rtol=tol * 10)
     if dtype == "float32":  # greedy tokens can flip on near-ties under bfloat16 rounding
-        greedy = [Sampler(m, pad_id=0, stop_ids=())([[1, 2, 3], [4, 5]], max_new_tokens=25, temperature=0.0,
-                                                    rng=jax.random.key(0)).tokens for m in models.values()]
+        prompt_tokens, prompt_mask = pad_left([[1, 2, 3], [4, 5]], 0, width=16)
+        greedy = [generate(*nnx.split(m), prompt_tokens, prompt_mask, jax.random.key(0), max_new_tokens=25,
+                           temperature=0.0).tokens for m in models.values()]
         np.testing.assert_array_equal(*greedy)
 
 

@@ -1,6 +1,6 @@
 """Tests for r1jax.sampling: the KV-cache path, greedy parity with HF transformers, the
 sampling distribution (chi-square against a float64 numpy reference), stopping, compile
-counts and data-parallel sharding (8 fake CPU devices, in a subprocess).
+counts and data-parallel sharding through `r1jax.rollout` (8 fake CPU devices, in a subprocess).
 
 Every distinct sampler shape or setting is an XLA compile of a few seconds, so the tests
 share a handful of them (the `greedy` fixture) instead of each compiling its own.
@@ -18,8 +18,10 @@ import pytest
 from flax import nnx
 from scipy import stats
 
+from r1jax.batching import pad_left
 from r1jax.models import ModelConfig, Transformer, from_pretrained, save_pretrained
-from r1jax.sampling import Sampler, decode_step, prefill, sample_token
+from r1jax.rollout import rollout
+from r1jax.sampling import decode_step, generate, prefill, sample_token
 
 PAD = 0
 VOCAB = 64
@@ -27,6 +29,7 @@ VOCAB = 64
 PROMPTS = [[5, 17, 42, 9, 33, 21, 8], [12, 5, 60], [7, 7, 3, 50, 2], [1],
            [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50], [63, 0, 2], [9, 9], [30, 31, 32, 33]]
 CONTINUATION = np.random.default_rng(0).integers(0, VOCAB, size=(len(PROMPTS), 4))
+WIDTH = 16  # the prompt columns of the sampled batches below (`rollout` pads PROMPTS to 16 as well)
 
 
 def tiny_model(seed=0, sharpness=8.0):
@@ -47,6 +50,23 @@ def left_pad(prompts, width=None):
         tokens[row, width - len(prompt):] = prompt
         mask[row, width - len(prompt):] = 1
     return tokens, mask
+
+
+def sample(model, prompts, rng, *, stop_ids=(), **settings):
+    """`generate` on token lists left-padded to WIDTH columns; `model` is a Transformer or (graphdef, state)."""
+    graphdef, state = nnx.split(model) if isinstance(model, Transformer) else model
+    tokens, mask = pad_left(prompts, PAD, width=WIDTH)
+    return generate(graphdef, state, tokens, mask, rng, stop_ids=stop_ids, pad_id=PAD, **settings)
+
+
+class IdTokenizer:
+    """What `rollout` reads of a tokenizer, for prompts given as ids: a completion's text is its ids."""
+
+    pad_id = PAD
+    stop_ids = frozenset()
+
+    def decode(self, ids):
+        return " ".join(str(int(i)) for i in ids)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +92,7 @@ def reference_logits(model):
 @pytest.fixture(scope="module")
 def greedy(model):
     """12 greedy tokens for PROMPTS, with no stop ids (compiled once, shared)."""
-    return Sampler(model, pad_id=PAD, stop_ids=())(PROMPTS, max_new_tokens=12, temperature=0.0,
-                                                   rng=jax.random.key(0))
+    return sample(model, PROMPTS, jax.random.key(0), max_new_tokens=12, temperature=0.0)
 
 
 # ---- the KV-cache path -----------------------------------------------------------------
@@ -135,13 +154,12 @@ def test_greedy_matches_transformers_generate(family, tmp_path):
     ours = from_pretrained(tmp_path)
     assert ours.config.tie_embeddings == (family == "llama") and ours.config.qkv_bias == (family == "qwen2")
 
-    prompts = PROMPTS[:2]  # lengths 7 and 3: HF pads to 7, our bucket to 16
+    prompts = PROMPTS[:2]  # lengths 7 and 3: HF pads to 7, we to 16
     tokens, mask = left_pad(prompts)
     with torch.no_grad():
         expected = hf.generate(torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(mask),
                                do_sample=False, max_new_tokens=32, pad_token_id=PAD)[:, tokens.shape[1]:]
-    out = Sampler(ours, pad_id=PAD, stop_ids=())(prompts, max_new_tokens=32, temperature=0.0,
-                                                 rng=jax.random.key(0))
+    out = sample(ours, prompts, jax.random.key(0), max_new_tokens=32, temperature=0.0)
     assert out.prompt_tokens.shape == (2, 16)
     np.testing.assert_array_equal(np.asarray(out.tokens), expected.numpy())
     assert np.asarray(out.mask).all() and np.asarray(out.lengths).tolist() == [32, 32]
@@ -150,8 +168,7 @@ def test_greedy_matches_transformers_generate(family, tmp_path):
 # ---- the sampling distribution ---------------------------------------------------------
 
 def test_top_k_1_is_greedy(model, greedy):
-    top_1 = Sampler(model, pad_id=PAD, stop_ids=())(PROMPTS, max_new_tokens=12, temperature=1.3, top_k=1,
-                                                    rng=jax.random.key(1))
+    top_1 = sample(model, PROMPTS, jax.random.key(1), max_new_tokens=12, temperature=1.3, top_k=1)
     np.testing.assert_array_equal(np.asarray(top_1.tokens), np.asarray(greedy.tokens))
     # the distribution sampled from is a point mass: log 1 = 0
     np.testing.assert_allclose(np.asarray(top_1.logprobs), 0.0, atol=1e-6)
@@ -198,8 +215,7 @@ NUM_SAMPLES = 8000
 
 def test_first_token_follows_the_softmax(model, reference_logits):
     prompt = PROMPTS[0]
-    out = Sampler(model, pad_id=PAD, stop_ids=())([prompt] * NUM_SAMPLES, max_new_tokens=1,
-                                                  temperature=1.0, rng=jax.random.key(42))
+    out = sample(model, [prompt] * NUM_SAMPLES, jax.random.key(42), max_new_tokens=1, temperature=1.0)
     expected = reference_distribution(reference_logits[0][len(prompt) - 1])
     check_samples(np.asarray(out.tokens[:, 0]), np.asarray(out.logprobs[:, 0]), expected)
 
@@ -207,8 +223,6 @@ def test_first_token_follows_the_softmax(model, reference_logits):
 def test_prompts_prefilled_once_per_group_sample_what_repeated_prompts_sample(model):
     """rows_per_prompt=G (GRPO's groups): each prompt is prefilled once and its cache copied to its
     G rows; the tokens and log-probs are those of prefilling every row."""
-    from r1jax.sampling import generate, pad_left
-
     graphdef, state = nnx.split(model)
     tokens, mask = pad_left(PROMPTS[:4], PAD, repeat=3)
     outs = [generate(graphdef, state, tokens, mask, jax.random.key(3), max_new_tokens=10, temperature=1.0,
@@ -230,8 +244,7 @@ def test_sampler_logprobs_equal_the_training_forward(model):
     from r1jax.train.objectives import completion_logprobs
 
     new_tokens = 12
-    out = Sampler(model, pad_id=PAD, stop_ids=(3, 17))(PROMPTS, max_new_tokens=new_tokens, temperature=1.0,
-                                                       rng=jax.random.key(5))
+    out = sample(model, PROMPTS, jax.random.key(5), stop_ids=(3, 17), max_new_tokens=new_tokens, temperature=1.0)
     mask = np.asarray(out.mask)
     assert 0 < mask.sum() < mask.size  # some rows stopped early
     batch = training_batch(out, make_mesh({"data": 1}, devices=jax.devices()[:1]), old_logps=True)
@@ -261,8 +274,7 @@ def test_stop_ids_end_rows_and_pad_the_rest(model, greedy):
     steps = free.shape[1]
     stop = int(free[0, 3])
     # ids outside the vocabulary never match
-    out = Sampler(model, pad_id=PAD, stop_ids=(stop, 1000))(PROMPTS, max_new_tokens=steps, temperature=0.0,
-                                                            rng=jax.random.key(0))
+    out = sample(model, PROMPTS, jax.random.key(0), stop_ids=(stop, 1000), max_new_tokens=steps, temperature=0.0)
     for row in range(len(PROMPTS)):
         hits = np.flatnonzero(free[row] == stop)
         length = hits[0] + 1 if hits.size else steps
@@ -272,8 +284,8 @@ def test_stop_ids_end_rows_and_pad_the_rest(model, greedy):
     assert int(out.lengths[0]) <= 4
 
     # every row stops by its second token: the loop exits early, the outputs still line up
-    out = Sampler(model, pad_id=PAD, stop_ids=free[:, 1].tolist())(PROMPTS, max_new_tokens=steps,
-                                                                  temperature=0.0, rng=jax.random.key(0))
+    out = sample(model, PROMPTS, jax.random.key(0), stop_ids=free[:, 1].tolist(), max_new_tokens=steps,
+                 temperature=0.0)
     assert np.asarray(out.lengths).max() <= 2
     np.testing.assert_array_equal(np.asarray(out.tokens)[:, 2:], PAD)
     np.testing.assert_array_equal(np.asarray(out.mask)[:, 2:], 0)
@@ -300,14 +312,13 @@ class CompileCounter:
 def test_same_shapes_and_new_params_do_not_recompile(model):
     graphdef, state = nnx.split(model)
     new_state = jax.tree.map(lambda x: np.asarray(x) * 1.5, state)  # numpy: no compile here
-    sampler = Sampler((graphdef, state), pad_id=PAD, stop_ids=(3, 4))
     settings = dict(max_new_tokens=12, temperature=0.0)  # what the `greedy` fixture compiled
-    before = sampler(PROMPTS, rng=jax.random.key(0), **settings)  # (compiles unless already done)
-    shuffled = [prompt[::-1] + [1] for prompt in PROMPTS[::-1]]  # other lengths, same bucket
+    before = sample((graphdef, state), PROMPTS, jax.random.key(0), stop_ids=(3, 4), **settings)  # (compiles unless done)
+    shuffled = [prompt[::-1] + [1] for prompt in PROMPTS[::-1]]  # other lengths, same width
     with CompileCounter() as counter:
-        sampler(shuffled, rng=jax.random.key(1), **settings)
-        renewed = sampler(PROMPTS, rng=jax.random.key(0), state=new_state, **settings)
-        Sampler(model, pad_id=PAD, stop_ids=(5, 6))(PROMPTS, rng=jax.random.key(2), **settings)
+        sample((graphdef, state), shuffled, jax.random.key(1), stop_ids=(3, 4), **settings)
+        renewed = sample((graphdef, new_state), PROMPTS, jax.random.key(0), stop_ids=(3, 4), **settings)
+        sample(model, PROMPTS, jax.random.key(2), stop_ids=(5, 6), **settings)  # a new split, new stop ids
     assert counter.count == 0
     assert not np.array_equal(np.asarray(renewed.tokens), np.asarray(before.tokens))  # new params used
 
@@ -315,34 +326,40 @@ def test_same_shapes_and_new_params_do_not_recompile(model):
 # ---- bad input -------------------------------------------------------------------------
 
 def test_bad_input_is_refused_with_a_reason(model):
-    sampler = Sampler(model, pad_id=PAD, prompt_buckets=(8,))
+    graphdef, state = nnx.split(model)
     rng = jax.random.key(0)
-    right_padded = np.array([[4, 5, 0], [4, 5, 6]])
-    with pytest.raises(ValueError, match="pad on the left"):
-        sampler(right_padded, (right_padded > 0).astype(int), max_new_tokens=2, rng=rng)
-    with pytest.raises(ValueError, match="largest prompt bucket"):
-        sampler([list(range(1, 10))], max_new_tokens=2, rng=rng)
-    with pytest.raises(ValueError, match="at least one token"):
-        sampler([[1, 2], []], max_new_tokens=2, rng=rng)
-    with pytest.raises(ValueError, match="vocab_size"):
-        sampler([[1, VOCAB]], max_new_tokens=2, rng=rng)
+    tokens, mask = pad_left([[1, 2]], PAD)
     with pytest.raises(ValueError, match="top_p"):
-        sampler([[1, 2]], max_new_tokens=2, top_p=0.0, rng=rng)
-    with pytest.raises(ValueError, match="max_position_embeddings"):
-        sampler([[1, 2]], max_new_tokens=200, rng=rng)
+        generate(graphdef, state, tokens, mask, rng, max_new_tokens=2, top_p=0.0)
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        generate(graphdef, state, tokens, mask, rng, max_new_tokens=0)
+    with pytest.raises(ValueError, match=r"both be \[batch, prompt_len\]"):
+        generate(graphdef, state, tokens[0], mask[0], rng, max_new_tokens=2)
+    # the host side refuses ragged prompts it cannot pad, before anything is compiled
+    refuse = functools.partial(rollout, graphdef, state, IdTokenizer(), rng=rng, repeat=1, max_prompt_length=8,
+                               max_new_tokens=2, temperature=1.0, top_p=1.0, mesh=None)
+    with pytest.raises(ValueError, match="9 tokens, more than max_prompt_length=8"):
+        refuse([list(range(1, 10))])
+    with pytest.raises(ValueError, match="a prompt has no tokens"):
+        refuse([[1, 2], []])
 
 
 # ---- sharding --------------------------------------------------------------------------
 
 def _sharded_greedy(checkpoint):
-    """Run in a subprocess with 8 fake CPU devices: the `greedy` fixture on a data-parallel mesh."""
+    """Run in a subprocess with 8 fake CPU devices: the `greedy` fixture through `rollout` (GRPO's and
+    evaluation's host side) on a data-parallel mesh, the parameters placed on it by their logical axes."""
     from r1jax.sharding import make_mesh
 
     assert jax.device_count() == 8, jax.devices()
     mesh = make_mesh({"data": -1})
-    out = Sampler(from_pretrained(checkpoint), pad_id=PAD, stop_ids=(), mesh=mesh)(
-        PROMPTS, max_new_tokens=12, temperature=0.0, rng=jax.random.key(0))
+    graphdef, state = nnx.split(from_pretrained(checkpoint, mesh=mesh))
+    result = rollout(graphdef, state, IdTokenizer(), PROMPTS, jax.random.key(0), repeat=1, max_prompt_length=WIDTH,
+                     max_new_tokens=12, temperature=0.0, top_p=1.0, mesh=mesh)
+    out = result.samples
+    assert out.prompt_tokens.shape == (len(PROMPTS), WIDTH)  # the same columns as the `greedy` fixture's
     assert out.tokens.sharding.shard_shape(out.tokens.shape)[0] == 1  # one row per device
+    assert result.completions == [IdTokenizer().decode(row[:n]) for row, n in zip(np.asarray(out.tokens), result.lengths)]
     print(json.dumps({name: np.asarray(getattr(out, name)).tolist() for name in ("tokens", "mask", "lengths")}))
 
 

@@ -50,7 +50,7 @@ def test_generated_tasks_load_by_their_options(tmp_path):
     assert all(str(eval(ex["expression"])) == ex["answer"] for ex in list(train) + list(test))  # noqa: S307
 
 
-def test_bad_names_and_options_are_named():
+def test_bad_names_and_options_are_named(tmp_path):
     with pytest.raises(ValueError, match="unknown task 'sudoku'.*arithmetic"):
         get_task("sudoku")
     with pytest.raises(ValueError, match="task 'arithmetic' has no option 'max_valu'"):
@@ -59,8 +59,9 @@ def test_bad_names_and_options_are_named():
         task_from_config({"max_value": 3})
     with pytest.raises(ValueError, match="no '\\{expression\\}' slot"):
         get_task("arithmetic", question_template="What is it?")
-    with pytest.raises(ValueError, match="no built-in config 'huge'"):
-        get_task("countdown", config="huge")
+    # a config name is a built-in one or one generated earlier in the data dir: checked when loading
+    with pytest.raises(ValueError, match=r"no config 'huge'; its configs are \['3_numbers', '4_numbers'\]"):
+        get_task("countdown", config="huge").load("train", data_dir=tmp_path)
 
 
 def test_adding_a_task_is_one_class():

@@ -52,7 +52,7 @@ from r1jax.distributed import (allgather_objects, barrier, is_primary, local_row
 from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P
 from r1jax.files import write_json_atomically
 from r1jax.rewards import get_reward
-from r1jax.sampling import round_up
+from r1jax.batching import round_up
 from r1jax.rewards.language import chain_of_thought
 
 # Why a sample is dropped, in the order the checks run; each sample counts once.

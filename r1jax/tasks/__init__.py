@@ -4,7 +4,8 @@
     task = get_task("gsm8k")
 """
 from r1jax.data.preferences import is_general
-from r1jax.tasks.base import EvalDefaults, Task, get_task, list_tasks, register_task, task_from_config
+from r1jax.tasks.base import (EvalDefaults, Task, TaskSpec, get_task, list_tasks, parse_task_specs, register_task,
+                              task_from_config)
 from r1jax.tasks import arithmetic, countdown, general, gsm8k, math  # noqa: F401, E402  (registers them)
 from r1jax.tasks.general import GeneralTask
 
@@ -14,5 +15,5 @@ def question_of(example, task: Task) -> str:
     return GeneralTask().question(example) if is_general(example) else task.question(example)
 
 
-__all__ = ["EvalDefaults", "GeneralTask", "Task", "get_task", "list_tasks", "question_of", "register_task",
-           "task_from_config"]
+__all__ = ["EvalDefaults", "GeneralTask", "Task", "TaskSpec", "get_task", "list_tasks", "parse_task_specs",
+           "question_of", "register_task", "task_from_config"]

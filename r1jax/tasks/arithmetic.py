@@ -1,14 +1,16 @@
 """Integer arithmetic ("3 + 4 * (2 - 5)"), generated locally as a TFDS dataset (`r1jax.data.arithmetic`).
 
 With no `config` the task's own options name and size the dataset, so a recipe can ask
-for exactly the problems it wants (e.g. all 108 one-operation problems on 1..6).
+for exactly the problems it wants (e.g. all 108 one-operation problems on 1..6); the
+dataset is then generated under a name of those options ("ops1_max6_n78"), and
+`config="ops1_max6_n78"` reads it back from the same data dir, e.g. to evaluate on it.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Sequence
 
-from r1jax.data.arithmetic import Arithmetic, ArithmeticConfig
+from r1jax.data.arithmetic import ArithmeticConfig
 from r1jax.data.tasks import load_task
 from r1jax.rewards.countdown import final_number
 from r1jax.rewards.math import parse_exact_number
@@ -23,7 +25,9 @@ class ArithmeticTask(Task):
     accuracy_reward = "arithmetic"
     eval_defaults = EvalDefaults(max_new_tokens=128)
 
-    config: str | None = None  # a built-in builder config ("2_ops", ...), or None: the fields below
+    # a built-in builder config ("2_ops", ...), one generated earlier in the data dir ("ops1_max6_n78",
+    # read as it is), or None: the fields below
+    config: str | None = None
     num_operations: int = 2
     max_value: int = 20
     operations: str = "+-*"  # the operators drawn from
@@ -38,10 +42,6 @@ class ArithmeticTask(Task):
             raise ValueError(f"question_template {self.question_template!r} has no '{{expression}}' slot")
         if not self.operations or set(self.operations) - set("+-*"):
             raise ValueError(f"operations={self.operations!r}: use a non-empty string of + - *")
-        if self.config is not None and self.config not in Arithmetic.builder_configs:
-            raise ValueError(f"arithmetic has no built-in config {self.config!r}; choose one of "
-                             f"{list(Arithmetic.builder_configs)}, or leave config empty and set num_operations, "
-                             "max_value, train_size, test_size and seed")
 
     def builder_config(self) -> str | ArithmeticConfig:
         if self.config is not None:

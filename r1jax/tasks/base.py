@@ -11,11 +11,12 @@ package that subclasses `Task` and decorates it with `@register_task("name")`.
     train = task.load("train", data_dir="runs/data")
     task.question(train[0])             # "Compute the value of 3 * 7. ..."
     task.accuracy(completion, train[0])  # 1.0, 0.0, or None (cannot be judged)
+    parse_task_specs("gsm8k:test,arithmetic/ops1_max6_n78:test[:100]")  # the evaluation CLI's --tasks
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Sequence
 
 from r1jax.rewards import extract_final_answer, get_reward
 
@@ -110,3 +111,39 @@ def task_from_config(section: Mapping[str, Any]) -> Task:
     if "name" not in options:
         raise ValueError(f"the task section {options} has no 'name'; registered tasks: {', '.join(list_tasks())}")
     return get_task(options.pop("name"), **options)
+
+
+class TaskSpec(NamedTuple):
+    """A registered task and a split of it, as an entry "<task>[/<config>]:<split>" names them."""
+
+    task: Task
+    split: str  # TFDS slicing allowed: "test[:100]"
+    label: str  # the entry, e.g. "arithmetic/ops1_max6_n78:test": its row in a report
+
+
+def parse_task_specs(entries: str | Sequence[str]) -> list[TaskSpec]:
+    """"arithmetic:test,gsm8k:test[:50]" (or a list of such entries) -> the tasks and their splits.
+
+    A task with a `config` option may name one after a slash: "arithmetic/ops1_max6_n78:test"
+    is `get_task("arithmetic", config="ops1_max6_n78")`, which reads the dataset a recipe
+    generated under that name in the data dir.
+    """
+    entries = entries.split(",") if isinstance(entries, str) else list(entries)
+    specs = []
+    for entry in (e.strip() for e in entries):
+        name_and_config, _, split = entry.partition(":")
+        name, _, config = name_and_config.partition("/")
+        if name not in _TASKS:
+            raise ValueError(f"unknown task {name!r} in {entry!r}; known tasks: {', '.join(list_tasks())}")
+        if config and "config" not in {f.name for f in dataclasses.fields(_TASKS[name])}:
+            raise ValueError(f"task {name!r} takes no builder config, got {entry!r}")
+        if not split:
+            raise ValueError(f"task {entry!r} names no split; write <task>:<split>, e.g. {name}:test")
+        task = get_task(name, config=config) if config else get_task(name)
+        specs.append(TaskSpec(task, split, f"{name}{'/' + config if config else ''}:{split}"))
+    if not specs:
+        raise ValueError("no task to evaluate; pass e.g. gsm8k:test")
+    labels = [spec.label for spec in specs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"a task is listed twice in {labels}")
+    return specs

@@ -36,7 +36,7 @@ from r1jax.distributed import allgather_objects, common_shape, local_rows
 from r1jax.losses import bradley_terry_loss
 from r1jax.sharding import activate, constrain, make_global_batch, num_batch_shards
 from r1jax.tokenizers import Tokenizer
-from r1jax.sampling import pad_left, round_up
+from r1jax.batching import pad_left, round_up
 
 THINK_END = "</think>"
 SPECIAL_TOKEN = "|special_token|"  # R1 cold-start layout: |special_token|<reasoning>|special_token|<summary>

@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 
 from r1jax.losses import token_logprobs
 from r1jax.rollout import PromptRenderer
-from r1jax.sampling import pad_left, round_up
+from r1jax.batching import pad_left, round_up
 from r1jax.tasks import get_task
 from r1jax.distributed import allgather_objects, common_shape, process_share
 from r1jax.sharding import activate, make_global_batch, num_batch_shards
