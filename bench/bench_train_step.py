@@ -22,7 +22,7 @@ from flax import nnx
 
 from r1jax.models import ModelConfig, Transformer
 from r1jax.sharding import make_global_batch, make_mesh
-from r1jax.train import create_train_state, grpo_objective, make_optimizer, make_train_step
+from r1jax.train import RolloutBatch, create_train_state, grpo_objective, make_optimizer, make_train_step
 
 SIZES = {
     "tiny": ModelConfig(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4,
@@ -50,15 +50,14 @@ def matmul_peak_flops(sizes=(1024, 2048, 4096), repeats: int = 3) -> float:
     return best
 
 
-def random_batch(config: ModelConfig, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+def random_batch(config: ModelConfig, batch: int, seq: int, seed: int = 0) -> RolloutBatch:
     """GRPO-shaped rows: the first quarter prompt, the rest completion."""
     rng = np.random.default_rng(seed)
     completion_mask = np.zeros((batch, seq), np.int32)
     completion_mask[:, seq // 4:] = 1
-    return {"tokens": rng.integers(0, config.vocab_size, (batch, seq)).astype(np.int32),
-            "attention_mask": np.ones((batch, seq), np.int32),
-            "completion_mask": completion_mask,
-            "advantages": rng.normal(size=batch).astype(np.float32)}
+    return RolloutBatch(tokens=rng.integers(0, config.vocab_size, (batch, seq)).astype(np.int32),
+                        attention_mask=np.ones((batch, seq), np.int32), completion_mask=completion_mask,
+                        advantages=rng.normal(size=batch).astype(np.float32))
 
 
 def bench(name: str, config: ModelConfig, batch_size: int, seq: int, steps: int, microbatches: int,

@@ -70,19 +70,18 @@ def compiled_bytes(cfg: ModelConfig, *, rows: int, prompt: int, new_tokens: int,
 
     from r1jax.models import Transformer
     from r1jax.sharding import make_mesh
-    from r1jax.train import grpo_objective, make_optimizer, make_train_step
+    from r1jax.train import RolloutBatch, grpo_objective, make_optimizer, make_train_step
     from r1jax.train.state import abstract_train_state
 
     mesh = make_mesh({"data": -1})
     state = abstract_train_state(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), make_optimizer(1e-6, schedule="constant"))
-    objective = grpo_objective(beta=beta, completion_columns=new_tokens, rows_per_group=generations,
-                               max_completion_length=new_tokens)
+    objective = grpo_objective(beta=beta, completion_columns=new_tokens, max_completion_length=new_tokens)
     step = make_train_step(objective, state, mesh, num_microbatches=microbatches)
     width = prompt + new_tokens
-    batch = {name: jax.ShapeDtypeStruct((rows, width), dtype) for name, dtype in (
+    arrays = {name: jax.ShapeDtypeStruct((rows, width), dtype) for name, dtype in (
         ("tokens", jnp.int32), ("attention_mask", jnp.int32), ("completion_mask", jnp.int32),
         ("ref_logps", jnp.float32))}
-    batch["advantages"] = jax.ShapeDtypeStruct((rows,), jnp.float32)
+    batch = RolloutBatch(**arrays, advantages=jax.ShapeDtypeStruct((rows,), jnp.float32), rows_per_group=generations)
     started = time.perf_counter()
     analysis = step.jitted.lower(state, batch, jax.eval_shape(lambda: jax.random.key(0))).compile().memory_analysis()
     return {"temp": analysis.temp_size_in_bytes, "arguments": analysis.argument_size_in_bytes,

@@ -21,7 +21,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 from jax.sharding import Mesh
 
 from r1jax.batching import pad_left, padded_width
@@ -134,9 +134,37 @@ def _global_extent(lengths: Sequence[int]) -> tuple[int, int]:
     return max(e[0] for e in extents), min(e[1] for e in extents)
 
 
-def training_batch(samples: SampleOutput, mesh: Mesh, *, old_logps: bool = False) -> dict[str, jax.Array]:
-    """Prompt + completion rows in the layout of `r1jax.train.objectives`, batch-sharded on `mesh`
-    (the training mesh, when the samples come from a sampler mesh of their own).
+@struct.dataclass
+class RolloutBatch:
+    """A rollout as the GRPO objective reads it: each row one prompt + one of its completions.
+
+    Every per-token array is [B, T] and aligned with `tokens`: `logps[:, t]` is the log-prob of
+    `tokens[:, t]` given `tokens[:, :t]` (column 0 has none: 0 in `completion_mask`).
+
+    tokens          int [B, T]  prompt (left-padded) + completion
+    attention_mask  [B, T]      1 on real tokens, 0 on padding
+    completion_mask [B, T]      1 on the completion tokens whose log-prob enters the loss
+    advantages      f32 [B]     one per row (`r1jax.losses.group_advantages`); None until scored
+    old_logps       f32 [B, T]  log-probs under the sampling policy; None: the current policy's
+                                (one update per rollout, mu = 1)
+    ref_logps       f32 [B, T]  log-probs under the reference policy; None where beta == 0
+    rows_per_group  G when every G consecutive rows share their prompt (the rollout's group):
+                    the train step keeps groups whole in each microbatch and the objective runs
+                    each prompt once; 1 when the rows are not grouped. Static (not an array).
+    """
+    tokens: jax.Array
+    attention_mask: jax.Array
+    completion_mask: jax.Array
+    advantages: jax.Array | None = None
+    old_logps: jax.Array | None = None
+    ref_logps: jax.Array | None = None
+    rows_per_group: int = struct.field(pytree_node=False, default=1)
+
+
+def training_batch(samples: SampleOutput, mesh: Mesh, *, old_logps: bool = False,
+                   rows_per_group: int = 1) -> RolloutBatch:
+    """The samples as a `RolloutBatch` (no advantages yet), batch-sharded on `mesh` (the training
+    mesh, when the samples come from a sampler mesh of their own).
 
     old_logps: also the sampler's log-probs of the completion tokens as `old_logps`. They are the
         policy's own (the training forward's, to float32 rounding: a tested invariant) when the
@@ -146,8 +174,10 @@ def training_batch(samples: SampleOutput, mesh: Mesh, *, old_logps: bool = False
     tokens = jnp.concatenate([samples.prompt_tokens, samples.tokens], axis=1)
     attention_mask = jnp.concatenate([samples.prompt_mask, samples.mask], axis=1)
     completion_mask = jnp.concatenate([jnp.zeros_like(samples.prompt_mask), samples.mask], axis=1)
-    batch = {"tokens": tokens, "attention_mask": attention_mask, "completion_mask": completion_mask}
+    sampled_logps = None
     if old_logps:
         prompt_columns = jnp.zeros(samples.prompt_mask.shape, jnp.float32)
-        batch["old_logps"] = jnp.concatenate([prompt_columns, samples.logprobs], axis=1)
+        sampled_logps = jnp.concatenate([prompt_columns, samples.logprobs], axis=1)
+    batch = RolloutBatch(tokens, attention_mask, completion_mask, old_logps=sampled_logps,
+                         rows_per_group=rows_per_group)
     return jax.device_put(batch, batch_sharding(mesh))

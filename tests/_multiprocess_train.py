@@ -79,7 +79,7 @@ def run(mesh, from_model: bool = False) -> dict:
     from r1jax.losses import group_advantages
     from r1jax.models import ModelConfig
     from r1jax.sharding import make_global_batch
-    from r1jax.train import (copy_params, create_train_state, grpo_objective, make_logprobs_fn,
+    from r1jax.train import (RolloutBatch, copy_params, create_train_state, grpo_objective, make_logprobs_fn,
                              make_optimizer, make_train_step, train_state_from_model)
 
     config = ModelConfig(**CONFIG_KW)
@@ -96,11 +96,11 @@ def run(mesh, from_model: bool = False) -> dict:
     data["advantages"] = np.asarray(group_advantages(data.pop("rewards"), 4))
     rows = GLOBAL_BATCH // jax.process_count()
     mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
-    batch = make_global_batch({k: v[mine] for k, v in data.items()}, mesh)
+    batch = RolloutBatch(**make_global_batch({k: v[mine] for k, v in data.items()}, mesh))
 
     logprobs_fn = make_logprobs_fn(state, mesh, num_microbatches=NUM_MICROBATCHES)
-    batch["ref_logps"] = logprobs_fn(ref_params, batch["tokens"], batch["attention_mask"])
-    batch["old_logps"] = logprobs_fn(state.params, batch["tokens"], batch["attention_mask"])
+    batch = batch.replace(ref_logps=logprobs_fn(ref_params, batch.tokens, batch.attention_mask),
+                          old_logps=logprobs_fn(state.params, batch.tokens, batch.attention_mask))
     train_step = make_train_step(grpo_objective(beta=0.04, loss_type="dapo", epsilon_high=0.28),
                                  state, mesh, num_microbatches=NUM_MICROBATCHES)
     for step in range(NUM_STEPS):  # mu = NUM_STEPS updates on one rollout

@@ -140,9 +140,9 @@ def test_block_limited_decode_samples_what_full_cache_decode_samples():
     batch = training_batch(out, make_mesh({"data": 1}, devices=jax.devices()[:1]), old_logps=True)
     graphdef, state = nnx.split(model)
     trained = jax.jit(lambda state, tokens, mask: completion_logprobs(
-        nnx.merge(graphdef, state), tokens, mask, new_tokens)[0])(state, batch["tokens"], batch["attention_mask"])
+        nnx.merge(graphdef, state), tokens, mask, new_tokens)[0])(state, batch.tokens, batch.attention_mask)
     mask = np.asarray(out.mask).astype(bool)
-    np.testing.assert_allclose(np.asarray(batch["old_logps"])[:, -new_tokens:][mask], np.asarray(trained)[mask],
+    np.testing.assert_allclose(np.asarray(batch.old_logps)[:, -new_tokens:][mask], np.asarray(trained)[mask],
                                rtol=1e-5, atol=1e-5)
 
 

@@ -24,7 +24,7 @@ from r1jax.data import PromptIterator
 from r1jax.models import ModelConfig, Transformer
 from r1jax.sharding import make_mesh
 from r1jax.train.loop import LoopSettings, run_training
-from r1jax.train.objectives import sft_objective
+from r1jax.train.objectives import SFTBatch, sft_objective
 from test_checkpoint import snapshot
 
 TINY = ModelConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1)
@@ -52,7 +52,7 @@ def make_batches(state, rows, rng):
     tokens = np.asarray(rows, np.int32)
     completion_mask = np.ones_like(tokens)
     completion_mask[:, 0] = 0  # column 0 has no prediction
-    return [{"tokens": tokens, "attention_mask": np.ones_like(tokens), "completion_mask": completion_mask}], {}
+    return [SFTBatch(tokens, np.ones_like(tokens), completion_mask)], {}
 
 
 def train(workdir, steps):

@@ -18,7 +18,7 @@ from r1jax.losses import group_advantages, grpo_loss
 from r1jax.models import ModelConfig, Transformer
 from r1jax.pipelines.settings import TrainSettings, settings_from
 from r1jax.rewards import RewardResult
-from r1jax.rollout import Rollout
+from r1jax.rollout import Rollout, RolloutBatch
 from r1jax.sampling import SampleOutput
 from r1jax.sharding import make_mesh
 from r1jax.train import grpo as grpo_module
@@ -54,8 +54,9 @@ def batch(model):
     old = logps + jnp.asarray(rng.uniform(-0.5, 0.5, logps.shape), jnp.float32)
     ref = logps + jnp.asarray(rng.uniform(-1.0, 1.0, logps.shape), jnp.float32)
     advantages = jnp.asarray([1.5, -0.5, 0.8, -1.8, 0.3, -0.2, 1.1, -1.2], jnp.float32)
-    return {"tokens": tokens, "attention_mask": attention_mask, "completion_mask": completion_mask,
-            "old_logps": old, "ref_logps": ref, "advantages": advantages, "logps": logps}
+    batch = RolloutBatch(tokens, attention_mask, completion_mask, advantages=advantages, old_logps=old,
+                         ref_logps=ref, rows_per_group=4)
+    return batch, logps
 
 
 def stage(**options) -> GRPO:
@@ -64,9 +65,9 @@ def stage(**options) -> GRPO:
 
 
 def loss_of(model, batch, **options) -> float:
-    inputs = {k: v for k, v in batch.items() if k != "logps"}
-    tokens = int(batch["completion_mask"].sum())
-    loss, _ = stage(**options).objective()(model, inputs, jax.random.key(0), tokens_per_microbatch=tokens)
+    batch, _ = batch
+    tokens = int(batch.completion_mask.sum())
+    loss, _ = stage(**options).objective()(model, batch, jax.random.key(0), tokens_per_microbatch=tokens)
     return float(loss)
 
 
@@ -75,8 +76,9 @@ def reference(batch, **options) -> float:
     kwargs = dict(epsilon_low=0.2, epsilon_high=None, beta=0.0, loss_type="grpo", importance_sampling_level="token",
                   max_completion_length=BASE["max_new_tokens"])
     kwargs.update(options)
-    loss, _ = grpo_loss(batch["logps"], batch["old_logps"], batch["ref_logps"] if kwargs["beta"] else None,
-                        batch["advantages"], batch["completion_mask"], **kwargs)
+    batch, logps = batch
+    loss, _ = grpo_loss(logps, batch.old_logps, batch.ref_logps if kwargs["beta"] else None,
+                        batch.advantages, batch.completion_mask, **kwargs)
     return float(loss)
 
 
@@ -175,24 +177,24 @@ def test_advantage_scale_changes_the_advantages(model, captured):
     rewards = jnp.arange(8, dtype=jnp.float32) ** 1.5
     for scale in ("group", "batch", "none"):
         batches, _ = make_batches(model, captured, advantage_scale=scale)
-        np.testing.assert_allclose(batches[0]["advantages"], group_advantages(rewards, 4, scale=scale), rtol=1e-6)
+        np.testing.assert_allclose(batches[0].advantages, group_advantages(rewards, 4, scale=scale), rtol=1e-6)
     group, _ = make_batches(model, captured)
     none, _ = make_batches(model, captured, advantage_scale="none")
-    assert not np.allclose(group[0]["advantages"], none[0]["advantages"])
+    assert not np.allclose(group[0].advantages, none[0].advantages)
 
 
 def test_num_iterations_repeats_the_rollout_with_its_own_old_logprobs(model, captured):
     batches, _ = make_batches(model, captured, num_iterations=3)
-    assert len(batches) == 3 and all("old_logps" in b for b in batches)
+    assert len(batches) == 3 and all(b.old_logps is not None for b in batches)
     default, _ = make_batches(model, captured)
-    assert len(default) == 1 and "old_logps" not in default[0]
+    assert len(default) == 1 and default[0].old_logps is None
 
 
 def test_num_minibatches_splits_the_rollout_into_updates(model, captured):
     batches, _ = make_batches(model, captured, num_minibatches=2)
-    assert [b["tokens"].shape[0] for b in batches] == [4, 4]
-    np.testing.assert_array_equal(np.concatenate([b["advantages"] for b in batches]),
-                                  make_batches(model, captured)[0][0]["advantages"])
+    assert [b.tokens.shape[0] for b in batches] == [4, 4]
+    np.testing.assert_array_equal(np.concatenate([b.advantages for b in batches]),
+                                  make_batches(model, captured)[0][0].advantages)
 
 
 def test_template_and_system_prompt_change_the_prompts(model, captured):

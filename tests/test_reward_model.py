@@ -21,7 +21,7 @@ from r1jax.tokenizers import train_sentencepiece
 from r1jax.train import make_optimizer, make_train_step, train_state_from_model
 from r1jax.train.grpo import GRPO, GRPOSettings, merge_rewards
 from r1jax.train.loop import LoopSettings, run_training
-from r1jax.train.reward_model import (RewardModelJudge, RewardModelSettings, RewardModelTraining,
+from r1jax.train.reward_model import (PreferenceBatch, RewardModelJudge, RewardModelSettings, RewardModelTraining,
                                       encode_preferences, reward_model_objective, score_texts, summary_of)
 
 # one layer compiles fastest; the reward model trained on the preference task has two
@@ -178,7 +178,7 @@ def _pair_batch():
     # padding pairs that must not count: the two halves below hold 3 and 2 real pairs
     counted = np.array([1, 1, 1, 0, 1, 1, 0, 0])
     batch["completion_mask"] = np.stack([np.zeros(pairs), counted], axis=1)
-    return {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}, counted
+    return PreferenceBatch(**{k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}), counted
 
 
 def test_objective_is_the_mean_over_pairs_for_any_microbatching(policy):
@@ -196,12 +196,13 @@ def test_objective_is_the_mean_over_pairs_for_any_microbatching(policy):
 
     @jax.jit  # one program for all three: each compilation takes seconds on a loaded CPU
     def whole_and_halves(params, batch):
-        num_pairs = batch["completion_mask"][:, 1].sum()
+        num_pairs = batch.completion_mask[:, 1].sum()
         halves = jax.lax.map(lambda half: loss_and_grad(params, half, num_pairs / 2),
-                             {k: v.reshape(2, 4, *v.shape[1:]) for k, v in batch.items()})
+                             jax.tree.map(lambda v: v.reshape(2, 4, *v.shape[1:]), batch))
         model = nnx.merge(graphdef, params)
-        rewards = [model(batch[f"{side}_tokens"], attention_mask=batch[f"{side}_attention_mask"])
-                   for side in ("chosen", "rejected")]
+        rewards = [model(tokens, attention_mask=mask) for tokens, mask in
+                   ((batch.chosen_tokens, batch.chosen_attention_mask),
+                    (batch.rejected_tokens, batch.rejected_attention_mask))]
         return loss_and_grad(params, batch, num_pairs), halves, rewards
 
     batch, counted = _pair_batch()
@@ -424,7 +425,7 @@ def test_grpo_with_a_mixed_batch_uses_the_judge_for_general_prompts(judge, token
     judged = judge([texts[i // group] for i in range(2 * group, 4 * group)], out.completions[general_rows],
                    [examples[i // group] for i in range(2 * group, 4 * group)])
     want = group_advantages(jnp.asarray(expected + judged.tolist(), jnp.float32), group)
-    advantages = np.asarray(batches[0]["advantages"])
+    advantages = np.asarray(batches[0].advantages)
     assert np.all(np.isfinite(advantages))
     np.testing.assert_allclose(advantages, want, atol=1e-5)
     assert np.abs(advantages[general_rows]).max() > 0.1  # the judge tells completions apart

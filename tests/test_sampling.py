@@ -251,8 +251,8 @@ def test_sampler_logprobs_equal_the_training_forward(model):
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda state, tokens, attention_mask: completion_logprobs(
         nnx.merge(graphdef, state), tokens, attention_mask, new_tokens)[0])
-    trained = np.asarray(forward(state, batch["tokens"], batch["attention_mask"]))
-    sampled = np.asarray(batch["old_logps"])[:, -new_tokens:]
+    trained = np.asarray(forward(state, batch.tokens, batch.attention_mask))
+    sampled = np.asarray(batch.old_logps)[:, -new_tokens:]
     assert np.all(sampled[mask == 0] == 0)
     np.testing.assert_allclose(sampled[mask == 1], trained[mask == 1], rtol=1e-5, atol=1e-5)
     assert np.abs(sampled[mask == 1]).min() > 1e-3  # real log-probs, not zeros

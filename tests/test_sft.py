@@ -11,7 +11,7 @@ from r1jax.models import ModelConfig, Transformer
 from r1jax.sharding import make_mesh
 from r1jax.tokenizers import train_sentencepiece
 from r1jax.train.loop import LoopSettings, run_training
-from r1jax.train.objectives import sft_objective
+from r1jax.train.objectives import SFTBatch, sft_objective
 from r1jax.train.sft import (SFT, PairFormatter, SFTSettings, encode_pairs, pack_pairs, r1_completion,
                              steps_for_epochs)
 from r1jax.train.state import make_optimizer, train_state_from_model
@@ -126,12 +126,12 @@ def test_padded_and_packed_rows_hand_checked():
 def _objective_loss(batch, logits):
     model = lambda tokens, **_: logits  # a stand-in model: fixed logits whatever the tokens
     # the step's normalisation: completion tokens that have a prediction (see make_train_step)
-    count = batch["completion_mask"][:, 1:].sum()
+    count = batch.completion_mask[:, 1:].sum()
     return sft_objective()(model, batch, None, tokens_per_microbatch=count)[0]
 
 
 def _loss(batch, logits):
-    return float(_objective_loss({k: jnp.asarray(v) for k, v in batch.items()}, jnp.asarray(logits)))
+    return float(_objective_loss(SFTBatch(**{k: jnp.asarray(v) for k, v in batch.items()}), jnp.asarray(logits)))
 
 
 @pytest.mark.parametrize("pack", [False, True])

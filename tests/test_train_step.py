@@ -10,7 +10,7 @@ from _multiprocess_train import CONFIG_KW, tiny_model  # fixed weights: compile 
 from r1jax.losses import group_advantages
 from r1jax.models import ModelConfig
 from r1jax.sharding import make_global_batch, make_mesh
-from r1jax.train import (TrainState, create_train_state, grpo_objective, make_logprobs_fn,
+from r1jax.train import (RolloutBatch, SFTBatch, TrainState, create_train_state, grpo_objective, make_logprobs_fn,
                          make_optimizer, make_schedule, make_train_step, sequence_logprobs, sft_objective)
 
 CONFIG = ModelConfig(**CONFIG_KW)
@@ -36,10 +36,11 @@ def grpo_batch(seed=0, **overrides):
     completion_mask = np.zeros((BATCH, LENGTH), np.int32)
     completion_mask[:, PROMPT:] = 1
     completion_mask[::2, -3:] = 0  # completions of different lengths
-    batch = {"tokens": tokens, "attention_mask": attention_mask, "completion_mask": completion_mask,
-             "advantages": rng.normal(size=BATCH).astype(np.float32)}
-    batch.update(overrides)
-    return {k: jnp.asarray(v) for k, v in batch.items()}
+    arrays = {"tokens": tokens, "attention_mask": attention_mask, "completion_mask": completion_mask,
+              "advantages": rng.normal(size=BATCH).astype(np.float32)}
+    rows_per_group = overrides.pop("rows_per_group", 1)
+    arrays.update(overrides)
+    return RolloutBatch(**{k: jnp.asarray(v) for k, v in arrays.items()}, rows_per_group=rows_per_group)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def initial_state(mesh):
 def forward(initial_state):
     """Logits of the initial model, jitted: eager op-by-op execution compiles every op."""
     logits = jax.jit(lambda params, batch: initial_state.model(params)(
-        batch["tokens"], attention_mask=batch["attention_mask"]))
+        batch.tokens, attention_mask=batch.attention_mask))
     return lambda batch: logits(initial_state.params, batch)
 
 
@@ -148,8 +149,8 @@ def test_two_microbatches_equal_one_big_batch_grpo_dapo(initial_state, dapo_step
 
 
 def test_sft_loss_is_the_token_mean_of_the_whole_batch_over_microbatches(mesh, initial_state, forward):
-    batch = grpo_batch()
-    del batch["advantages"]
+    rollout_batch = grpo_batch()
+    batch = SFTBatch(rollout_batch.tokens, rollout_batch.attention_mask, rollout_batch.completion_mask)
     step = make_train_step(sft_objective(), initial_state, mesh, num_microbatches=2)
     state, metrics = step(device_copy(initial_state), batch, jax.random.key(0))
     # the reference: mean token cross-entropy of the whole batch, from the logits by hand
@@ -157,7 +158,7 @@ def test_sft_loss_is_the_token_mean_of_the_whole_batch_over_microbatches(mesh, i
     # their means would differ)
     logits = np.asarray(forward(batch), np.float64)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    tokens, mask = np.asarray(batch["tokens"]), np.asarray(batch["completion_mask"])
+    tokens, mask = np.asarray(batch.tokens), np.asarray(batch.completion_mask)
     nll = -np.take_along_axis(logp[:, :-1], tokens[:, 1:, None], -1)[..., 0]
     expected = (nll * mask[:, 1:]).sum() / mask[:, 1:].sum()
     np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
@@ -168,25 +169,24 @@ def test_sequence_logprobs_are_aligned_with_tokens(mesh, initial_state, forward)
     batch = grpo_batch()
     logits = np.asarray(forward(batch), np.float64)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    tokens = np.asarray(batch["tokens"])
+    tokens = np.asarray(batch.tokens)
     expected = np.zeros(tokens.shape)
     for b in range(BATCH):
         for t in range(1, LENGTH):  # token t is predicted by the logits at t - 1
             expected[b, t] = logp[b, t - 1, tokens[b, t]]
-    np.testing.assert_allclose(sequence_logprobs(jnp.asarray(logits, jnp.float32), batch["tokens"]),
+    np.testing.assert_allclose(sequence_logprobs(jnp.asarray(logits, jnp.float32), batch.tokens),
                                expected, atol=1e-5)
     logprobs_fn = make_logprobs_fn(initial_state, mesh, num_microbatches=2)
-    np.testing.assert_allclose(logprobs_fn(initial_state.params, batch["tokens"], batch["attention_mask"]),
+    np.testing.assert_allclose(logprobs_fn(initial_state.params, batch.tokens, batch.attention_mask),
                                expected, atol=1e-5)
 
 
 def grouped_batch(group=2):
     """`grpo_batch` whose consecutive rows come in groups sharing one (left-padded) prompt, as in a rollout."""
-    batch = {k: np.array(v) for k, v in grpo_batch(ref_logps=np.random.default_rng(1).normal(
-        size=(BATCH, LENGTH)).astype(np.float32) * 0.1 - 2.0).items()}
-    for name in ("tokens", "attention_mask"):
-        batch[name][:, :PROMPT] = np.repeat(batch[name][::group, :PROMPT], group, axis=0)
-    return {k: jnp.asarray(v) for k, v in batch.items()}
+    batch = grpo_batch(ref_logps=np.random.default_rng(1).normal(size=(BATCH, LENGTH)).astype(np.float32) * 0.1 - 2.0,
+                       rows_per_group=group)
+    shared = lambda x: x.at[:, :PROMPT].set(jnp.repeat(x[::group, :PROMPT], group, axis=0))
+    return batch.replace(tokens=shared(batch.tokens), attention_mask=shared(batch.attention_mask))
 
 
 def test_completion_columns_and_shared_prompts_change_no_number(mesh, initial_state):
@@ -197,7 +197,7 @@ def test_completion_columns_and_shared_prompts_change_no_number(mesh, initial_st
     columns = LENGTH - PROMPT  # the completion_mask is 0 before them
     logprobs = {(cols, group): make_logprobs_fn(initial_state, mesh, completion_columns=cols, rows_per_group=group,
                                                 num_microbatches=2)(
-        initial_state.params, batch["tokens"], batch["attention_mask"])
+        initial_state.params, batch.tokens, batch.attention_mask)
         for cols, group in ((None, 1), (columns, 1), (columns, 2))}
     full = logprobs[None, 1]
     for key in ((columns, 1), (columns, 2)):
@@ -205,9 +205,10 @@ def test_completion_columns_and_shared_prompts_change_no_number(mesh, initial_st
         assert not np.any(np.asarray(logprobs[key][:, :-columns]))
     results = {}
     for cols, group, micro in ((None, 1, 1), (columns, 1, 1), (columns, 2, 1), (columns, 2, 2)):
-        objective = grpo_objective(beta=0.04, completion_columns=cols, rows_per_group=group)
+        objective = grpo_objective(beta=0.04, completion_columns=cols)
         step = make_train_step(objective, initial_state, mesh, num_microbatches=micro)
-        results[cols, group, micro] = step(device_copy(initial_state), batch, jax.random.key(0))
+        results[cols, group, micro] = step(device_copy(initial_state), batch.replace(rows_per_group=group),
+                                           jax.random.key(0))
     state_all, m_all = results[None, 1, 1]
     for key, (state, metrics) in results.items():
         for name in m_all:
@@ -226,7 +227,7 @@ def test_long_completion_settings_change_no_number(mesh, initial_state, settings
     shared prompts and two microbatches."""
     batch = grouped_batch()
     tx = make_optimizer(3e-3, schedule="constant", weight_decay=0.1, eps=1e-3)
-    objective = grpo_objective(beta=0.04, completion_columns=LENGTH - PROMPT, rows_per_group=2)
+    objective = grpo_objective(beta=0.04, completion_columns=LENGTH - PROMPT)
     results = []
     for config in (CONFIG, CONFIG.replace(**settings)):
         state = create_train_state(lambda: tiny_model(config), tx, mesh)
@@ -241,14 +242,13 @@ def test_long_completion_settings_change_no_number(mesh, initial_state, settings
 
 def test_rows_that_do_not_share_their_prompt_skip_the_update(mesh, initial_state):
     batch = grouped_batch()
-    batch["tokens"] = batch["tokens"].at[3, PROMPT - 2].add(1)  # row 3's prompt differs from row 2's
-    step = make_train_step(grpo_objective(beta=0.04, completion_columns=LENGTH - PROMPT, rows_per_group=2),
-                           initial_state, mesh)
+    batch = batch.replace(tokens=batch.tokens.at[3, PROMPT - 2].add(1))  # row 3's prompt differs from row 2's
+    step = make_train_step(grpo_objective(beta=0.04, completion_columns=LENGTH - PROMPT), initial_state, mesh)
     state, metrics = step(device_copy(initial_state), batch, jax.random.key(0))
     assert float(metrics["skipped"]) == 1 and int(state.step) == 0
     with pytest.raises(ValueError, match="whole groups of 4 rows"):
-        make_train_step(grpo_objective(beta=0.0, rows_per_group=4), initial_state, mesh, num_microbatches=4)(
-            device_copy(initial_state), batch, jax.random.key(0))
+        make_train_step(grpo_objective(beta=0.0), initial_state, mesh, num_microbatches=4)(
+            device_copy(initial_state), batch.replace(rows_per_group=4), jax.random.key(0))
 
 
 def test_grpo_learns_a_bandit(initial_state, dapo_steps):
@@ -267,10 +267,10 @@ def test_grpo_learns_a_bandit(initial_state, dapo_steps):
         logits = nnx.merge(graphdef, params)(prompt, attention_mask=prompt_mask)[:, -1]
         completion = jax.random.categorical(rng, logits)
         rewards = (completion == target).astype(jnp.float32)
-        batch = {"tokens": jnp.concatenate([prompt, completion[:, None]], axis=1),
-                 "attention_mask": jnp.pad(prompt_mask, ((0, 0), (0, 1)), constant_values=1),
-                 "completion_mask": jnp.zeros((BATCH, LENGTH), jnp.int32).at[:, -1].set(1),
-                 "advantages": group_advantages(rewards, BATCH)}
+        batch = RolloutBatch(tokens=jnp.concatenate([prompt, completion[:, None]], axis=1),
+                             attention_mask=jnp.pad(prompt_mask, ((0, 0), (0, 1)), constant_values=1),
+                             completion_mask=jnp.zeros((BATCH, LENGTH), jnp.int32).at[:, -1].set(1),
+                             advantages=group_advantages(rewards, BATCH))
         return batch, jax.nn.softmax(logits[0])[target]
 
     state = device_copy(initial_state)
@@ -319,12 +319,15 @@ def test_weight_decay_spares_norms_and_clipping_bounds_the_update():
 
 def test_bad_batches_are_rejected_with_a_clear_message(mesh, initial_state, dapo_steps):
     with pytest.raises(ValueError, match="multiple of 2"):
-        dapo_steps[2](device_copy(initial_state), {k: v[:3] for k, v in grpo_batch().items()},
+        dapo_steps[2](device_copy(initial_state), jax.tree.map(lambda v: v[:3], grpo_batch()),
                       jax.random.key(0))
-    batch = grpo_batch()
-    del batch["completion_mask"]
-    with pytest.raises(ValueError, match="completion_mask"):
-        dapo_steps[1](device_copy(initial_state), batch, jax.random.key(0))
+    with pytest.raises(ValueError, match="same leading batch size"):
+        dapo_steps[1](device_copy(initial_state), grpo_batch().replace(advantages=jnp.zeros(BATCH - 1)),
+                      jax.random.key(0))
+    with pytest.raises(TypeError, match="not a train batch"):  # a dict of the old layout
+        dapo_steps[1](device_copy(initial_state), {"tokens": grpo_batch().tokens}, jax.random.key(0))
+    with pytest.raises(ValueError, match="no advantages"):
+        dapo_steps[1](device_copy(initial_state), grpo_batch().replace(advantages=None), jax.random.key(0))
     step = make_train_step(grpo_objective(beta=0.04), initial_state, mesh)
     with pytest.raises(ValueError, match="ref_logps"):
         step(device_copy(initial_state), grpo_batch(), jax.random.key(0))

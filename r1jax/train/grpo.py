@@ -35,7 +35,7 @@ from r1jax.sharding import make_global_batch, reshard
 from r1jax.tasks import get_task
 from r1jax.tokenizers import Tokenizer
 from r1jax.train.objectives import grpo_objective
-from r1jax.rollout import PromptRenderer, check_template, rollout, training_batch
+from r1jax.rollout import PromptRenderer, RolloutBatch, check_template, rollout, training_batch
 from r1jax.train.state import TrainState, copy_params
 from r1jax.train.step import make_logprobs_fn
 
@@ -125,7 +125,7 @@ class GRPO:
         return grpo_objective(beta=s.beta, epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high,
                               loss_type=s.loss_type, max_completion_length=s.max_new_tokens,
                               importance_sampling_level=s.importance_sampling_level,
-                              completion_columns=s.max_new_tokens, rows_per_group=self._rows_per_group())
+                              completion_columns=s.max_new_tokens)
 
     def _rows_per_group(self) -> int:
         """G: a group's completions share its prompt, which the forward passes then run once;
@@ -158,19 +158,20 @@ class GRPO:
         # the sampler's own when they are the policy's (temperature 1, no top-p), else a forward
         keep_old = s.num_iterations > 1 or s.num_minibatches > 1
         sampler_is_policy = s.temperature == 1 and s.top_p == 1
-        batch = training_batch(out.samples, self.mesh, old_logps=keep_old and sampler_is_policy)
+        batch = training_batch(out.samples, self.mesh, old_logps=keep_old and sampler_is_policy,
+                               rows_per_group=self._rows_per_group())
         # ...while the device computes the log-probs the loss compares against
         if s.beta != 0:
-            batch["ref_logps"] = self._logprobs_fn(self._ref_params, batch["tokens"], batch["attention_mask"])
+            batch = batch.replace(ref_logps=self._logprobs_fn(self._ref_params, batch.tokens, batch.attention_mask))
         if keep_old and not sampler_is_policy:
-            batch["old_logps"] = self._logprobs_fn(state.params, batch["tokens"], batch["attention_mask"])
+            batch = batch.replace(old_logps=self._logprobs_fn(state.params, batch.tokens, batch.attention_mask))
         result = rewards_result()
         every = _gather_rows(result, out.lengths)
         # advantages from the rewards of every process's rows (N floats): exact for every
         # scale, "batch" included; each process keeps its own rows, whole groups
         advantages = np.asarray(group_advantages(np.nan_to_num(every.total), s.num_generations,
                                                  scale=s.advantage_scale, valid=every.valid))
-        batch["advantages"] = make_global_batch(advantages[every.mine], self.mesh)
+        batch = batch.replace(advantages=make_global_batch(advantages[every.mine], self.mesh))
         batches = [batch_slice for _ in range(s.num_iterations)
                    for batch_slice in _minibatches(batch, s.num_minibatches)]
         # waiting here costs nothing (the update needs the log-probs next) and times the phase
@@ -276,12 +277,12 @@ def _gather_rows(result: RewardResult, lengths: np.ndarray) -> _EveryRow:
                      mine=slice(start, start + len(result.total)))
 
 
-def _minibatches(batch: dict, num_minibatches: int) -> list[dict]:
+def _minibatches(batch: RolloutBatch, num_minibatches: int) -> list[RolloutBatch]:
     """Contiguous row blocks; each keeps whole prompt groups when the block is a multiple of G."""
-    rows = batch["tokens"].shape[0]
+    rows = batch.tokens.shape[0]
     if rows % num_minibatches:
         raise ValueError(f"{rows} rollout rows do not split into num_minibatches={num_minibatches}")
     size = rows // num_minibatches
     if num_minibatches == 1:
         return [batch]
-    return [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(num_minibatches)]
+    return [jax.tree.map(lambda x: x[i * size:(i + 1) * size], batch) for i in range(num_minibatches)]

@@ -3,16 +3,7 @@
 Each `*_objective(...)` returns a `loss_fn(model, batch, rng, *, tokens_per_microbatch)`
 for `make_train_step`; the step machinery is shared and only this function varies
 between GRPO and SFT. The math lives in `r1jax.losses`; this file only binds it to a
-model and to the batch layout:
-
-    tokens          int [B, T]  prompt + completion, prompt left-padded
-    attention_mask  [B, T]      1 on real tokens, 0 on padding
-    completion_mask [B, T]      1 on the tokens whose log-prob enters the loss
-    advantages      [B]         GRPO only, one per sequence (`group_advantages`)
-    old_logps       [B, T]      GRPO, optional: log-probs under the sampling policy
-    ref_logps       [B, T]      GRPO with beta != 0: log-probs under the reference policy
-    segment_ids     [B, T]      SFT, optional: packed rows, several sequences per row (see
-                                `Transformer.__call__`); 0 on padding
+model and to a typed batch: GRPO reads a `r1jax.rollout.RolloutBatch`, SFT an `SFTBatch`.
 
 Every per-token array is aligned with `tokens`: `logps[:, t]` is the log-prob of
 `tokens[:, t]` given `tokens[:, :t]`, i.e. it comes from the logits at position t - 1
@@ -22,9 +13,31 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from r1jax.losses import grpo_loss, head_logprobs, sft_loss, token_logprobs
+from r1jax.rollout import RolloutBatch
 from r1jax.sampling import prefill
+
+
+@struct.dataclass
+class SFTBatch:
+    """Prompt + target rows for SFT (`r1jax.train.sft.SFT.encode`), aligned like a `RolloutBatch`.
+
+    tokens          int [B, T]
+    attention_mask  [B, T]  1 on real tokens, 0 on padding
+    completion_mask [B, T]  1 on the target tokens the loss counts
+    segment_ids     [B, T]  optional: packed rows, several sequences per row (see
+                            `Transformer.__call__`); 0 on padding
+    """
+    tokens: jax.Array
+    attention_mask: jax.Array
+    completion_mask: jax.Array
+    segment_ids: jax.Array | None = None
+
+    @property
+    def rows_per_group(self) -> int:
+        return 1  # rows are independent: any split into microbatches will do
 
 
 def _shift_right(x: jax.Array) -> jax.Array:
@@ -101,35 +114,36 @@ def _masked_mean(x, mask):
 
 def grpo_objective(*, beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high: float | None = None,
                    loss_type: str = "grpo", max_completion_length: int | None = None,
-                   importance_sampling_level: str = "token", completion_columns: int | None = None,
-                   rows_per_group: int = 1):
-    """The GRPO loss (`r1jax.losses.grpo_loss`, same options) of the policy on a rollout batch.
+                   importance_sampling_level: str = "token", completion_columns: int | None = None):
+    """The GRPO loss (`r1jax.losses.grpo_loss`, same options) of the policy on a `RolloutBatch`.
 
-    With one update per rollout (mu = 1) leave `old_logps` out of the batch: the sampling
+    With one update per rollout (mu = 1) leave the batch's `old_logps` None: the sampling
     policy is the current one, so its log-probs are the current ones without gradient.
     With beta == 0 `ref_logps` is not read (nor needed).
     completion_columns: the completions lie in the last this many columns of `tokens` (a
         rollout's `max_new_tokens`; `completion_mask` must be 0 before them): the LM head and
         the loss run there only (`completion_logprobs`). None: every column.
-    rows_per_group: G when every G consecutive rows share one prompt (a rollout's group): the
-        prompt runs once per group (`completion_logprobs`). The returned loss function carries it
-        as `.rows_per_group`, so that `make_train_step` keeps groups whole in every microbatch.
+    A batch whose `rows_per_group` is G > 1 runs each group's prompt once (`completion_logprobs`).
     Metrics: those of `grpo_loss` plus `entropy`, the mean policy entropy over completion tokens.
     """
 
-    def loss_fn(model, batch, rng, *, tokens_per_microbatch):
+    def loss_fn(model, batch: RolloutBatch, rng, *, tokens_per_microbatch):
         del rng  # deterministic
-        tokens = batch["tokens"]
-        logps, token_entropy = completion_logprobs(model, tokens, batch["attention_mask"], completion_columns,
-                                                   rows_per_group=rows_per_group)
+        if not isinstance(batch, RolloutBatch):
+            raise TypeError(f"the GRPO objective reads a RolloutBatch (r1jax.rollout), got {type(batch).__name__}")
+        tokens = batch.tokens
+        logps, token_entropy = completion_logprobs(model, tokens, batch.attention_mask, completion_columns,
+                                                   rows_per_group=batch.rows_per_group)
         scored = slice(tokens.shape[1] - logps.shape[1], None)  # the columns logps covers
-        completion_mask = batch["completion_mask"][:, scored]
-        old_logps = batch["old_logps"][:, scored] if "old_logps" in batch else jax.lax.stop_gradient(logps)
-        if beta != 0 and "ref_logps" not in batch:
-            raise ValueError(f"beta={beta} needs the reference log-probs: put `ref_logps` [B, T] in the "
-                             "batch (see make_logprobs_fn) or set beta=0")
+        completion_mask = batch.completion_mask[:, scored]
+        old_logps = jax.lax.stop_gradient(logps) if batch.old_logps is None else batch.old_logps[:, scored]
+        if beta != 0 and batch.ref_logps is None:
+            raise ValueError(f"beta={beta} needs the reference log-probs: set the batch's `ref_logps` [B, T] "
+                             "(see make_logprobs_fn) or set beta=0")
+        if batch.advantages is None:
+            raise ValueError("the batch has no advantages: score the rollout first (group_advantages)")
         loss, metrics = grpo_loss(
-            logps, old_logps, batch["ref_logps"][:, scored] if beta != 0 else None, batch["advantages"],
+            logps, old_logps, batch.ref_logps[:, scored] if beta != 0 else None, batch.advantages,
             completion_mask, epsilon_low=epsilon_low, epsilon_high=epsilon_high, beta=beta,
             loss_type=loss_type, max_completion_length=max_completion_length,
             importance_sampling_level=importance_sampling_level,
@@ -139,28 +153,25 @@ def grpo_objective(*, beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high
         metrics["entropy"] = _masked_mean(token_entropy, completion_mask)
         return loss, metrics
 
-    loss_fn.rows_per_group = rows_per_group
     return loss_fn
 
 
-def next_token_targets(batch) -> tuple[jax.Array, jax.Array]:
+def next_token_targets(batch: SFTBatch) -> tuple[jax.Array, jax.Array]:
     """(targets, target_mask) [B, T]: position t predicts token t + 1 where that token counts.
 
     The last position predicts nothing, nor does the last token of a packed segment: the
     next token belongs to another sequence.
     """
-    tokens, completion_mask = batch["tokens"], batch["completion_mask"]
-    targets = jnp.roll(tokens, -1, axis=1)
-    target_mask = jnp.roll(completion_mask, -1, axis=1).at[:, -1].set(0).astype(bool)
-    if "segment_ids" in batch:
-        segment_ids = batch["segment_ids"]
-        target_mask &= jnp.roll(segment_ids, -1, axis=1) == segment_ids
+    targets = jnp.roll(batch.tokens, -1, axis=1)
+    target_mask = jnp.roll(batch.completion_mask, -1, axis=1).at[:, -1].set(0).astype(bool)
+    if batch.segment_ids is not None:
+        target_mask &= jnp.roll(batch.segment_ids, -1, axis=1) == batch.segment_ids
     return targets, target_mask
 
 
-def sft_forward(model, batch) -> jax.Array:
+def sft_forward(model, batch: SFTBatch) -> jax.Array:
     """The logits of a (possibly packed) SFT batch."""
-    return model(batch["tokens"], attention_mask=batch["attention_mask"], segment_ids=batch.get("segment_ids"))
+    return model(batch.tokens, attention_mask=batch.attention_mask, segment_ids=batch.segment_ids)
 
 
 def sft_objective():
@@ -172,7 +183,7 @@ def sft_objective():
     Metrics: `accuracy` (argmax == target) over the counted tokens.
     """
 
-    def loss_fn(model, batch, rng, *, tokens_per_microbatch):
+    def loss_fn(model, batch: SFTBatch, rng, *, tokens_per_microbatch):
         del rng
         logits = sft_forward(model, batch)
         targets, target_mask = next_token_targets(batch)

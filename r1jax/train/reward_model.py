@@ -7,17 +7,8 @@
     judge = RewardModelJudge(result.state.graphdef, result.state.params, tokenizer, mesh)
     grpo = GRPO(settings, ..., model_reward=judge)     # R1's all-scenario RL stage
 
-A preference batch (from `encode_preferences`) holds both sides of each pair, each
-side a left-padded `prompt + response + EOS` row:
-
-    chosen_tokens, chosen_attention_mask       int [N, T]
-    rejected_tokens, rejected_attention_mask   int [N, T]
-    completion_mask                            int [N, 2]  [0, 1] for a pair that counts
-    margin                                     f32 [N]     optional (`bradley_terry_loss`)
-
-The train step counts `completion_mask[:, 1:]` to normalise losses, so marking each
-pair once makes its `tokens_per_microbatch` the pairs per microbatch, and every pair
-weighs the same however the batch is cut into microbatches.
+A `PreferenceBatch` (the host rows from `encode_preferences`) holds both sides of each
+pair, each side a left-padded `prompt + response + EOS` row.
 """
 from __future__ import annotations
 
@@ -28,7 +19,7 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 from jax.sharding import Mesh
 
 from r1jax.data.preferences import is_general
@@ -74,9 +65,34 @@ def encode_responses(tokenizer: Tokenizer, prompts: Sequence[str], responses: Se
     return pad_left(rows, tokenizer.pad_id, multiple=pad_to_multiple)
 
 
+@struct.dataclass
+class PreferenceBatch:
+    """Preference pairs for the Bradley-Terry loss.
+
+    chosen_tokens, chosen_attention_mask       int [N, T]
+    rejected_tokens, rejected_attention_mask   int [N, T]
+    completion_mask                            int [N, 2]  [0, 1] for a pair that counts
+    margin                                     f32 [N]     optional (`bradley_terry_loss`)
+
+    The train step counts `completion_mask[:, 1:]` to normalise losses, so marking each
+    pair once makes its `tokens_per_microbatch` the pairs per microbatch, and every pair
+    weighs the same however the batch is cut into microbatches.
+    """
+    chosen_tokens: jax.Array
+    chosen_attention_mask: jax.Array
+    rejected_tokens: jax.Array
+    rejected_attention_mask: jax.Array
+    completion_mask: jax.Array
+    margin: jax.Array | None = None
+
+    @property
+    def rows_per_group(self) -> int:
+        return 1  # pairs are independent
+
+
 def encode_preferences(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str, str]], *,
                        max_length: int | None = None, pad_to_multiple: int = 32) -> dict[str, np.ndarray]:
-    """A preference batch (module doc) from (prompt, chosen, rejected) triples; both sides share one width."""
+    """The host rows of a `PreferenceBatch` from (prompt, chosen, rejected) triples; both sides share one width."""
     if not pairs:
         raise ValueError("encode_preferences got no pairs")
     for i, pair in enumerate(pairs):
@@ -98,15 +114,15 @@ def reward_model_objective():
     (share of pairs ranked right) and `margin` (mean r_chosen - r_rejected).
     """
 
-    def loss_fn(model, batch, rng, *, tokens_per_microbatch):
+    def loss_fn(model, batch: PreferenceBatch, rng, *, tokens_per_microbatch):
         del rng  # deterministic
-        num_pairs = batch["chosen_tokens"].shape[0]
-        tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])
-        attention_mask = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
+        num_pairs = batch.chosen_tokens.shape[0]
+        tokens = jnp.concatenate([batch.chosen_tokens, batch.rejected_tokens])
+        attention_mask = jnp.concatenate([batch.chosen_attention_mask, batch.rejected_attention_mask])
         rewards = model(tokens, attention_mask=attention_mask)
-        counted = batch["completion_mask"][:, 1]
+        counted = batch.completion_mask[:, 1]
         mean_loss, metrics = bradley_terry_loss(rewards[:num_pairs], rewards[num_pairs:],
-                                                margin=batch.get("margin"), mask=counted)
+                                                margin=batch.margin, mask=counted)
         # the step averages microbatches: sum over this one's pairs / (pairs per microbatch)
         # gives the mean over every pair of the batch, as in `sft_objective`
         pairs_here = counted.astype(jnp.float32).sum()
@@ -144,7 +160,7 @@ class RewardModelTraining:
         # several processes: every host's rows get one width (left padding)
         batch = common_shape(batch, pad_values={"chosen_tokens": self.tokenizer.pad_id,
                                                 "rejected_tokens": self.tokenizer.pad_id})
-        return [make_global_batch(batch, self.mesh)], {"pairs": float(len(pairs) * jax.process_count())}
+        return [PreferenceBatch(**make_global_batch(batch, self.mesh))], {"pairs": float(len(pairs) * jax.process_count())}
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="mesh")

@@ -36,7 +36,7 @@ from r1jax.tasks import get_task
 from r1jax.distributed import allgather_objects, common_shape, process_share
 from r1jax.sharding import activate, make_global_batch, num_batch_shards
 from r1jax.tokenizers import Tokenizer
-from r1jax.train.objectives import next_token_targets, sft_forward, sft_objective
+from r1jax.train.objectives import SFTBatch, next_token_targets, sft_forward, sft_objective
 
 Pair = tuple[str, str]
 
@@ -174,7 +174,7 @@ def pack_pairs(tokenizer: Tokenizer, pairs: Sequence[Pair], *, max_length: int,
 # ---- the stage -----------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _token_stats(graphdef: nnx.GraphDef, mesh: Mesh, params: nnx.State, batch: dict) -> dict[str, jax.Array]:
+def _token_stats(graphdef: nnx.GraphDef, mesh: Mesh, params: nnx.State, batch: SFTBatch) -> dict[str, jax.Array]:
     """Summed negative log-likelihood, correct argmax predictions and count of the counted tokens."""
     with activate(mesh):
         logits = sft_forward(nnx.merge(graphdef, params), batch)
@@ -232,7 +232,7 @@ class SFT:
         totals = np.sum(allgather_objects((batch["completion_mask"].sum(), batch["attention_mask"].sum(),
                                            batch["attention_mask"].size)), axis=0)
         metrics = {"completion_tokens": float(totals[0]), "padding_fraction": float(1 - totals[1] / totals[2])}
-        return [make_global_batch(batch, self.mesh)], metrics
+        return [SFTBatch(**make_global_batch(batch, self.mesh))], metrics
 
     def _draw_pairs(self, examples: Sequence, rng) -> list[Pair]:
         """`to_pairs` of each example with a generator of its own, seeded by the step's key and the
@@ -254,7 +254,7 @@ class SFT:
         totals = None
         for start in range(0, len(pairs), size):
             chunk = pairs[start:start + size]
-            batch = make_global_batch(self.encode(chunk[process_share(len(chunk))]), self.mesh)  # our share
+            batch = SFTBatch(**make_global_batch(self.encode(chunk[process_share(len(chunk))]), self.mesh))  # our share
             stats = _token_stats(state.graphdef, self.mesh, state.params, batch)
             totals = stats if totals is None else jax.tree.map(jnp.add, totals, stats)
         totals = jax.device_get(totals)  # the one device-to-host copy

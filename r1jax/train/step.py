@@ -6,11 +6,13 @@
 The step splits the global batch into microbatches, accumulates their gradients with a
 `lax.scan`, and applies one optimizer update, unless the loss or a gradient is not
 finite: then params and optimizer state stay as they were and `skipped_steps` grows.
-The batch layout is the one of `r1jax.train.objectives`.
+A batch is a typed pytree of [B, ...] arrays (`r1jax.rollout.RolloutBatch`,
+`r1jax.train.objectives.SFTBatch`, `r1jax.train.reward_model.PreferenceBatch`) with the two
+fields the step itself reads (`Batch`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -22,17 +24,23 @@ from r1jax.sharding import activate, batch_sharding, num_batch_shards, put_on_me
 from r1jax.train.objectives import completion_logprobs
 from r1jax.train.state import TrainState
 
-Batch = dict[str, jax.Array]
+
+
+class Batch(Protocol):
+    """What the step reads of a batch; the loss function reads the rest."""
+    completion_mask: jax.Array  # [B, T]: the tokens the loss counts (column 0 never does)
+    rows_per_group: int  # rows that must stay together, in order, in one microbatch (a GRPO group)
+
 # loss_fn(model, microbatch, rng, *, tokens_per_microbatch) -> (scalar loss, {name: scalar})
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def _split_microbatches(batch: Batch, num_microbatches: int, mesh: Mesh, group: int = 1) -> Batch:
+def _split_microbatches(batch, num_microbatches: int, mesh: Mesh, group: int = 1):
     """[B, ...] -> [M, B / M, ...] with groups m, m + M, m + 2M, ... of `group` rows in microbatch m.
 
     Strided rather than contiguous: every device's rows stay on that device (when it holds a
     multiple of M groups), so each microbatch is spread over all data-parallel devices and
-    nothing moves. A group's rows stay together and in order (`rows_per_group` of an objective).
+    nothing moves. A group's rows stay together and in order (a batch's `rows_per_group`).
     """
     data_spec = batch_sharding(mesh).spec
 
@@ -52,8 +60,9 @@ def _merge_microbatches(x: jax.Array, group: int = 1) -> jax.Array:
     return x.reshape(m * rows, *rest)
 
 
-def _check_rows(batch: Batch, num_microbatches: int, mesh: Mesh, group: int = 1) -> None:
-    sizes = {name: x.shape[0] if x.ndim else None for name, x in batch.items()}
+def _check_rows(batch, num_microbatches: int, mesh: Mesh, group: int = 1) -> None:
+    sizes = {jax.tree_util.keystr(path): x.shape[0] if x.ndim else None
+             for path, x in jax.tree_util.tree_leaves_with_path(batch)}
     if len(set(sizes.values())) != 1 or None in sizes.values():
         raise ValueError(f"every batch entry needs the same leading batch size, got {sizes}")
     rows, parts = next(iter(sizes.values())), num_microbatches * num_batch_shards(mesh)
@@ -63,7 +72,7 @@ def _check_rows(batch: Batch, num_microbatches: int, mesh: Mesh, group: int = 1)
                          f"a multiple of {parts}")
     if rows % (num_microbatches * group):
         raise ValueError(f"a batch of {rows} rows does not split into {num_microbatches} microbatches of whole "
-                         f"groups of {group} rows (the objective's rows_per_group); make the batch a multiple "
+                         f"groups of {group} rows (the batch's rows_per_group); make the batch a multiple "
                          f"of {num_microbatches * group} rows or use fewer microbatches")
 
 
@@ -76,6 +85,7 @@ def make_train_step(loss_fn: LossFn, state: TrainState, mesh: Mesh, *, num_micro
         microbatch losses; `tokens_per_microbatch` (the global batch's count of
         `completion_mask` tokens over `num_microbatches`) lets a loss normalised by tokens
         divide a microbatch's token sum by it and so be exact for any microbatching.
+        A microbatch is the batch's own type, with groups of `batch.rows_per_group` rows whole.
     state: a `TrainState`, concrete or abstract; only its structure and shapes are read.
     num_microbatches: gradient accumulation steps; the global batch size must be a
         multiple of num_microbatches x the data-parallel devices (`data` x `fsdp`).
@@ -96,7 +106,6 @@ def make_train_step(loss_fn: LossFn, state: TrainState, mesh: Mesh, *, num_micro
     param_shardings = state_shardings.params
     replicated = NamedSharding(mesh, P())
     graphdef, tx = state.graphdef, state.tx
-    group = getattr(loss_fn, "rows_per_group", 1)  # rows an objective needs together (grpo_objective)
 
     def microbatch_loss(params, microbatch, rng, tokens_per_microbatch):
         model = nnx.merge(graphdef, params)
@@ -105,13 +114,14 @@ def make_train_step(loss_fn: LossFn, state: TrainState, mesh: Mesh, *, num_micro
     grad_fn = jax.value_and_grad(microbatch_loss, has_aux=True)
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array):
-        if "completion_mask" not in batch:
-            raise ValueError(f"the batch needs a `completion_mask` [B, T] (the tokens the loss counts); "
-                             f"got keys {sorted(batch)}")
+        if not (hasattr(batch, "completion_mask") and hasattr(batch, "rows_per_group")):
+            raise TypeError(f"a {type(batch).__name__} is not a train batch: give a typed batch with "
+                            "`completion_mask` and `rows_per_group` (RolloutBatch, SFTBatch, PreferenceBatch)")
+        group = batch.rows_per_group
         _check_rows(batch, num_microbatches, mesh, group)
         with activate(mesh):
             # column 0 has no prediction (see objectives), so it never counts
-            num_tokens = batch["completion_mask"][:, 1:].astype(jnp.float32).sum()
+            num_tokens = batch.completion_mask[:, 1:].astype(jnp.float32).sum()
             tokens_per_microbatch = num_tokens / num_microbatches
             microbatches = _split_microbatches(batch, num_microbatches, mesh, group)
             rngs = jax.random.split(rng, num_microbatches)
