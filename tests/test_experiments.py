@@ -40,9 +40,17 @@ MATH_ROWS = [{"problem": f"What is ${a} + {b}$?", "solution": f"It is $\\boxed{{
               "subject": "Algebra"} for a in range(1, 7) for b in (2, 5)]
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
-def checkpoint(request, tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """`checkpoints(architecture)`: a tiny random checkpoint of it, saved once per module."""
+    saved = {}
+
+    def checkpoint(architecture):
+        if architecture not in saved:
+            saved[architecture] = tiny_checkpoint(tmp_path_factory.mktemp(architecture), architecture)
+        return saved[architecture]
+
+    return checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +90,18 @@ def run_local(name, init, workdir, math_copy, **overrides):
     return pipeline(config)
 
 
-@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
-def test_runlocal_runs_the_recipe_on_a_real_checkpoint(name, checkpoint, math_copy, tmp_path):
+# every recipe on both architectures; the default suite runs each recipe on one of them (and
+# grpo_smollm2 on qwen2 through the command line, below), the other runs are marked slow
+DEFAULT_RUNS = {("llama", "r1_zero_countdown_qwen2_5_3b"), ("llama", "distill_qwen2_5_1_5b"),
+                ("qwen2", "r1_zero_math_qwen2_5_math_1_5b")}
+RUNS = [pytest.param(architecture, name, id=f"{architecture}-{name}",
+                     marks=() if (architecture, name) in DEFAULT_RUNS else pytest.mark.slow)
+        for architecture in ("llama", "qwen2") for name in sorted(EXPERIMENTS)]
+
+
+@pytest.mark.parametrize("architecture,name", RUNS)
+def test_runlocal_runs_the_recipe_on_a_real_checkpoint(architecture, name, checkpoints, math_copy, tmp_path):
+    checkpoint = checkpoints(architecture)
     summary = run_local(name, checkpoint, tmp_path, math_copy)
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert 0.0 <= summary["base_pass_at_1"] <= 1.0

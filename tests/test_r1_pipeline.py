@@ -40,6 +40,7 @@ def _command(workdir):
     return [sys.executable, "-m", "experiments.r1_pipeline_tiny", f"--config.workdir={workdir}", *TINY]
 
 
+@pytest.mark.slow  # about 4 minutes on 2 cores: every stage of the recipe, twice where it was killed
 def test_pipeline_resumes_at_the_stage_it_was_killed_in(tmp_path):
     workdir = tmp_path / "run"
     process = subprocess.Popen(_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

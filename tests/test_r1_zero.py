@@ -123,6 +123,8 @@ def test_two_processes_and_a_tensor_parallel_sampler_compute_what_one_process_co
             assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (row["step"], key)
 
 
+# the preemption and crash runs: about 2.5 minutes each on 2 cores, so marked slow
+@pytest.mark.slow
 def test_sigterm_to_one_process_saves_every_process_at_the_same_step(main_jobs, tmp_path):
     runs = launch(MAIN_JOB, [f"--config.workdir={tmp_path / 'run'}", *TINY, TENSOR_PARALLEL_SAMPLER], processes=2,
                   devices=2, log_dir=tmp_path, name="sigterm")
@@ -148,6 +150,7 @@ def test_sigterm_to_one_process_saves_every_process_at_the_same_step(main_jobs, 
     print(f"preempted at step {step} on 2 processes, finished on 1: parameters differ by up to {worst:.1e}")
 
 
+@pytest.mark.slow
 def test_a_killed_process_stops_the_other_and_a_relaunch_resumes_bit_exact(main_jobs, tmp_path):
     workdir, command = tmp_path / "run", [f"--config.workdir={tmp_path / 'run'}", *TINY, TENSOR_PARALLEL_SAMPLER]
     runs = launch(MAIN_JOB, [*command, "--heartbeat_timeout_seconds=20"], processes=2, devices=2,

@@ -1,13 +1,15 @@
 """The main job's claim at a budget CI affords: R1-Zero GRPO raises held-out pass@1.
 
 The plain prompt template's short rows pretrain about 4x faster than the R1-Zero
-template's; the full-budget figures are in the README. (Its own file, so that pytest-xdist
-runs it beside tests/test_r1_zero.py rather than after it.)
+template's; the full-budget figures are in the README. Marked slow (about 7 minutes on
+2 cores): `python -m pytest -m slow`, or `.ci/run --slow`.
 """
 import json
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -16,6 +18,7 @@ REDUCED_BUDGET = ["--config.template=plain", "--config.tokenizer.vocab_size=360"
                   "--config.pretrain.steps=400", "--config.grpo.steps=12"]
 
 
+@pytest.mark.slow
 def test_reduced_budget_run_raises_held_out_pass_at_1(tmp_path):
     command = [sys.executable, "-m", "experiments.r1_zero_tiny", f"--config.workdir={tmp_path}", *REDUCED_BUDGET]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -42,20 +42,26 @@ from r1jax.train.step import make_logprobs_fn
 
 @dataclasses.dataclass(frozen=True)
 class GRPOSettings:
-    prompts_per_step: int = 16  # B, prompts sampled for one rollout
-    num_generations: int = 8  # G, completions per prompt
-    max_prompt_length: int = 256
-    max_new_tokens: int = 64
-    temperature: float = 1.0
+    """One GRPO stage, in the symbols of the paper's objective (R1 eq. 1-3, DeepSeekMath eq. 3):
+
+        J(theta) = E[q ~ P(Q), {o_i}_1..G ~ pi_old(O|q)] 1/G sum_i ( min(rho_i A_i,
+                   clip(rho_i, 1 - eps, 1 + eps) A_i) - beta D_KL(pi_theta || pi_ref) ),
+        rho_i = pi_theta(o_i|q) / pi_old(o_i|q),   A_i = (r_i - mean(r_1..G)) / std(r_1..G).
+    """
+    prompts_per_step: int = 16  # questions q per rollout (the batch of P(Q))
+    num_generations: int = 8  # G: outputs o_i sampled per question, one group
+    max_prompt_length: int = 256  # tokens of q; a longer prompt is an error
+    max_new_tokens: int = 64  # most tokens |o_i| of an output
+    temperature: float = 1.0  # pi_old's sampling; 1 with top_p 1 samples the policy itself
     top_p: float = 1.0
-    beta: float = 0.04
-    epsilon_low: float = 0.2
-    epsilon_high: float | None = None
-    loss_type: str = "grpo"
-    importance_sampling_level: str = "token"
-    advantage_scale: str = "group"
-    num_iterations: int = 1  # mu
-    num_minibatches: int = 1
+    beta: float = 0.04  # beta: weight of D_KL(pi_theta || pi_ref), the k3 estimator (0: no reference)
+    epsilon_low: float = 0.2  # eps: the ratio is clipped below at 1 - eps
+    epsilon_high: float | None = None  # above at 1 + eps_high (DAPO's clip-higher); None: eps
+    loss_type: str = "grpo"  # how token terms are averaged: grpo (1/G sum_i 1/|o_i| sum_t), bnpo, dr_grpo, dapo
+    importance_sampling_level: str = "token"  # rho per token (GRPO) or per sequence (GSPO)
+    advantage_scale: str = "group"  # A_i's divisor: the group's std (paper), the batch's, or none (Dr. GRPO)
+    num_iterations: int = 1  # mu: optimizer passes over each rollout (pi_old fixed during them)
+    num_minibatches: int = 1  # updates per pass: the rollout's rows split into this many
     template: str = "r1_zero"  # a text template, a named chat template, or "chat" (r1jax.rollout)
     system_prompt: str | None = None  # the system turn of template "chat"
 
