@@ -1,6 +1,5 @@
 """Tests for r1jax.checkpoint: round trips, retention, crash safety, the model guard,
 preemption and restoring onto another device layout (the last three in subprocesses)."""
-import hashlib
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 from r1jax.checkpoint import (CHECKPOINT_SUBDIR, Checkpointer, IncompatibleCheckpointError, Preemption,
                               install_sigterm_handler, model_signature)
 from r1jax.models.config import ModelConfig
+from tests.support.files import snapshot
 
 SIGNATURE = {"config": {"num_layers": 2, "hidden_size": 8}, "param_shapes": {"w": [[2, 3], "float32"]}}
 
@@ -41,19 +41,6 @@ def assert_bit_exact(restored, expected):
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_array_equal(np.asarray(unwrap(got)).reshape(-1).view(np.uint8),
                                       np.asarray(unwrap(want)).reshape(-1).view(np.uint8))
-
-
-def snapshot(directory):
-    """Every file path under `directory` with the sha256 of its bytes."""
-    out = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(root, name), directory)] = "dir"
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def run_python(code, *, devices=1, timeout=120):

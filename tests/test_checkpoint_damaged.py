@@ -25,7 +25,7 @@ from r1jax.models import ModelConfig, Transformer
 from r1jax.sharding import make_mesh
 from r1jax.train.loop import LoopSettings, run_training
 from r1jax.train.objectives import SFTBatch, sft_objective
-from test_checkpoint import snapshot
+from tests.support.files import snapshot
 
 TINY = ModelConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, num_kv_heads=1)
 TOTAL_STEPS = 6  # the base run stops at 4; the resumed ones go on to 6

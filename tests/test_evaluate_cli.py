@@ -1,6 +1,5 @@
 """The evaluation library and CLI: report numbers by hand, end to end on a tiny model, bad input."""
 import json
-import pathlib
 import subprocess
 import sys
 from math import comb
@@ -13,8 +12,8 @@ import pytest
 from r1jax import evaluate
 from r1jax.rollout import PromptRenderer
 from r1jax.tasks import get_task, parse_task_specs
+from tests.support import ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # three arithmetic prompts, four scripted samples each: (final answer or None, length in tokens)
 SCRIPT = {
@@ -114,12 +113,10 @@ def _cli(*args, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
+def tiny_model_dir(tmp_path_factory, tiny_config, tiny_model):
     """A random tiny Llama saved with save_pretrained, its SentencePiece tokenizer beside it."""
-    from flax import nnx
-
     from r1jax.data.prompts import R1_ZERO_TEMPLATE
-    from r1jax.models import ModelConfig, Transformer, save_pretrained
+    from r1jax.models import save_pretrained
     from r1jax.tokenizers import train_sentencepiece
 
     directory = tmp_path_factory.mktemp("model")
@@ -127,14 +124,9 @@ def tiny_model_dir(tmp_path_factory):
               + f" <think> {a} + {b} = {a + b} </think> <answer> {a + b} </answer>" for a in range(10) for b in range(10)]
     tokenizer = train_sentencepiece(corpus, directory / "tokenizer.model", vocab_size=200, byte_fallback=False,
                                     hard_vocab_limit=False)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_layers=1,
-                         num_heads=2, num_kv_heads=1, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
-    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
-    rng = np.random.default_rng(0)
-    for _, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):  # no initialiser to compile
-        shape = variable.get_value().shape
-        variable.set_value(np.asarray(rng.normal(0, 0.5, shape) if len(shape) >= 2 else np.ones(shape), np.float32))
-    save_pretrained(model, directory)
+    config = tiny_config(vocab_size=tokenizer.vocab_size, num_layers=1, num_heads=2, num_kv_heads=1,
+                         bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+    save_pretrained(tiny_model(config, std=0.5), directory)
     return directory
 
 

@@ -1,9 +1,9 @@
 """The stages besides GRPO on two processes compute what one computes; `r1jax.distributed`'s helpers.
 
-The main job on two processes (and killed, preempted, relaunched) is in tests/test_r1_zero.py.
-Here tests/_multihost_sft.py runs packed SFT, its held-out loss, a sampled evaluation,
+The main job on two processes (and killed, preempted, relaunched) is in tests/pipelines/test_r1_zero.py.
+Here tests/support/multihost_sft.py runs packed SFT, its held-out loss, a sampled evaluation,
 rejection sampling, reward-model training and scoring as 1 process x 4 fake devices and as
-2 processes x 2 (tests/_launch.py), with data that packs into more rows on one host than
+2 processes x 2 (tests/support/launch.py), with data that packs into more rows on one host than
 on the other and a different number of texts to score on each.
 """
 import json
@@ -11,17 +11,17 @@ import json
 import jax
 import numpy as np
 import pytest
-from _launch import launch, wait
 
 from r1jax import distributed
 from r1jax.sharding import make_global_batch, make_mesh
+from tests.support.launch import launch, wait
 
 
 def test_sft_evaluation_rejection_and_reward_model_on_two_processes(tmp_path):
     runs = {}
     for name, processes, devices in (("one", 1, 4), ("two", 2, 2)):
         (tmp_path / name).mkdir()
-        runs[name] = launch("tests/_multihost_sft.py", [f"--out={tmp_path / name}"], processes=processes,
+        runs[name] = launch("tests.support.multihost_sft", [f"--out={tmp_path / name}"], processes=processes,
                             devices=devices, log_dir=tmp_path, name=name)
     for run in runs.values():
         wait(run)

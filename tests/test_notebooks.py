@@ -18,7 +18,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+
 NOTEBOOKS = ("quickstart", "loss_primitives", "smollm2_sampling", "rewards_playground")
 COLAB_URL = "https://colab.research.google.com/github/r1jax/r1jax/blob/main/notebooks/{}.ipynb"
 # Seconds any one cell may take on a loaded 2-core machine (the quickstart's run cell is the longest).

@@ -19,9 +19,11 @@ from flax import nnx
 from scipy import stats
 
 from r1jax.batching import pad_left
-from r1jax.models import ModelConfig, Transformer, from_pretrained, save_pretrained
+from r1jax.models import Transformer, from_pretrained, save_pretrained
 from r1jax.rollout import rollout
 from r1jax.sampling import decode_step, generate, prefill, sample_token
+from tests.support import ROOT
+from tests.support.tiny import tiny_config
 
 PAD = 0
 VOCAB = 64
@@ -35,8 +37,7 @@ WIDTH = 16  # the prompt columns of the sampled batches below (`rollout` pads PR
 def tiny_model(seed=0, sharpness=8.0):
     """A random 2-layer GQA model whose logits spread over a few units (the default init
     gives near-uniform logits, which would make greedy ties and weak sampling tests)."""
-    config = ModelConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=2,
-                         num_heads=4, num_kv_heads=2, max_position_embeddings=128)
+    config = tiny_config(vocab_size=VOCAB, max_position_embeddings=128)
     model = Transformer(config, rngs=nnx.Rngs(seed))
     model.lm_head.set_value(jnp.asarray(np.asarray(model.lm_head.get_value()) * sharpness))
     return model
@@ -366,7 +367,7 @@ def _sharded_greedy(checkpoint):
 def test_sharded_over_8_devices_equals_unsharded(model, greedy, tmp_path):
     save_pretrained(model, tmp_path)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", __name__, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     sharded = json.loads(result.stdout.strip().splitlines()[-1])

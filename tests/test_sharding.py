@@ -1,17 +1,13 @@
 """Mesh, logical-axis rules and state shardings; the train step on 8 devices and on 2 processes.
 
-The multi-device runs happen in fresh Python processes (tests/_multiprocess_train.py,
-launched by tests/_launch.py), since the fake device count and `jax.distributed` must be
+The multi-device runs happen in fresh Python processes (tests/support/multiprocess_train.py,
+launched by tests/support/launch.py), since the fake device count and `jax.distributed` must be
 set before JAX starts. They are launched when this module's first test needs them and
 run while this process computes the one-device reference.
 """
-import importlib.util
-from pathlib import Path
-
 import jax
 import numpy as np
 import pytest
-from _launch import launch, wait
 from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
@@ -19,8 +15,10 @@ from r1jax.models import ModelConfig, Transformer
 from r1jax.sharding import (MESH_AXES, batch_sharding, fit_spec, logical_to_spec, make_global_batch,
                             make_mesh, tree_shardings)
 from r1jax.train import abstract_train_state, make_optimizer
+from tests.support import multiprocess_train
+from tests.support.launch import launch, wait
 
-SCRIPT = str(Path(__file__).with_name("_multiprocess_train.py"))
+SCRIPT = "tests.support.multiprocess_train"
 MESH_222 = AbstractMesh((2, 2, 2), MESH_AXES)
 SMOLLM2 = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30,
                       num_heads=9, num_kv_heads=3, tie_embeddings=True)
@@ -98,10 +96,7 @@ def runs(tmp_path_factory):
                                          "--out", str(tmp / "two_processes.npz")],
                                 processes=2, devices=2, log_dir=tmp, name="two_processes"),
     }
-    spec = importlib.util.spec_from_file_location("_multiprocess_train", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    results = {"one_device": script.run(make_mesh({"data": 1}, devices=jax.devices()[:1]))}
+    results = {"one_device": multiprocess_train.run(make_mesh({"data": 1}, devices=jax.devices()[:1]))}
     for name, group in processes.items():
         wait(group)
         results[name] = dict(np.load(tmp / f"{name}.npz"))

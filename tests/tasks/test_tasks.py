@@ -1,13 +1,11 @@
 """The task registry: every dataset in one file, and generic code that names none of them."""
 import dataclasses
-import pathlib
 import re
 
 import pytest
 
 from r1jax.tasks import Task, get_task, list_tasks, question_of, register_task, task_from_config
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 
 def test_the_registered_tasks():

@@ -20,8 +20,8 @@ from r1jax.data.sources import DatasetNotPreparedError
 from r1jax.rewards.countdown import arithmetic_reward
 from r1jax.rollout import PromptRenderer, rollout
 from r1jax.tasks import get_task
+from tests.support import ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROVENANCE = {"checkpoint": "/checkpoints/grpo", "step": 120}
 MAX_NEW_TOKENS = 8
 
@@ -186,9 +186,8 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_killed_run_resumes_to_the_uninterrupted_dataset(tmp_path, uninterrupted):
-    code = ("import sys; sys.path[:0] = sys.argv[2:]; import test_rejection as t; "
-            "t.run_random(sys.argv[1], kill_on_call=3)")
-    killed = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(ROOT), str(ROOT / "tests")],
+    code = f"import sys; import {__name__} as t; t.run_random(sys.argv[1], kill_on_call=3)"
+    killed = subprocess.run([sys.executable, "-c", code, str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     chunks = sorted(p.name for p in (tmp_path / "chunks").glob("chunk_*.json"))
@@ -227,8 +226,8 @@ def test_two_hosts_make_the_one_host_dataset(tmp_path, uninterrupted):
 # ---- (d) a real tiny model and tokenizer through the rollout sampler -----------------------------
 
 @pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory):
-    from r1jax.models import ModelConfig, Transformer
+def tiny_policy(tmp_path_factory, tiny_config):
+    from r1jax.models import Transformer
     from r1jax.sharding import make_mesh
     from r1jax.tokenizers import train_sentencepiece
 
@@ -239,8 +238,7 @@ def tiny_policy(tmp_path_factory):
         corpus.append(f"{prompt_of(a).replace(f'{a} + 1', f'{a} + {b}')}<think>{a} + {b} = {a + b}</think> "
                       f"<answer>{a + b}</answer>")
     tokenizer = train_sentencepiece(corpus, tmp_path_factory.mktemp("sp") / "sp.model", vocab_size=320)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_layers=1,
-                         num_heads=2, num_kv_heads=1)
+    config = tiny_config(vocab_size=tokenizer.vocab_size, num_layers=1, num_heads=2, num_kv_heads=1)
     # random numpy weights on the abstract model: XLA would take seconds to compile the initialisers
     graphdef, shapes = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))), nnx.Param)
     params = jax.tree.map(lambda x: jnp.asarray(np.ones(x.shape) if x.ndim < 2 else rng.normal(0, 0.1, x.shape),

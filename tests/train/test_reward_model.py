@@ -11,7 +11,7 @@ from r1jax.data.arithmetic import sample_arithmetic
 from r1jax.data.preferences import (HARMFUL_PHRASES, REFUSALS, REQUESTS, general_prompts, is_general,
                                     preference_pairs, response, split_of)
 from r1jax.losses import bradley_terry_loss, group_advantages
-from r1jax.models import ModelConfig, Transformer
+from r1jax.models import Transformer
 from r1jax.models.reward_model import RewardModel, last_token_index
 from r1jax.rewards import RewardEvaluator, RewardFailure, RewardResult, get_reward
 from r1jax.rollout import PromptRenderer, rollout
@@ -23,10 +23,10 @@ from r1jax.train.grpo import GRPO, GRPOSettings, merge_rewards
 from r1jax.train.loop import LoopSettings, run_training
 from r1jax.train.reward_model import (PreferenceBatch, RewardModelJudge, RewardModelSettings, RewardModelTraining,
                                       encode_preferences, reward_model_objective, score_texts, summary_of)
+from tests.support.tiny import random_model, tiny_config
 
 # one layer compiles fastest; the reward model trained on the preference task has two
-SMALL = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
-                    num_kv_heads=2)
+SMALL = tiny_config(num_layers=1)
 TRAIN_STEPS = 60
 # one batch width (the pairs have <= 70 tokens): the step compiles once
 STAGE_SETTINGS = RewardModelSettings(max_length=96, pad_to_multiple=96)
@@ -53,10 +53,6 @@ def numpy_weights(model, seed):
             value = rng.normal(0, 0.02, shape)
         variable.set_value(jnp.asarray(value, jnp.float32))
     return model
-
-
-def tiny_transformer(config, seed):
-    return numpy_weights(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))), seed)
 
 
 def tiny_reward_model(config, seed):
@@ -119,7 +115,7 @@ def test_bradley_terry_loss_rejects_mismatched_shapes():
 
 @pytest.fixture(scope="module")
 def policy():
-    return tiny_transformer(SMALL, seed=1)
+    return random_model(SMALL, seed=1)
 
 
 def test_reward_model_body_is_the_transformer_and_reads_the_last_real_token(policy):
@@ -397,7 +393,7 @@ def test_merge_rewards_puts_each_row_where_it_came_from():
 def test_grpo_with_a_mixed_batch_uses_the_judge_for_general_prompts(judge, tokenizer, mesh):
     group = 4
     settings = GRPOSettings(num_generations=group, max_new_tokens=8, beta=0.0, template="plain")
-    policy = tiny_transformer(SMALL.replace(vocab_size=tokenizer.vocab_size), seed=4)
+    policy = random_model(SMALL.replace(vocab_size=tokenizer.vocab_size), seed=4)
     state = train_state_from_model(policy, optax.sgd(1e-3), mesh)
     examples = [sample_arithmetic(np.random.default_rng(i), num_operations=1, max_value=6) for i in range(2)]
     examples += general_prompts(0, 2)

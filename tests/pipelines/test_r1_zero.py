@@ -3,7 +3,7 @@
 These run `python -m experiments.r1_zero_tiny` in subprocesses, as a user would, with a
 tiny model and budget so that each run takes seconds. The reference run is one process
 with 4 fake CPU devices; the multi-host runs are 2 localhost processes with 2 devices each
-(tests/_launch.py), joined as the hosts of a pod are.
+(tests/support/launch.py), joined as the hosts of a pod are.
 """
 import json
 import pathlib
@@ -15,9 +15,10 @@ import time
 
 import numpy as np
 import pytest
-from _launch import launch, wait
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+from tests.support.launch import launch, wait
+
 MAIN_JOB = "experiments.r1_zero_tiny"
 
 TINY = [

@@ -16,20 +16,20 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from hf_checkpoints import tiny_checkpoint
 
 from r1jax.models import CheckpointError, from_pretrained
 from r1jax.models import weights
 from r1jax.sharding import make_mesh
+from tests.support import ROOT
 
 # what loading may take before the refusal: the tiny model itself is 0.4 MB
 MAX_SECONDS, MAX_PEAK_MB = 5.0, 20.0
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(hf_checkpoint):
     """A 2-layer Llama saved by transformers: hidden 64, MLP 128, 4 query and 2 key/value heads of 16."""
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+    return hf_checkpoint("llama")
 
 
 def _corrupted(checkpoint: Path, tmp_path: Path, drop=(), **fields) -> Path:
@@ -146,7 +146,7 @@ def _refusal_in_fresh_process(path: Path) -> tuple[str, float, float]:
         print(json.dumps([message, time.perf_counter() - start, growth]))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).parent.parent)
+                          cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
 

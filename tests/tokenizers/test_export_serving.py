@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hf_checkpoints import CORPUS, QWEN_TEMPLATE, chatml_tokenizer
 from r1jax import assets
 from r1jax.models import from_pretrained, save_pretrained
 from r1jax.rollout import rollout
 from r1jax.sharding import make_mesh
 from r1jax.tokenizers import (HFTokenizer, SentencePieceTokenizer, load_tokenizer,
                               save_tokenizer, train_sentencepiece)
+from tests.support.hf_checkpoints import CORPUS, QWEN_TEMPLATE, chatml_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -5,13 +5,12 @@ completions and two evaluations of 60 x 4 samples on the 135M model: about 15 mi
 2 CPU cores), more than the default suite affords. Run it with `python -m pytest -m slow`.
 """
 import json
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 
 @pytest.mark.slow

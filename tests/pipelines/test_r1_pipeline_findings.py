@@ -6,13 +6,13 @@ the findings that held beyond two standard errors in both default seeds by a wid
 that a smaller budget keeps them; the others are reported by the run, not asserted here.
 """
 import json
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+
 REDUCED = ["--config.rl.steps=20", "--config.eval.num_prompts=100",
            "--config.eval.num_samples=4", "--config.sft.steps=100", "--config.reward_model.steps=50",
            "--config.reward_model.pairs=800"]

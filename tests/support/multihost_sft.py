@@ -7,7 +7,8 @@ number of texts on each process.
 Run by tests/test_multihost.py as 1 process x 4 fake devices and as 2 processes x 2, so that
 every process first sets its fake device count and joins the others:
 
-    python tests/_multihost_sft.py --out DIR [--coordinator_address=localhost:PORT --num_processes=2 --process_id=I]
+    python -m tests.support.multihost_sft --out DIR \
+        [--coordinator_address=localhost:PORT --num_processes=2 --process_id=I]
 
 Half the pairs are long and half are short, and the data is not shuffled: the first
 process packs its long pairs into more rows than the second packs its short ones.
@@ -17,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+
+from tests.support.tiny import tiny_config
 
 
 def pairs():
@@ -49,7 +52,7 @@ def main():
     from r1jax.data import PromptIterator
     from r1jax.data.rejection import load_sft_dataset, rejection_sample
     from r1jax.evaluate import evaluate_policy
-    from r1jax.models import ModelConfig, Transformer
+    from r1jax.models import Transformer
     from r1jax.models.reward_model import RewardModel
     from r1jax.rollout import PromptRenderer
     from r1jax.sharding import make_mesh
@@ -65,8 +68,7 @@ def main():
     tokenizer = distributed.primary_first(lambda: train_sentencepiece(
         [p + c for p, c in data] * 4, out / "t.model", vocab_size=160, byte_fallback=False, hard_vocab_limit=False))
     mesh = make_mesh({"fsdp": -1})
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2,
-                         num_heads=4, num_kv_heads=2, max_position_embeddings=256, bos_token_id=tokenizer.bos_id,
+    config = tiny_config(vocab_size=tokenizer.vocab_size, max_position_embeddings=256, bos_token_id=tokenizer.bos_id,
                          eos_token_id=tokenizer.eos_id)
     sft = SFT(SFTSettings(max_length=128, packing=True), tokenizer=tokenizer, mesh=mesh)
     # the rows each process packs its share into, before they are evened out

@@ -1,4 +1,5 @@
-"""Launch an experiment module as one process or as several localhost processes with fake CPU devices.
+"""Launch a module (an experiment, a script of tests/support) as one process or as several localhost
+processes with fake CPU devices.
 
     runs = launch("experiments.r1_zero_tiny", ["--config.workdir=..."], processes=2, devices=2, log_dir=tmp)
     wait(runs)        # every process exited 0, or an AssertionError with the tail of its log
@@ -14,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+
 # JAX's persistent compilation cache, shared by the runs of this test process: the runs of
 # one experiment compile the same programs, and XLA's compiles are most of their CPU time
 COMPILATION_CACHE = tempfile.mkdtemp(prefix="r1jax-test-compilation-cache-")
@@ -29,7 +31,7 @@ def free_port() -> int:
 def launch(module: str, args: list[str], *, processes: int, devices: int, log_dir: pathlib.Path,
            name: str) -> list[subprocess.Popen]:
     """`python -m module *args` (or `python module *args` for a .py path) as `processes` processes of
-    `devices` fake CPU devices each."""
+    `devices` fake CPU devices each, in the repository root (where `tests.support.*` imports)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "JAX_COMPILATION_CACHE_DIR": COMPILATION_CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2"}
     port = free_port()

@@ -1,14 +1,14 @@
-"""Loads HF checkpoints onto a mesh of fake CPU devices, for tests/test_sharded_loading.py.
+"""Loads HF checkpoints onto a mesh of fake CPU devices, for tests/models/test_sharded_loading.py.
 
-Run through tests/_launch.py, in fresh processes whose fake device count (XLA_FLAGS) is
+Run through tests/support/launch.py, in fresh processes whose fake device count (XLA_FLAGS) is
 set before JAX starts, joined with `r1jax.distributed`:
 
     # every parameter of each checkpoint, loaded sharded, in float32 and bfloat16, to OUT/<name>.npz
-    python tests/_sharded_load.py parity OUT CHECKPOINT [CHECKPOINT ...] --mesh data=2,fsdp=2,tensor=2
+    python -m tests.support.sharded_load parity OUT CHECKPOINT [CHECKPOINT ...] --mesh data=2,fsdp=2,tensor=2
 
     # the host memory each process of two (4 devices each, mesh fsdp=8) gains while loading, to OUT<i>.json;
     # --path sharded: from_pretrained(..., mesh=); --path whole: from_pretrained, then shard_model
-    python tests/_sharded_load.py memory OUT.json CHECKPOINT --path sharded --mesh fsdp=8 \
+    python -m tests.support.sharded_load memory OUT.json CHECKPOINT --path sharded --mesh fsdp=8 \
         --coordinator_address localhost:12345 --num_processes 2 --process_id 0   # and with --process_id 1
 """
 from __future__ import annotations

@@ -5,13 +5,12 @@ template's; the full-budget figures are in the README. Marked slow (about 7 minu
 2 cores): `python -m pytest -m slow`, or `.ci/run --slow`.
 """
 import json
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 
 REDUCED_BUDGET = ["--config.template=plain", "--config.tokenizer.vocab_size=360",

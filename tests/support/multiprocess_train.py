@@ -1,10 +1,10 @@
 """A few GRPO train steps of a tiny model on a given mesh; the final parameters go to an .npz.
 
-Run as a script by tests/test_sharding.py through tests/_launch.py, in fresh processes whose
+Run as a module by tests/test_sharding.py through tests/support/launch.py, in fresh processes whose
 fake device count (XLA_FLAGS) is set before JAX starts, joined with `r1jax.distributed`:
 
-    python tests/_multiprocess_train.py --mesh data=2,fsdp=2,tensor=2 --out p.npz
-    python tests/_multiprocess_train.py --mesh fsdp=2,tensor=2 --out p.npz --from-model \
+    python -m tests.support.multiprocess_train --mesh data=2,fsdp=2,tensor=2 --out p.npz
+    python -m tests.support.multiprocess_train --mesh fsdp=2,tensor=2 --out p.npz --from-model \
         --coordinator_address localhost:12345 --num_processes 2 --process_id 0   # and with --process_id 1
 
 The test also imports `run` to compute the one-device reference in its own process.
@@ -13,7 +13,8 @@ Every process feeds only its own rows of the global batch (`make_global_batch`).
 from __future__ import annotations
 
 import argparse
-import math
+
+from tests.support.tiny import fixed_model, tiny_config
 
 GLOBAL_BATCH, LENGTH, PROMPT = 16, 12, 5
 NUM_STEPS, NUM_MICROBATCHES = 2, 2
@@ -39,31 +40,6 @@ def rollout(vocab_size: int):
             "rewards": rewards}
 
 
-CONFIG_KW = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                 num_kv_heads=2)
-
-
-def tiny_model(config):
-    """The model with fixed weights: a smooth function of position instead of random numbers.
-
-    Tests compare runs bit-for-bit-ish across processes, and XLA on CPU takes seconds to
-    compile the random initialisers; these weights cost nothing and XLA drops the unused
-    random ones.
-    """
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from r1jax.models import Transformer
-
-    model = Transformer(config, rngs=nnx.Rngs(0))
-    for i, (_, variable) in enumerate(nnx.to_flat_state(nnx.state(model, nnx.Param))):
-        shape = variable.get_value().shape
-        if len(shape) >= 2:  # norm scales keep their ones
-            phase = jnp.arange(math.prod(shape), dtype=jnp.float32) * 0.7 + i
-            variable.set_value(0.05 * jnp.sin(phase).reshape(shape))
-    return model
-
-
 def run(mesh, from_model: bool = False) -> dict:
     """Train NUM_STEPS GRPO steps on `mesh`; the final parameters as {path: numpy array}.
 
@@ -77,19 +53,18 @@ def run(mesh, from_model: bool = False) -> dict:
     from jax.experimental import multihost_utils
 
     from r1jax.losses import group_advantages
-    from r1jax.models import ModelConfig
     from r1jax.sharding import make_global_batch
     from r1jax.train import (RolloutBatch, copy_params, create_train_state, grpo_objective, make_logprobs_fn,
                              make_optimizer, make_train_step, train_state_from_model)
 
-    config = ModelConfig(**CONFIG_KW)
+    config = tiny_config()
     # eps=1e-3: Adam stays ~linear in small gradients instead of blowing their rounding up
     tx = make_optimizer(1e-3, warmup_steps=1, total_steps=4, weight_decay=0.1, eps=1e-3)
     if from_model:
-        model = nnx.jit(lambda: tiny_model(config))()  # on one device, as from_pretrained gives it
+        model = nnx.jit(lambda: fixed_model(config))()  # on one device, as from_pretrained gives it
         state = train_state_from_model(model, tx, mesh)
     else:
-        state = create_train_state(lambda: tiny_model(config), tx, mesh)
+        state = create_train_state(lambda: fixed_model(config), tx, mesh)
     ref_params = copy_params(state.params)
 
     data = rollout(config.vocab_size)

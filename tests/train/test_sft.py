@@ -7,7 +7,6 @@ import pytest
 from flax import nnx
 
 from r1jax.data import PromptIterator
-from r1jax.models import ModelConfig, Transformer
 from r1jax.sharding import make_mesh
 from r1jax.tokenizers import train_sentencepiece
 from r1jax.train.loop import LoopSettings, run_training
@@ -15,6 +14,7 @@ from r1jax.train.objectives import SFTBatch, sft_objective
 from r1jax.train.sft import (SFT, PairFormatter, SFTSettings, encode_pairs, pack_pairs, r1_completion,
                              steps_for_epochs)
 from r1jax.train.state import make_optimizer, train_state_from_model
+from tests.support.tiny import random_model, tiny_config
 
 # 8 problems of a fixed mapping: prompt -> worked solution in the R1 format
 EXAMPLES = [{"expression": f"{a} + {b}", "answer": str(a + b)}
@@ -45,16 +45,9 @@ def mesh():
 
 
 def tiny_model(vocab_size, seed=0):
-    """A random model built without compiling its initialisers (seconds each on a loaded CPU)."""
-    config = ModelConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_layers=2,
-                         num_heads=4, num_kv_heads=2, max_position_embeddings=256)
-    model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
-    rng = np.random.default_rng(seed)
-    for _, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        shape = variable.get_value().shape
-        value = 0.02 * rng.standard_normal(shape) if len(shape) >= 2 else np.ones(shape)  # norm scales: 1
-        variable.set_value(jnp.asarray(value, jnp.float32))
-    return model
+    """The tiny model at twice its width, random numpy weights (nothing compiled)."""
+    return random_model(tiny_config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                                    max_position_embeddings=256), seed=seed)
 
 
 @pytest.fixture(scope="module")

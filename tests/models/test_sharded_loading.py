@@ -1,6 +1,6 @@
 """`from_pretrained(path, mesh=...)`: each parameter built in its shards, read slice by slice.
 
-The multi-device loads run in fresh Python processes (tests/_sharded_load.py), since the
+The multi-device loads run in fresh Python processes (tests/support/sharded_load.py), since the
 fake device count and `jax.distributed` must be set before JAX starts.
 """
 import json
@@ -10,15 +10,15 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from _launch import launch, wait
 from flax import nnx
-from hf_checkpoints import tiny_checkpoint
 from jax.sharding import PartitionSpec as P
 
 from r1jax.models import CheckpointError, ModelConfig, from_pretrained
 from r1jax.sharding import make_mesh
+from tests.support.hf_checkpoints import tiny_checkpoint
+from tests.support.launch import launch, wait
 
-SCRIPT = str(Path(__file__).with_name("_sharded_load.py"))
+SCRIPT = "tests.support.sharded_load"
 DTYPES = ("float32", "bfloat16")
 
 
@@ -50,9 +50,9 @@ def _qwen2_untied_with_biases(directory):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tiny")
-    return {"llama": tiny_checkpoint(tmp / "llama", "llama"), "qwen2": _qwen2_untied_with_biases(tmp / "qwen2")}
+def tiny(hf_checkpoint, tmp_path_factory):
+    return {"llama": hf_checkpoint("llama"),
+            "qwen2": _qwen2_untied_with_biases(tmp_path_factory.mktemp("tiny") / "qwen2")}
 
 
 @pytest.fixture(scope="module")

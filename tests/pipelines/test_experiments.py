@@ -20,7 +20,6 @@ import experiments.distill_qwen2_5_1_5b as distill_experiment
 import experiments.grpo_smollm2 as smollm2_experiment
 import experiments.r1_zero_countdown_qwen2_5_3b as countdown_experiment
 import experiments.r1_zero_math_qwen2_5_math_1_5b as math_experiment
-from hf_checkpoints import tiny_checkpoint
 from r1jax import pipelines
 from r1jax.models import from_pretrained
 from r1jax.rewards import RewardEvaluator, register_reward
@@ -31,31 +30,18 @@ from r1jax.tokenizers import load_tokenizer
 from r1jax.train import grpo as grpo_module
 from r1jax.train.grpo import GRPO, GRPOSettings
 from r1jax.train.state import train_state_from_model
+from tests.support import ROOT
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 MATH_ROWS = [{"problem": f"What is ${a} + {b}$?", "solution": f"It is $\\boxed{{{a + b}}}$.", "level": 1,
               "subject": "Algebra"} for a in range(1, 7) for b in (2, 5)]
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """`checkpoints(architecture)`: a tiny random checkpoint of it, saved once per module."""
-    saved = {}
-
-    def checkpoint(architecture):
-        if architecture not in saved:
-            saved[architecture] = tiny_checkpoint(tmp_path_factory.mktemp(architecture), architecture)
-        return saved[architecture]
-
-    return checkpoint
-
-
-@pytest.fixture(scope="module")
-def qwen2(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("qwen2_chat"), "qwen2", seed=1)
+def qwen2(hf_checkpoint):
+    return hf_checkpoint("qwen2", seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +86,8 @@ RUNS = [pytest.param(architecture, name, id=f"{architecture}-{name}",
 
 
 @pytest.mark.parametrize("architecture,name", RUNS)
-def test_runlocal_runs_the_recipe_on_a_real_checkpoint(architecture, name, checkpoints, math_copy, tmp_path):
-    checkpoint = checkpoints(architecture)
+def test_runlocal_runs_the_recipe_on_a_real_checkpoint(architecture, name, hf_checkpoint, math_copy, tmp_path):
+    checkpoint = hf_checkpoint(architecture)
     summary = run_local(name, checkpoint, tmp_path, math_copy)
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert 0.0 <= summary["base_pass_at_1"] <= 1.0

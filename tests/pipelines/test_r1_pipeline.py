@@ -4,7 +4,6 @@
 models and budgets (the learning itself is measured by the full run in the README).
 """
 import json
-import pathlib
 import signal
 import subprocess
 import sys
@@ -13,8 +12,8 @@ import time
 import pytest
 
 from r1jax.pipelines.r1 import _rl_flops, _steps_to_reach
+from tests.support import ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 TINY = [
     "--config.model.hidden_size=32", "--config.model.intermediate_size=64", "--config.model.num_layers=1",

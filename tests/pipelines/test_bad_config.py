@@ -20,8 +20,8 @@ from r1jax import pipelines
 from r1jax.pipelines.r1_zero import RunSettings
 from r1jax.pipelines.settings import ConfigError
 from r1jax.pipelines.stand_in import generic_config
+from tests.support import ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECONDS = 5.0  # the checks are pure Python: a refusal after this long did work first
 
 

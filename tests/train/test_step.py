@@ -6,14 +6,13 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from _multiprocess_train import CONFIG_KW, tiny_model  # fixed weights: compile in ~1 s, not ~5 s
 from r1jax.losses import group_advantages
-from r1jax.models import ModelConfig
 from r1jax.sharding import make_global_batch, make_mesh
 from r1jax.train import (RolloutBatch, SFTBatch, TrainState, create_train_state, grpo_objective, make_logprobs_fn,
                          make_optimizer, make_schedule, make_train_step, sequence_logprobs, sft_objective)
+from tests.support.tiny import fixed_model, tiny_config  # fixed weights: compile in ~1 s, not ~5 s
 
-CONFIG = ModelConfig(**CONFIG_KW)
+CONFIG = tiny_config()
 BATCH, LENGTH, PROMPT = 8, 10, 4
 
 
@@ -53,7 +52,7 @@ def initial_state(mesh):
     # eps=1e-3 keeps Adam's update ~linear in small gradients, so comparing parameters
     # after one update compares gradients (eps=1e-8 would blow up rounding in tiny ones)
     tx = make_optimizer(3e-3, schedule="constant", weight_decay=0.1, eps=1e-3)
-    return create_train_state(lambda: tiny_model(CONFIG), tx, mesh)
+    return create_train_state(lambda: fixed_model(CONFIG), tx, mesh)
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +229,7 @@ def test_long_completion_settings_change_no_number(mesh, initial_state, settings
     objective = grpo_objective(beta=0.04, completion_columns=LENGTH - PROMPT)
     results = []
     for config in (CONFIG, CONFIG.replace(**settings)):
-        state = create_train_state(lambda: tiny_model(config), tx, mesh)
+        state = create_train_state(lambda: fixed_model(config), tx, mesh)
         results.append(make_train_step(objective, state, mesh, num_microbatches=2)(state, batch, jax.random.key(0)))
     (state, metrics), (default_state, default_metrics) = results[1], results[0]
     for name in default_metrics:

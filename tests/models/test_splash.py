@@ -4,7 +4,6 @@ On CPU the Pallas kernel runs in interpret mode: its own code, slowly, so the sh
 the least it takes (blocks of 128 queries and keys, two blocks a row) and each check runs once.
 """
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from flax import nnx
 from r1jax.models import ModelConfig, Transformer
 from r1jax.models.attention import attend
 from r1jax.models.splash import splash_attention
+from tests.support import ROOT
 
 BATCH, HEADS, KV_HEADS, DIM, BLOCK = 2, 4, 2, 64, 128
 # (rtol, atol) of outputs and gradients: float32 tight; bfloat16 rounds q, k, v, the
@@ -170,8 +170,7 @@ def test_on_a_mesh_each_device_runs_its_rows_and_heads():
     """Under `sharding.activate`, rows split over `data` and heads over `tensor` (2 fake CPU
     devices): the same outputs and gradients as the einsum path."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    root = pathlib.Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", MESH_SCRIPT], cwd=root, env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", MESH_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "equal on both meshes" in result.stdout

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from r1jax.models import ModelConfig, Transformer
+from r1jax.models import Transformer
 from r1jax.models.attention import attend
+from tests.support import ROOT
+from tests.support.tiny import tiny_config
 
 
 def np_attention(q, k, v, query_slots, key_mask, segment_ids=None):
@@ -103,11 +105,6 @@ def test_blockwise_keeps_no_time_by_time_array():
     assert _temp_bytes("blockwise", 2 * time) < 2.5 * blockwise  # linear in T, not quadratic
 
 
-def tiny_config(**overrides):
-    return ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                       num_kv_heads=2, max_position_embeddings=256, **overrides)
-
-
 def sharpened(config):
     """A random model whose logits spread over a few units (near-uniform ones make weak tests)."""
     model = Transformer(config, rngs=nnx.Rngs(0))
@@ -130,7 +127,7 @@ def test_block_limited_decode_samples_what_full_cache_decode_samples():
     tokens, prompt_mask = pad_left(prompts, 0, width=16)
     outputs = {}
     for kind in ("einsum", "blockwise"):
-        model = sharpened(tiny_config(attention=kind, attention_block=8))
+        model = sharpened(tiny_config(max_position_embeddings=256, attention=kind, attention_block=8))
         outputs[kind] = generate(*nnx.split(model), tokens, prompt_mask, jax.random.key(1), max_new_tokens=new_tokens,
                                  temperature=1.0, stop_ids=(3,), pad_id=0)
     np.testing.assert_array_equal(outputs["blockwise"].tokens, outputs["einsum"].tokens)
@@ -162,7 +159,7 @@ def _mesh_parity():
 
     results = {}
     for kind, mesh in (("einsum", None), ("blockwise", make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))):
-        model = sharpened(tiny_config(attention=kind, attention_block=8))
+        model = sharpened(tiny_config(max_position_embeddings=256, attention=kind, attention_block=8))
         if mesh is not None:
             model = shard_model(model, mesh)
         value, grads = nnx.jit(nnx.value_and_grad(loss))(model)
@@ -172,7 +169,8 @@ def _mesh_parity():
 
 def test_blockwise_model_on_a_mesh_equals_the_unsharded_einsum_model():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", __name__], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(result.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(results["blockwise"][0], results["einsum"][0], rtol=1e-5)
