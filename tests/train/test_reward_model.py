@@ -178,7 +178,7 @@ def _pair_batch():
 
 
 def test_objective_is_the_mean_over_pairs_for_any_microbatching(policy):
-    """The step's loss is the mean of its microbatches' `loss_fn`s (test_train_step): with
+    """The step's loss is the mean of its microbatches' `loss_fn`s (train/test_step.py): with
     `tokens_per_microbatch` = pairs / microbatches, that mean is the mean over all real pairs,
     and so are the gradients, however unevenly the padding pairs fall."""
     model = RewardModel.from_transformer(policy, rngs=nnx.Rngs(3))
