@@ -72,6 +72,7 @@ def test_stored_without_outputs_with_badge_and_install_cell(name):
     assert notebook.metadata.kernelspec.name == "python3"
 
 
+@pytest.mark.slow  # the main job it runs is tested end to end in the default suite (tests of r1_zero)
 def test_quickstart_runs_r1_zero_and_plots(tmp_path):
     notebook, probe = _execute("quickstart", tmp_path, probe=(
         '{"workdir": str(workdir), "grpo_steps": config.grpo.steps, "logged_steps": steps, '

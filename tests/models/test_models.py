@@ -208,6 +208,7 @@ def smollm2():
     return path, hf, tok
 
 
+@pytest.mark.slow  # about a minute on 2 cores; SmolLM2's weights are also checked by its notebook ("Paris")
 def test_smollm2_gguf_logits_match_transformers(smollm2):
     from r1jax.tokenizers import HFTokenizer
 
@@ -229,7 +230,10 @@ def test_smollm2_gguf_logits_match_transformers(smollm2):
     assert got[0, -1].argmax() == want[0, -1].argmax()
 
 
-@pytest.mark.parametrize("policy", ["block", "attention", "dots_saveable", True])
+# "block" in the default suite; the other policies (about 25 s each on 2 cores) are slow
+@pytest.mark.parametrize("policy", ["block", pytest.param("attention", marks=pytest.mark.slow),
+                                    pytest.param("dots_saveable", marks=pytest.mark.slow),
+                                    pytest.param(True, marks=pytest.mark.slow)])
 def test_remat_changes_memory_not_numbers_and_works_inside_loops(policy):
     """Every remat policy: the same logits and gradients, also under lax.map (the log-prob pass) and
     in the sampler's while_loop, where the blocks' parameters were traced outside the remat."""
@@ -284,7 +288,9 @@ def test_remat_lowers_the_compiled_step_memory():
     assert block < dots < none, (block, dots, none)
 
 
-@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 6e-2)])
+# bfloat16 parity of the blockwise kernel itself is in the default suite (tests of attention);
+# the whole models in bfloat16 are slow
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), pytest.param("bfloat16", 6e-2, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("kind", ["dot_product_attention", "blockwise"])
 def test_attention_paths_equal_the_einsum_path(pair, dtype, tol, kind):
     """The accelerator path (`attention="dot_product_attention"`: cuDNN flash attention on GPU, XLA

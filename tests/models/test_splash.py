@@ -104,6 +104,7 @@ def test_shapes_the_kernel_cannot_take_name_the_alternative(time, block):
                          block_size=block)
 
 
+@pytest.mark.slow  # interpret mode through a whole model: about 15 s on 2 cores
 def test_transformer_with_splash_attention_equals_einsum():
     """A 2-layer model's logits at the real positions of left-padded 256-token rows, and its
     parameter gradients, are the einsum model's."""
@@ -166,6 +167,7 @@ print("equal on both meshes")
 """
 
 
+@pytest.mark.slow
 def test_on_a_mesh_each_device_runs_its_rows_and_heads():
     """Under `sharding.activate`, rows split over `data` and heads over `tensor` (2 fake CPU
     devices): the same outputs and gradients as the einsum path."""

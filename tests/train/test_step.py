@@ -217,9 +217,10 @@ def test_completion_columns_and_shared_prompts_change_no_number(mesh, initial_st
             np.testing.assert_allclose(a, b, atol=1e-6, err_msg=str(key))
 
 
-@pytest.mark.parametrize("settings", [
+@pytest.mark.parametrize("settings", [  # the first combines most; the others (25 s each) are slow
     dict(attention="blockwise", attention_block=2, head_chunk_size=3, remat="block"),
-    dict(remat="dots_saveable"), dict(remat="attention", attention="blockwise", attention_block=4)])
+    pytest.param(dict(remat="dots_saveable"), marks=pytest.mark.slow),
+    pytest.param(dict(remat="attention", attention="blockwise", attention_block=4), marks=pytest.mark.slow)])
 def test_long_completion_settings_change_no_number(mesh, initial_state, settings):
     """What long completions need (blockwise attention over several blocks, the LM head in chunks of
     one column, remat policies), against the default model: the same GRPO metrics and update, with
