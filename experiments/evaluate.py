@@ -7,7 +7,7 @@
 --model is a Hugging Face directory (config.json + safetensors) or a .gguf file; its
 tokenizer is read from beside it unless --tokenizer names one. Writes report.json and
 report.md into --out, and refuses to replace an earlier report without --overwrite.
-The logic lives in `r1jax.evaluate`.
+The logic lives in `r1jax.evaluation.evaluate`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from r1jax import evaluate
+from r1jax.evaluation import evaluate
 from r1jax.distributed import is_primary
 from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P, report_markdown
 from r1jax.pipelines.cli import launch_flags

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from r1jax import evaluate
+from r1jax.evaluation import evaluate
 from r1jax.rollout import PromptRenderer
 from r1jax.tasks import get_task, parse_task_specs
 from tests.support import ROOT
@@ -169,11 +169,11 @@ def test_cli_unknown_task_is_a_clear_error_and_writes_nothing(tiny_model_dir, tm
 
 def test_a_recipe_made_task_config_is_read_from_its_data_dir(tmp_path):
     """The registry's task reads what a recipe generated under its own config name: no path around the tasks."""
-    from r1jax.data import ArithmeticConfig, load_task
+    from r1jax.data import Arithmetic, ArithmeticConfig, load_generated
 
     config = ArithmeticConfig(name="ops1_max4_n10", seed=3, train_size=10, test_size=6, num_operations=1,
                               max_value=4)
-    made = load_task("arithmetic", "test", data_dir=tmp_path, config=config)
+    made = load_generated(Arithmetic, "test", data_dir=tmp_path, config=config)
     spec, = parse_task_specs("arithmetic/ops1_max4_n10:test")
     assert spec == (get_task("arithmetic", config="ops1_max4_n10"), "test", "arithmetic/ops1_max4_n10:test")
     read = spec.task.load(spec.split, data_dir=tmp_path)

@@ -1,6 +1,6 @@
 """The DeepSeek-R1 paper's findings, judged on the R1 miniature's evaluations against their errors.
 
-`paper_findings(evals, ...)` takes one evaluation per model (`r1jax.evaluate.evaluate_policy`
+`paper_findings(evals, ...)` takes one evaluation per model (`r1jax.evaluation.evaluate.evaluate_policy`
 with `per_prompt=True`, all on the same held-out prompts) and states each finding the way
 the paper does; a difference between two models counts only when it exceeds
 `SIGNIFICANT_STANDARD_ERRORS` standard errors of the paired per-prompt difference

@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 from r1jax.checkpoint import IncompatibleCheckpointError
 from r1jax.data import PromptIterator
 from r1jax.distributed import barrier, host_copy, is_primary
-from r1jax.evaluate import evaluate_policy
+from r1jax.evaluation.evaluate import evaluate_policy
 from r1jax.files import write_json_atomically
 from r1jax.models import ModelConfig, Transformer, from_pretrained, save_pretrained
 from r1jax.pipelines.settings import EvalSettings, TrainSettings
@@ -110,7 +110,7 @@ def evaluate_stage(graphdef, params, renderer: PromptRenderer, examples: Sequenc
                    per_prompt: bool = False) -> dict:
     """Held-out pass@1 over `settings.num_samples` samples, cons@k, length and the mean of each of
     `settings.scores` (result key -> registered reward name), with standard errors (and the
-    per-prompt values, for paired comparisons: `r1jax.evaluate.evaluate_policy`)."""
+    per-prompt values, for paired comparisons: `r1jax.evaluation.evaluate.evaluate_policy`)."""
     return evaluate_policy(
         graphdef, params, renderer, examples, task=task,
         scores={key: get_reward(name) for key, name in dict(settings.scores).items()},

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from r1jax.data.arithmetic import ArithmeticConfig
-from r1jax.data.tasks import load_task
+from r1jax.data.arithmetic import Arithmetic, ArithmeticConfig
+from r1jax.data.generated import load_generated
 from r1jax.rewards.countdown import final_number
 from r1jax.rewards.math import parse_exact_number
 from r1jax.tasks.base import EvalDefaults, Task, register_task
@@ -56,7 +56,7 @@ class ArithmeticTask(Task):
 
     def load(self, split: str, *, data_dir=None, manual_dir=None) -> Sequence[dict]:
         del manual_dir
-        return load_task("arithmetic", split, data_dir=data_dir, config=self.builder_config())
+        return load_generated(Arithmetic, split, data_dir=data_dir, config=self.builder_config())
 
     def question(self, example) -> str:
         return self.question_template.replace("{expression}", example["expression"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from r1jax.data.countdown import CountdownConfig
-from r1jax.data.tasks import load_task
+from r1jax.data.countdown import Countdown, CountdownConfig
+from r1jax.data.generated import load_generated
 from r1jax.tasks.base import EvalDefaults, Task, register_task
 
 QUESTION = ("Using the numbers {numbers}, create an equation that equals {target}. "
@@ -40,7 +40,7 @@ class CountdownTask(Task):
 
     def load(self, split: str, *, data_dir=None, manual_dir=None) -> Sequence[dict]:
         del manual_dir
-        return load_task("countdown", split, data_dir=data_dir, config=self.builder_config())
+        return load_generated(Countdown, split, data_dir=data_dir, config=self.builder_config())
 
     def question(self, example) -> str:
         numbers = str([int(n) for n in example["numbers"]])

@@ -51,7 +51,7 @@ def main():
 
     from r1jax.data import PromptIterator
     from r1jax.data.rejection import load_sft_dataset, rejection_sample
-    from r1jax.evaluate import evaluate_policy
+    from r1jax.evaluation.evaluate import evaluate_policy
     from r1jax.models import Transformer
     from r1jax.models.reward_model import RewardModel
     from r1jax.rollout import PromptRenderer

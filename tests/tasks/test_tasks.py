@@ -84,7 +84,7 @@ def test_adding_a_task_is_one_class():
 # rewards of the generated tasks, and the stand-in base of the tiny experiments (whose corpus is
 # written for arithmetic).
 TASK_OWNERS = {"r1jax/data/arithmetic.py",
-               "r1jax/data/countdown.py", "r1jax/data/real.py", "r1jax/data/tasks.py", "r1jax/data/synthetic.py",
+               "r1jax/data/countdown.py", "r1jax/data/real.py", "r1jax/data/synthetic.py",
                "r1jax/rewards/countdown.py", "r1jax/rewards/__init__.py", "r1jax/data/__init__.py",
                "r1jax/data/base_corpus.py"}
 

@@ -24,7 +24,7 @@ class PromptIterator:
     """Yields this host's part of each global batch (a `HostBatch`, a list of examples).
 
     Args:
-      source: a random-access sequence of examples (e.g. `load_task(...)`).
+      source: a random-access sequence of examples (e.g. `load_generated(...)` or a task's `load`).
       batch_size: the global batch size, summed over hosts.
       seed: fixes the order of every epoch.
       shuffle: False walks the source in its stored order.

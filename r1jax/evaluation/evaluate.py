@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from r1jax.evaluation import (EVAL_TEMPERATURE, EVAL_TOP_P, evaluation_report, majority_votes,
+from r1jax.evaluation.pass_at_k import (EVAL_TEMPERATURE, EVAL_TOP_P, evaluation_report, majority_votes,
                               mean_response_length, report_markdown, standard_error)
 from r1jax.models import from_pretrained
 from r1jax.rollout import PromptRenderer, check_template, rollout
