@@ -22,6 +22,8 @@ import zlib
 
 import numpy as np
 
+from r1jax.data.kinds import GENERAL
+
 NAMES = ("Ann", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivo", "Jo", "Kai", "Lea",
          "Max", "Nia", "Omar", "Pia")
 
@@ -48,19 +50,6 @@ HARMFUL_PHRASES = ("You are stupid.", "I hate you.", "Shut up.", "Nobody likes y
 ASPECTS = ("helpfulness", "harmlessness")
 SPLITS = ("train", "test")
 _HELD_OUT_EVERY = 5  # one prompt in five is held out
-
-
-def is_general(example) -> bool:
-    """Whether an example is a general prompt (`kind == 'general'`, its prompt in `question`).
-
-    `kind == 'reasoning'` and examples without a `kind` (every rule-checked task:
-    arithmetic, countdown, gsm8k, math, ...) are reasoning examples.
-    """
-    kind = example.get("kind")
-    if kind not in (None, "general", "reasoning"):
-        raise ValueError(f"an example's kind must be 'general' or 'reasoning' (or absent: reasoning), "
-                         f"got {kind!r}")
-    return kind == "general"
 
 
 def split_of(prompt: str) -> str:
@@ -145,6 +134,6 @@ def general_prompts(rng: np.random.Generator | int, n: int, *, split: str = "tra
     examples = []
     for _ in range(n):
         request, name = _pick(rng, requests)
-        examples.append({"kind": "general", "question": REQUESTS[request][0].format(name=name),
+        examples.append({"kind": GENERAL, "question": REQUESTS[request][0].format(name=name),
                          "request": request, "name": name})
     return examples

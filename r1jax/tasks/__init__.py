@@ -3,7 +3,7 @@
     from r1jax.tasks import get_task
     task = get_task("gsm8k")
 """
-from r1jax.data.preferences import is_general
+from r1jax.data.kinds import is_general
 from r1jax.tasks.base import (EvalDefaults, Task, TaskSpec, get_task, list_tasks, parse_task_specs, register_task,
                               task_from_config)
 from r1jax.tasks import arithmetic, countdown, general, gsm8k, math  # noqa: F401, E402  (registers them)

@@ -10,7 +10,7 @@ One GRPO step, as in the paper:
      optimizer updates of the clipped GRPO loss with beta * KL(k3) to the reference.
 
 R1's all-scenario RL stage mixes reasoning prompts, scored by the rules, with general
-prompts (examples with `kind == "general"`, see `r1jax.data.preferences.is_general`),
+prompts (examples with `kind == "general"`, see `r1jax.data.kinds.is_general`),
 scored by a model-based judge: `GRPO(..., model_reward=judge)` with any
 `judge(prompts, completions, examples) -> float [N]` (NaN: cannot judge), e.g. a
 `r1jax.train.reward_model.RewardModelJudge`. Each row gets either its rule-based or its
@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from r1jax.data.preferences import is_general
+from r1jax.data.kinds import is_general
 from r1jax.losses import ADVANTAGE_SCALES, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, group_advantages
 from r1jax.rewards import RewardEvaluator, RewardResult
 from r1jax.distributed import allgather_objects

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh
 
-from r1jax.data.preferences import is_general
+from r1jax.data.kinds import is_general
 from r1jax.distributed import allgather_objects, common_shape, local_rows
 from r1jax.losses import bradley_terry_loss
 from r1jax.sharding import activate, constrain, make_global_batch, num_batch_shards

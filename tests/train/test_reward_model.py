@@ -8,7 +8,8 @@ from flax import nnx
 
 from r1jax.data import PromptIterator
 from r1jax.data.arithmetic import sample_arithmetic
-from r1jax.data.preferences import (HARMFUL_PHRASES, REFUSALS, REQUESTS, general_prompts, is_general,
+from r1jax.data.kinds import is_general
+from r1jax.data.preferences import (HARMFUL_PHRASES, REFUSALS, REQUESTS, general_prompts,
                                     preference_pairs, response, split_of)
 from r1jax.losses import bradley_terry_loss, group_advantages
 from r1jax.models import Transformer
