@@ -139,29 +139,34 @@ def _check_sample(sample) -> Sample:
 # ---- the chunk files of a run ------------------------------------------------------------------
 
 def chunk_path(output_dir: pathlib.Path, chunk_index: int) -> pathlib.Path:
+    """The file of chunk `chunk_index` (prompts [i * chunk_size, (i + 1) * chunk_size)) of a run."""
     return output_dir / CHUNKS_DIR / f"chunk_{chunk_index:05d}.json"
 
 
 def read_chunk(path: pathlib.Path, digest: str) -> dict:
+    """A chunk file, refused unless the run whose `run_digest` is `digest` made it."""
     chunk = json.loads(path.read_text())
     if chunk.get("run_sha256") != digest:
         raise OutputDirError(f"{path} was made by a run with other provenance or settings than "
-                         f"{path.parent.parent / PROVENANCE_FILE} describes; pass a new output_dir")
+                             f"{path.parent.parent / PROVENANCE_FILE} describes; pass a new output_dir")
     return chunk
 
 
 def chunk_counts(prompts: int, num_samples: int, kept: int, dropped: Counter) -> dict:
+    """The counts a chunk file stores: prompts, samples, kept, and dropped by reason."""
     return {"prompts": prompts, "samples": prompts * num_samples, "kept": kept,
             "dropped": {reason: dropped[reason] for reason in DROP_REASONS}}
 
 
 def flat_counts(counts: dict) -> Counter:
+    """`chunk_counts` as one Counter (dropped ones as "dropped/<reason>"), to add up chunks."""
     flat = Counter({key: value for key, value in counts.items() if key != "dropped"})
     flat.update({f"dropped/{reason}": n for reason, n in counts["dropped"].items()})
     return flat
 
 
 def run_digest(value) -> str:
+    """The SHA-256 of `value` as canonical JSON: what ties chunk files to their run's settings."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

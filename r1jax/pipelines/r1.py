@@ -1,6 +1,7 @@
 """The full DeepSeek-R1 recipe in miniature, and the paper's findings measured on it.
 
-Stages (each a folder of the workdir, skipped when its result is there; see `stages`):
+Stages (each a folder of the workdir, skipped when its result is there; `r1_pipeline` is their
+table, run by `r1jax.pipelines.stages.runner`):
 
     base/                 stand-in pretrained base (narrated, language-mixed worked solutions)
     r1_zero/              GRPO from the base, rewards accuracy + format           finding (a)
@@ -16,6 +17,10 @@ Stages (each a folder of the workdir, skipped when its result is there; see `sta
     student/              a smaller model: its own base, RL from it, and distillation (SFT on
                           the rejection samples) at the RL run's compute             finding (e)
     evals/, findings.json, findings.md
+
+The stages share the task's data, the tokenizer and the mesh (`_R1Run`, prepared once every
+config section is checked); each takes its own config section and the results of the
+stages named in its `inputs`.
 """
 from __future__ import annotations
 
