@@ -6,7 +6,7 @@ for a TPU VM or GPU host:
         --config.workdir=W
 
 The teacher samples 4 traces per training problem at the paper's T=0.6 / top-p 0.95;
-the correct and clean ones (r1jax.data.rejection) are the SFT set, as in DeepSeek-R1's
+the correct and clean ones (r1jax.pipelines.stages.rejection) are the SFT set, as in DeepSeek-R1's
 distillation (section 2.4: SFT only, no RL on the student). The SFT settings follow
 Open-R1's distillation recipe for Qwen2.5-1.5B-Instruct (learning rate 5e-5, cosine
 schedule, packed sequences, bfloat16). `--config.runlocal=True` shrinks everything to a

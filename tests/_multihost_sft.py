@@ -47,10 +47,11 @@ def main():
     from flax import nnx
 
     from r1jax.data import PromptIterator
-    from r1jax.data.rejection import load_sft_dataset, rejection_sample
+    from r1jax.data.rejection import load_sft_dataset
     from r1jax.evaluate import evaluate_policy
     from r1jax.models import ModelConfig, Transformer
     from r1jax.models.reward_model import RewardModel
+    from r1jax.pipelines.stages.rejection import rejection_sample
     from r1jax.rollout import PromptRenderer
     from r1jax.sharding import make_mesh
     from r1jax.tasks import get_task

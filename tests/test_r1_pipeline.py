@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from r1jax.pipelines.r1 import _rl_flops, _steps_to_reach
+from r1jax.pipelines.findings import steps_to_reach
+from r1jax.pipelines.stages.distillation import rl_flops
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -90,16 +91,16 @@ def test_steps_to_reach_uses_a_running_mean(tmp_path):
     log.write_text("\n".join(json.dumps({"step": i + 1, "accuracy": a})
                              for i, a in enumerate([0.1, 0.9, 0.2, 0.6, 0.7, 0.8])))
     # running means of 3: 0.4, 0.567, 0.5, 0.7 -> first >= 0.6 ends at step 6
-    assert _steps_to_reach(log, 0.6) == 6
-    assert _steps_to_reach(log, 0.5) == 4
-    assert _steps_to_reach(log, 0.95) is None
+    assert steps_to_reach(log, 0.6) == 6
+    assert steps_to_reach(log, 0.5) == 4
+    assert steps_to_reach(log, 0.95) is None
 
 
 def test_rl_flops_count_every_forward_and_backward(tmp_path):
     log = tmp_path / "metrics.jsonl"
     log.write_text("\n".join(json.dumps({"step": s, "response_length": n}) for s, n in ((1, 10.0), (2, 20.0))))
     # 4 rows x (30 prompt + 10, then 30 + 20) tokens = 360 tokens; 1 sample + 1 reference + 3 update forwards
-    assert _rl_flops(log, rows_per_step=4, prompt_tokens=30, flops_per_token=100, with_reference=True) == \
+    assert rl_flops(log, rows_per_step=4, prompt_tokens=30, flops_per_token=100, with_reference=True) == \
         pytest.approx(5 * 100 * 360)
-    assert _rl_flops(log, rows_per_step=4, prompt_tokens=30, flops_per_token=100, with_reference=False) == \
+    assert rl_flops(log, rows_per_step=4, prompt_tokens=30, flops_per_token=100, with_reference=False) == \
         pytest.approx(4 * 100 * 360)

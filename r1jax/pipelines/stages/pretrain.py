@@ -11,22 +11,20 @@ recipes then start from `base/model` as they would from any checkpoint (`config.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
-import time
 from typing import Callable, Sequence
 
-import ml_collections
 import numpy as np
 from flax import nnx
 
 from r1jax.data.base_corpus import CorpusStyle, base_corpus
 from r1jax.distributed import primary_first
 from r1jax.models import ModelConfig, Transformer
-from r1jax.pipelines import stages
-from r1jax.pipelines.r1_zero import RunSettings, r1_zero
-from r1jax.pipelines.settings import config_section, make_workdir, training_settings
+from r1jax.pipelines.settings import config_section, training_settings
+from r1jax.pipelines.stages.runner import Stage, finished_model
+from r1jax.pipelines.stages.sft import sft_stage
 from r1jax.rollout import PromptRenderer
-from r1jax.sharding import make_mesh
 from r1jax.tasks import Task
 from r1jax.tokenizers import R1_TAGS, SentencePieceTokenizer, Tokenizer, train_sentencepiece
 
@@ -69,30 +67,12 @@ def corpus_pairs(examples, rng, style: CorpusStyle, renderer: PromptRenderer, ta
     return base_corpus(examples, rng, style, prompt=lambda example: renderer(task.question(example)))
 
 
-def pretrain_stage(workdir: pathlib.Path, *, model_section, pretrain, style: CorpusStyle, examples: Sequence[dict],
-                   tokenizer: Tokenizer, renderer: PromptRenderer, task: Task, mesh, seed: int,
-                   name: str = "pretrain") -> pathlib.Path | None:
-    """Pretrain a model of `model_section`'s shape on the corpus of `examples`; its export dir, or None
-    when SIGTERM stopped it."""
-    config = model_config(model_section, tokenizer)
-    out = workdir / "model"
-    if stages.exported(out, config):
-        return out
-    model = stages.sft_stage(
-        workdir, init=Transformer(config, rngs=nnx.Rngs(seed)), examples=examples,
-        to_pairs=lambda chunk, rng: corpus_pairs(chunk, rng, style, renderer, task), tokenizer=tokenizer,
-        steps=pretrain.steps, batch_size=pretrain.batch_size, learning_rate=pretrain.learning_rate,
-        warmup_steps=pretrain.warmup_steps, mesh=mesh, seed=seed, name=name)
-    return None if model is None else out
+def stand_in_data(config, workdir: pathlib.Path, task: Task, *, symbols=None):
+    """The task's data and the tokenizer of a tiny recipe's stand-in base: (train, test, tokenizer).
 
-
-def prepare_base(config, workdir: pathlib.Path, mesh, task: Task, *, symbols=None):
-    """Task data, tokenizer and the pretrained stand-in base of a tiny recipe.
-
-    Returns (train, test, tokenizer, base export dir), or None if SIGTERM stopped pretraining.
-    The base is pretrained on every problem of the task, as a real base model's pretraining
-    covers arithmetic; RL then trains on `train` and is scored on `test`, problems it never
-    saw during RL (held out from RL, as benchmarks are).
+    The base is pretrained on every problem of the task (`pretrain_stage` on train + test),
+    as a real base model's pretraining covers arithmetic; RL then trains on `train` and is
+    scored on `test`, problems it never saw during RL (held out from RL, as benchmarks are).
     """
     data_dir = workdir / "data"
     train, test = list(task.load("train", data_dir=data_dir)), list(task.load("test", data_dir=data_dir))
@@ -111,34 +91,37 @@ def prepare_base(config, workdir: pathlib.Path, mesh, task: Task, *, symbols=Non
     with config_section("tokenizer"):  # e.g. a vocab_size larger than the corpus has pieces for
         tokenizer = tokenizer_stage(workdir / "tokenizer.model", tokenizer_corpus,
                                     vocab_size=config.tokenizer.vocab_size, **extra)
-    base_dir = pretrain_stage(workdir / "base", model_section=config.model, pretrain=config.pretrain, style=style,
-                              examples=corpus_examples, tokenizer=tokenizer,
-                              renderer=PromptRenderer(tokenizer, config.template), task=task, mesh=mesh,
-                              seed=config.seed)
-    if base_dir is None:
-        return None
-    return train, test, tokenizer, base_dir
+    return train, test, tokenizer
 
 
-def generic_config(config, base_dir: pathlib.Path, tokenizer_path: pathlib.Path) -> ml_collections.ConfigDict:
-    """The generic recipe config (`r1jax.pipelines.r1_zero`) of a tiny experiment whose base is `base_dir`."""
-    workdir = pathlib.Path(config.workdir)
-    return ml_collections.ConfigDict({
-        "workdir": str(workdir), "seed": config.seed, "mesh": dict(config.mesh),
-        "sampler_mesh": dict(config.sampler_mesh), "init": str(base_dir),
-        "tokenizer": str(tokenizer_path), "model": {}, "task": {"seed": config.seed, **dict(config.task)},
-        "data_dir": str(workdir / "data"), "grpo": {**dict(config.grpo), "template": config.template},
-        "rewards": dict(config.rewards), "reward_workers": config.reward_workers, "eval": dict(config.eval)})
+def pretrain_stage(output: pathlib.Path, *, model: ModelConfig, pretrain, style: CorpusStyle,
+                   examples: Sequence[dict], tokenizer: Tokenizer, renderer: PromptRenderer, task: Task, mesh,
+                   seed: int, name: str = "pretrain"):
+    """Pretrain a freshly initialised `model` on the corpus of `examples` (`pretrain`: the config's
+    section of steps, batch size and learning rate); its export dir, or `STOPPED`."""
+    return sft_stage(
+        output, Transformer(model, rngs=nnx.Rngs(seed)), examples,
+        to_pairs=lambda chunk, rng: corpus_pairs(chunk, rng, style, renderer, task), tokenizer=tokenizer,
+        steps=pretrain.steps, batch_size=pretrain.batch_size, learning_rate=pretrain.learning_rate,
+        warmup_steps=pretrain.warmup_steps, mesh=mesh, seed=seed, name=name)
 
 
-def r1_zero_tiny(config) -> dict:
-    """R1-Zero in miniature: pretrain the stand-in base, then the generic R1-Zero recipe from it."""
-    started = time.perf_counter()
-    workdir = pathlib.Path(config.workdir)
-    generic = generic_config(config, workdir / "base" / "model", workdir / "tokenizer.model")
-    run = RunSettings(generic, init_exists=False)  # every RL setting is checked before pretraining starts
-    check_pretrain(config.pretrain)
-    make_workdir(workdir)
-    if prepare_base(config, workdir, make_mesh(run.mesh), run.task) is None:
-        return {"stopped": "pretrain"}
-    return r1_zero(generic, started=started)
+def pretraining(name: str, output: str, *, model_section, tokenizer: Tokenizer, **settings) -> Stage:
+    """The `Stage` that pretrains a model of `model_section`'s shape (`pretrain_stage`'s `settings`);
+    a finished export of another shape in `output` is refused, not reused."""
+    model = model_config(model_section, tokenizer)
+    return Stage(name, functools.partial(pretrain_stage, model=model, tokenizer=tokenizer, name=name, **settings),
+                 output=output, finished=functools.partial(finished_model, wanted=model))
+
+
+def with_replay(pairs: list, share: float, seed: int, *, corpus: Sequence[dict], style: CorpusStyle,
+                renderer: PromptRenderer, task: Task) -> list:
+    """`pairs` plus pairs of the stand-in base's pretraining corpus (problems of `corpus`, drawn
+    afresh), `share` of the result: SFT keeps what the base knew, as the paper mixes
+    non-reasoning data into its SFT sets."""
+    count = round(len(pairs) * share / (1 - share)) if pairs else 0
+    if not count:
+        return pairs
+    rng = np.random.default_rng(seed)
+    chosen = [corpus[i] for i in rng.integers(len(corpus), size=count)]
+    return pairs + corpus_pairs(chosen, rng, style, renderer, task)
