@@ -21,9 +21,9 @@ TINY = [
     "--config.model.hidden_size=32", "--config.model.intermediate_size=64", "--config.model.num_layers=1",
     "--config.model.num_heads=2", "--config.model.num_kv_heads=1",
     "--config.tokenizer.corpus_size=400", "--config.pretrain.steps=3", "--config.pretrain.batch_size=8",
-    "--config.pretrain.warmup_steps=1", "--config.rl.steps=2", "--config.rl.prompts_per_step=2",
-    "--config.rl.num_generations=4", "--config.rl.max_new_tokens=8", "--config.rl.save_every=1",
-    "--config.rl.warmup_steps=1", "--config.cold_start.samples_per_prompt=2", "--config.cold_start.annotated=16",
+    "--config.pretrain.warmup_steps=1", "--config.grpo.steps=2", "--config.grpo.prompts_per_step=2",
+    "--config.grpo.num_generations=4", "--config.grpo.max_new_tokens=8", "--config.grpo.save_every=1",
+    "--config.grpo.warmup_steps=1", "--config.cold_start.samples_per_prompt=2", "--config.cold_start.annotated=16",
     "--config.cold_start.steps=2", "--config.cold_start.batch_size=4", "--config.cold_start.warmup_steps=1",
     "--config.rejection.samples_per_prompt=2", "--config.general.prompts=8", "--config.general.sft_pairs=8",
     "--config.sft.steps=2", "--config.sft.batch_size=4", "--config.sft.warmup_steps=1", "--config.sft.replay=0.5",
@@ -31,7 +31,7 @@ TINY = [
     "--config.reward_model.warmup_steps=1", "--config.student.model.hidden_size=16",
     "--config.student.model.intermediate_size=32", "--config.student.model.num_layers=1",
     "--config.student.model.num_heads=2", "--config.student.model.num_kv_heads=1",
-    "--config.student.distill_batch_size=4", "--config.student.rl_steps=0", "--config.student.distill_warmup_steps=1",
+    "--config.student.distill.batch_size=4", "--config.student.rl_steps=0", "--config.student.distill.warmup_steps=1",
     "--config.eval.num_prompts=4", "--config.eval.num_samples=2",
 ]
 STAGES_BEFORE = ("base", "r1_zero", "r1_zero_language", "cold_start")

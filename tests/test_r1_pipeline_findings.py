@@ -13,7 +13,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-REDUCED = ["--config.rl.steps=20", "--config.eval.num_prompts=100",
+REDUCED = ["--config.grpo.steps=20", "--config.eval.num_prompts=100",
            "--config.eval.num_samples=4", "--config.sft.steps=100", "--config.reward_model.steps=50",
            "--config.reward_model.pairs=800"]
 

@@ -108,3 +108,31 @@ def test_a_bad_table_is_refused_before_any_stage_runs(tmp_path, table, message):
     with pytest.raises((ValueError, TypeError), match=message):
         run_stages(tmp_path, table(_writer(calls, "x")))
     assert calls == [] and not any(tmp_path.iterdir())
+
+
+def test_a_training_section_reaches_the_loop_of_its_stage(tmp_path, monkeypatch):
+    """num_microbatches and keep_checkpoints of a config section get to `run_training`, and SFT rounds
+    its rows to the microbatches."""
+    from flax import nnx
+
+    from r1jax.models import Transformer
+    from r1jax.pipelines.settings import training_from, training_section
+    from r1jax.pipelines.stages import sft as sft_module
+    from r1jax.train.loop import TrainResult
+    from r1jax.train.sft import SFTSettings
+
+    section = training_section(SFTSettings, steps=4, learning_rate=1e-3, warmup_steps=1, num_microbatches=2,
+                               keep_checkpoints=3, batch_size=8)
+    loop, optimizer, batches = training_from(section, SFTSettings, where="sft")
+    calls = []
+    monkeypatch.setattr(sft_module, "run_training", lambda settings, **kwargs: calls.append((settings, kwargs))
+                        or TrainResult(None, {}, completed=False))
+    model = Transformer(ModelConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,
+                                    num_kv_heads=1, max_position_embeddings=64), rngs=nnx.Rngs(0))
+    result = sft_module.sft_stage(tmp_path, model, [("a", "b")] * 3, to_pairs=None, tokenizer=None, loop=loop,
+                                  optimizer=optimizer, batches=batches, mesh=None, seed=0, name="sft")
+    assert result is STOPPED
+    [(settings, kwargs)] = calls
+    assert (settings.num_microbatches, settings.keep_checkpoints, settings.steps) == (2, 3, 4)
+    assert kwargs["make_batches"].__self__.row_multiple == 2
+    assert kwargs["data"].batch_size == 3  # fewer pairs than a batch: every step sees them all

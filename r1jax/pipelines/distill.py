@@ -15,7 +15,9 @@ The config (see `experiments/distill_qwen2_5_1_5b.py`):
                            random checkpoints, whose samples are never correct)
   task, data_dir           the task whose training prompts are distilled
   template, system_prompt  the prompt format of teacher, student and evaluation
-  sft                      TrainSettings (steps, learning_rate, ...) plus batch_size, max_length, packing
+  sft                      LoopSettings (steps, save_every, num_microbatches, ...), OptimizerSettings
+                           (learning_rate, warmup_steps, schedule, weight_decay) and SFTSettings
+                           (batch_size, max_length, packing, ...)
   eval                     EvalSettings
 
 Each stage is skipped when its result is there; a killed run resumes with the same command.
@@ -30,13 +32,14 @@ from functools import partial
 
 from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
-from r1jax.pipelines.settings import (ConfigError, EvalSettings, TrainSettings, config_section, make_workdir,
-                                     settings_from)
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, config_section, make_workdir, settings_from,
+                                     training_from)
 from r1jax.pipelines.stages import Stage, evaluation_stage, given, rejection_stage, run_stages, sft_stage
 from r1jax.rollout import PromptRenderer, check_template
 from r1jax.sharding import make_mesh
 from r1jax.tasks import task_from_config
 from r1jax.tokenizers import load_tokenizer
+from r1jax.train.sft import SFTSettings
 
 log = logging.getLogger(__name__)
 KEEP = ("correct", "all")
@@ -65,17 +68,6 @@ class TeacherSettings:
                              f"got {self}")
 
 
-@dataclasses.dataclass(frozen=True)
-class SFTBatches:
-    batch_size: int = 32
-    max_length: int = 1024
-    packing: bool = False
-
-    def __post_init__(self):
-        if self.batch_size < 1 or self.max_length < 2:
-            raise ValueError(f"need batch_size >= 1 and max_length >= 2; got {self}")
-
-
 def distill(config) -> dict:
     """Run (or resume) the recipe; returns and writes the summary."""
     workdir = pathlib.Path(config.workdir)
@@ -86,7 +78,7 @@ def distill(config) -> dict:
     if not teacher_section.get("init") and config.get("runlocal"):  # a smoke run: the student is its own teacher
         teacher_section["init"] = str(init)
     teacher = settings_from(teacher_section, TeacherSettings, where="teacher")
-    train_settings, batches = settings_from(config.sft, TrainSettings, SFTBatches, where="sft")
+    loop, optimizer, batches = training_from(config.sft, SFTSettings, where="sft")
     eval_settings = settings_from(config.eval, EvalSettings, where="eval")
     with config_section("task"):
         task = task_from_config(config.task)
@@ -122,11 +114,9 @@ def distill(config) -> dict:
         Stage("base_eval", partial(evaluation, names=("student_base",)), inputs=("student",), output="evals",
               finished=None),
         Stage("sft", partial(
-            _sft_stage, task=task, renderer=student_renderer, tokenizer=student_tokenizer, steps=train_settings.steps,
-            batch_size=batches.batch_size, learning_rate=train_settings.learning_rate,
-            warmup_steps=train_settings.warmup_steps, mesh=mesh, seed=config.seed, name="distill",
-            max_length=batches.max_length, packing=batches.packing, schedule=train_settings.schedule,
-            weight_decay=train_settings.weight_decay, model_overrides=dict(config.model)),
+            _sft_stage, task=task, renderer=student_renderer, tokenizer=student_tokenizer, loop=loop,
+            optimizer=optimizer, batches=batches, mesh=mesh, seed=config.seed, name="distill",
+            model_overrides=dict(config.model)),
             inputs=("student", "traces")),
         Stage("final_eval", partial(evaluation, names=("student_distilled",)), inputs=("sft",), output="evals",
               finished=None),
@@ -151,14 +141,13 @@ def distill(config) -> dict:
     return summary
 
 
-def _sft_stage(output: pathlib.Path, student: pathlib.Path, traces, *, task, renderer: PromptRenderer, batch_size: int,
-               **settings):
+def _sft_stage(output: pathlib.Path, student: pathlib.Path, traces, *, task, renderer: PromptRenderer, **settings):
     """SFT of the `student` checkpoint on the teacher's `traces`, their prompts in the student's own
     template (`renderer`); None without traces (nothing to distill)."""
     pairs = [(renderer.texts([record], task)[0], record["completion"]) for record in traces.records]
     if not pairs:
         return None
-    return sft_stage(output, student, pairs, to_pairs=None, batch_size=min(batch_size, len(pairs)), **settings)
+    return sft_stage(output, student, pairs, to_pairs=None, **settings)
 
 
 def _accept(completion, **_) -> float:

@@ -28,7 +28,6 @@ import dataclasses
 import logging
 import pathlib
 import time
-import types
 from functools import partial
 from typing import Callable
 
@@ -37,8 +36,8 @@ from jax.sharding import Mesh
 from r1jax.data.preferences import general_prompts, preference_pairs
 from r1jax.files import write_json_atomically
 from r1jax.pipelines.findings import findings_table, models_table, paper_findings, steps_to_reach
-from r1jax.pipelines.settings import (ConfigError, EvalSettings, TrainSettings, config_section, make_workdir,
-                                     settings_from, training_settings)
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, config_section, grpo_training, make_workdir,
+                                     settings_from, training_from)
 from r1jax.pipelines.stages import (DistillBudget, Stage, Traces, annotated_pairs, budget_stage, check_pretrain,
                                     cold_start_pairs, cold_start_stage, corpus_style, evaluation_stage, given,
                                     grpo_stage, judging_stage, pretraining, rejection_stage, reward_model_stage,
@@ -48,7 +47,10 @@ from r1jax.rollout import PromptRenderer
 from r1jax.sharding import make_mesh
 from r1jax.tasks import Task, task_from_config
 from r1jax.tokenizers import R1_TAGS, Tokenizer, load_tokenizer
-from r1jax.train.grpo import GRPOSettings
+from r1jax.train.loop import LoopSettings
+from r1jax.train.reward_model import RewardModelSettings
+from r1jax.train.sft import SFTSettings
+from r1jax.train.state import OptimizerSettings
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ def r1_pipeline(config) -> dict:
                                 **r.sampling)
     rl = partial(grpo_stage, train=r.train, rewards=zero_rewards, **r.rl)
     sft = partial(_sft_stage, replay=r.replay, **r.common)
+    cold_start_training, sft_training, reward_model_training, distill_training = (
+        r.training[where] for where in ("cold_start", "sft", "reward_model", "student.distill"))
     stand_in = dict(pretrain=config.pretrain, examples=r.train + r.test, renderer=r.renderer, task=r.task, **r.common)
     recipe = [
         given("pretrain", config.init) if config.init else pretraining(
@@ -89,25 +93,26 @@ def r1_pipeline(config) -> dict:
         Stage("cold_start_data", partial(cold_start_stage, examples=r.train, section=c, annotated=annotated,
                                          **r.cold_start), inputs=("r1_zero",), output="cold_start",
               finished=cold_start_pairs),
-        Stage("cold_start", partial(sft, section=c, replay_seed=seed + 11), inputs=("pretrain", "cold_start_data")),
+        Stage("cold_start", partial(sft, training=cold_start_training, replay_share=c.replay, replay_seed=seed + 11),
+              inputs=("pretrain", "cold_start_data")),
         Stage("reasoning_rl", partial(rl, rewards=reasoning_rewards), inputs=("cold_start",)),
         Stage("rejection", partial(rejection_stage, examples=_first(r.train, config.rejection.prompts),
                                    **r.rejection), inputs=("reasoning_rl",), finished=None),
-        Stage("sft", partial(sft, section=config.sft, extra=general_pairs, replay_seed=seed + 12),
-              inputs=("pretrain", "rejection")),
-        Stage("reward_model", partial(reward_model_stage, pairs=preferences, section=config.reward_model,
+        Stage("sft", partial(sft, training=sft_training, replay_share=config.sft.replay, extra=general_pairs,
+                             replay_seed=seed + 12), inputs=("pretrain", "rejection")),
+        Stage("reward_model", partial(reward_model_stage, pairs=preferences, loop=reward_model_training[0],
+                                      optimizer=reward_model_training[1], settings=reward_model_training[2],
                                       **r.common), inputs=("sft",), finished=None),
         Stage("all_scenario_rl", partial(rl, train=r.train + general_train, rewards=reasoning_rewards),
               inputs=("sft", "reward_model")),
         given("student_pretrain", st.init) if st.init else pretraining(
             "student_pretrain", "student/base", model_section=st.model, style=_student_style(config), **stand_in),
-        Stage("student_rl", partial(rl, train_settings=r.student_rl_train), inputs=("student_pretrain",),
-              output="student/rl"),
+        Stage("student_rl", partial(rl, loop=r.student_rl_loop), inputs=("student_pretrain",), output="student/rl"),
         Stage("distill_budget", partial(budget_stage, tokenizer=r.tokenizer, settings=r.rl["settings"],
-                                        batch_size=st.distill_batch_size),
+                                        batch_size=distill_training[2].batch_size),
               inputs=("student_pretrain", "student_rl", "rejection"), output="student", finished=None),
-        Stage("student_distill", partial(_distill_stage, student_section=st, replay=r.replay, replay_seed=seed + 13,
-                                         **r.common),
+        Stage("student_distill", partial(_distill_stage, training=distill_training, replay_share=st.distill.replay,
+                                         replay=r.replay, replay_seed=seed + 13, **r.common),
               inputs=("student_pretrain", "rejection", "distill_budget"), output="student/distill"),
         Stage("evals", partial(evaluation_stage, names=list(MODELS), **r.evaluation), inputs=tuple(MODELS.values()),
               finished=None),
@@ -131,8 +136,10 @@ class _R1Run:
     mesh: Mesh
     train: list
     test: list
-    rl_train: TrainSettings
-    student_rl_train: TrainSettings
+    grpo_loop: LoopSettings  # of every GRPO stage but the student's
+    student_rl_loop: LoopSettings
+    # the loop, optimizer and batch settings of each other training section, by its name
+    training: dict[str, tuple[LoopSettings, OptimizerSettings, SFTSettings | RewardModelSettings]]
     common: dict  # tokenizer, mesh, seed: every training stage
     rl: dict  # grpo_stage's settings but the train prompts and rewards
     sampling: dict  # renderer, task, seed
@@ -150,12 +157,12 @@ class _R1Run:
             task = task_from_config({"seed": config.seed, **dict(config.task)})
         for name in (task.accuracy_reward, "format", "r1_format", "language"):
             get_reward(name)
-        rl_settings, rl_train = settings_from(config.rl, GRPOSettings, TrainSettings, where="rl",
-                                              template=config.template)
+        grpo, grpo_loop, grpo_optimizer = grpo_training(config.grpo, where="grpo", template=config.template)
         eval_settings = settings_from(config.eval, EvalSettings, where="eval", scores=EVAL_SCORES)
-        _check_training_sections(config)
-        with config_section("student"):  # the student's GRPO run: config.rl's, for its own number of steps
-            student_rl_train = dataclasses.replace(rl_train, steps=config.student.rl_steps or rl_train.steps)
+        training = _training_sections(config)
+        with config_section("student"):  # the student's GRPO run: config.grpo's, for its own number of steps
+            student_rl_loop = dataclasses.replace(grpo_loop, steps=config.student.rl_steps or grpo_loop.steps)
+            grpo_optimizer.check(student_rl_loop.steps)
         workdir = make_workdir(config.workdir)
         started = time.perf_counter()
         mesh = make_mesh(dict(config.mesh))
@@ -167,23 +174,23 @@ class _R1Run:
             symbols = tuple(dict.fromkeys(R1_TAGS + (FORMAT.reasoning_open, FORMAT.reasoning_close)))
             train, test, tokenizer = stand_in_data(config, workdir, task, symbols=symbols)
         renderer = PromptRenderer(tokenizer, config.template)
-        if config.init and (config.cold_start.replay or config.sft.replay or config.student.distill_replay):
+        if config.init and (config.cold_start.replay or config.sft.replay or config.student.distill.replay):
             log.warning("config.init is a checkpoint without the stand-in's pretraining corpus: the SFT sets are "
-                        "not mixed with replay (cold_start.replay, sft.replay, student.distill_replay are not used)")
-        seed, max_new_tokens, r = config.seed, rl_settings.max_new_tokens, config.rejection
+                        "not mixed with replay (cold_start.replay, sft.replay, student.distill.replay are not used)")
+        seed, max_new_tokens, r = config.seed, grpo.max_new_tokens, config.rejection
         common = dict(tokenizer=tokenizer, mesh=mesh, seed=seed)
         return cls(
             workdir=workdir, started=started, task=task, tokenizer=tokenizer, renderer=renderer, mesh=mesh,
-            train=train, test=test, rl_train=rl_train, student_rl_train=student_rl_train, common=common,
-            rl=dict(task=task, settings=rl_settings, train_settings=rl_train, reward_workers=config.reward_workers,
-                    **common),
+            train=train, test=test, grpo_loop=grpo_loop, student_rl_loop=student_rl_loop, training=training,
+            common=common, rl=dict(task=task, settings=grpo, loop=grpo_loop, optimizer=grpo_optimizer,
+                                   reward_workers=config.reward_workers, **common),
             sampling=dict(renderer=renderer, task=task, seed=seed),
             cold_start=dict(renderer=renderer, task=task, seed=seed, mesh=mesh, max_new_tokens=max_new_tokens,
                             output_format=FORMAT),
             rejection=dict(renderer=renderer, task=task, mesh=mesh, num_samples=r.samples_per_prompt,
                            max_new_tokens=max_new_tokens, temperature=r.temperature, top_p=r.top_p, language="en",
                            seed=seed, provenance={"checkpoint": str(workdir / "reasoning_rl" / "model"),
-                                                  "step": rl_train.steps, "stage": "reasoning_rl"}),
+                                                  "step": grpo_loop.steps, "stage": "reasoning_rl"}),
             # the base was pretrained on every problem (stand_in_data)
             replay=None if config.init else partial(
                 with_replay, corpus=train + test, style=corpus_style(config.pretrain), renderer=renderer, task=task),
@@ -192,42 +199,40 @@ class _R1Run:
                             per_prompt=True),
             judging=dict(examples=general_prompts(seed + 1, config.eval.num_prompts, split="test"),
                          renderer=renderer, num_samples=config.eval.num_samples,
-                         max_new_tokens=config.rl.max_new_tokens, temperature=config.eval.temperature,
+                         max_new_tokens=grpo.max_new_tokens, temperature=config.eval.temperature,
                          top_p=config.eval.top_p, mesh=mesh, seed=seed + 2))
 
 
-def _sft_stage(output: pathlib.Path, init: pathlib.Path, data, *, section, replay: Callable | None, replay_seed: int,
-               extra=(), steps: int | None = None, name: str | None = None, **common):
+def _sft_stage(output: pathlib.Path, init: pathlib.Path, data, *, training: tuple, replay: Callable | None,
+               replay_share: float, replay_seed: int, extra=(), name: str | None = None, **common):
     """SFT of `init` on `data` (pairs, or the rejection stage's `Traces`) and the `extra` pairs, with
-    `section.replay` of the result drawn from the stand-in base's corpus (`replay`), for
-    `section.steps` (or `steps`)."""
+    `replay_share` of the result drawn from the stand-in base's corpus (`replay`); `training`: the
+    section's (LoopSettings, OptimizerSettings, SFTSettings)."""
     pairs = (data.pairs if isinstance(data, Traces) else list(data)) + list(extra)
     if replay is not None:
-        pairs = replay(pairs, section.replay, replay_seed)
+        pairs = replay(pairs, replay_share, replay_seed)
     log.info("%s: %d pairs", name or output.name, len(pairs))
-    # a small filtered set may hold fewer pairs than a batch: then every step sees all of them
-    return sft_stage(output, init, pairs, to_pairs=None, steps=steps or section.steps,
-                     batch_size=min(section.batch_size, len(pairs)), learning_rate=section.learning_rate,
-                     warmup_steps=section.warmup_steps, name=name or output.name, **common)
+    loop, optimizer, batches = training
+    return sft_stage(output, init, pairs, to_pairs=None, loop=loop, optimizer=optimizer, batches=batches,
+                     name=name or output.name, **common)
 
 
 def _distill_stage(output: pathlib.Path, student: pathlib.Path, traces: Traces, budget: DistillBudget | None, *,
-                   student_section, **sft):
+                   training: tuple, **sft):
     """The student's SFT on the teacher's traces for the steps of the distillation `budget` (None:
     no traces, nothing to distill)."""
     if budget is None:
         return None
-    st = student_section
-    section = types.SimpleNamespace(batch_size=st.distill_batch_size, warmup_steps=st.distill_warmup_steps,
-                                    learning_rate=st.distill_learning_rate, replay=st.distill_replay)
-    return _sft_stage(output, student, traces, section=section, steps=budget.steps, name="student/distill", **sft)
+    loop, optimizer, batches = training
+    return _sft_stage(output, student, traces, training=(dataclasses.replace(loop, steps=budget.steps), optimizer,
+                                                         batches), name="student/distill", **sft)
 
 
 def _write_findings(config, r: _R1Run, results: dict) -> dict:
     """The paper's findings from the evaluations of a finished run, written to findings.json/.md."""
     evals, budget = results["evals"], results["distill_budget"]
     k, target = config.eval.num_samples, config.findings.target_accuracy
-    findings = paper_findings(evals, k=k, target=target, rl_steps=r.rl_train.steps,
+    findings = paper_findings(evals, k=k, target=target, rl_steps=r.grpo_loop.steps,
                               steps_from_base=steps_to_reach(r.workdir / "r1_zero" / "metrics.jsonl", target),
                               steps_from_cold=steps_to_reach(r.workdir / "reasoning_rl" / "metrics.jsonl", target))
     findings["e_distillation_beats_rl_at_equal_compute"].update(
@@ -257,13 +262,23 @@ def _student_style(config):
     return dataclasses.replace(corpus_style(config.pretrain), worked_rate=config.student.worked_rate)
 
 
-def _check_training_sections(config) -> None:
-    """The optimisation of every stage that does not train with `config.rl`, checked before the first
-    stage starts (SFT and the reward model train on a cosine schedule)."""
+def _training_sections(config) -> dict[str, tuple]:
+    """The loop, optimizer and batches of every training section but GRPO's, and the other fields of
+    those sections, checked before the first stage starts."""
     if not config.init:
         check_pretrain(config.pretrain)
-    for where in ("cold_start", "sft", "reward_model"):
-        training_settings(config[where], where=where)
+    cold_start_fields = ("prompts", "samples_per_prompt", "temperature", "top_p", "annotated", "replay")
+    training = {
+        "cold_start": training_from(config.cold_start, SFTSettings, where="cold_start", other=cold_start_fields),
+        "sft": training_from(config.sft, SFTSettings, where="sft", other=("replay",)),
+        "reward_model": training_from(config.reward_model, RewardModelSettings, where="reward_model",
+                                      other=("pairs",)),
+        # its steps follow from the student RL run's compute, known only then (`budget_stage`): a
+        # stand-in 1 here, its schedule checked against the real ones when the optimizer is made
+        "student.distill": settings_from({k: v for k, v in config.student.distill.items() if k != "replay"},
+                                         LoopSettings, OptimizerSettings, SFTSettings, where="student.distill",
+                                         steps=1),
+    }
     with config_section("student"):
         _student_style(config)
     for where in ("cold_start", "rejection"):
@@ -271,14 +286,9 @@ def _check_training_sections(config) -> None:
         if not isinstance(count, int) or count < 0:
             raise ConfigError(f"config.{where}.prompts={count!r}: the number of training prompts to sample, "
                               "an integer >= 0 (0: all of them)")
-    for where, field in (("cold_start", "replay"), ("sft", "replay"), ("student", "distill_replay")):
-        share = config[where][field]
-        if not 0 <= share < 1:
-            raise ConfigError(f"config.{where}.{field}={share}: the share of base-corpus pairs in the SFT set "
-                              "must be in [0, 1)")
-    # the distillation's steps follow from the student RL run's compute: known only then
-    st = config.student
-    if not 0 < st.distill_learning_rate < float("inf") or st.distill_warmup_steps < 0 or st.distill_batch_size < 1:
-        raise ConfigError(f"config.student: need a finite positive distill_learning_rate, distill_warmup_steps >= 0 "
-                          f"and distill_batch_size >= 1; got {st.distill_learning_rate}, {st.distill_warmup_steps}, "
-                          f"{st.distill_batch_size}")
+    for where, section in (("cold_start", config.cold_start), ("sft", config.sft),
+                           ("student.distill", config.student.distill)):
+        if not 0 <= section.replay < 1:
+            raise ConfigError(f"config.{where}.replay={section.replay}: the share of base-corpus pairs in the SFT "
+                              "set must be in [0, 1)")
+    return training

@@ -11,8 +11,9 @@ The config (see `experiments/grpo_smollm2.py`):
   tokenizer      its tokenizer ("" = the one beside `init`)
   model          `ModelConfig` overrides: the dtype policy (dtype, param_dtype) and remat
   task           {"name": <registered task>, **its options}; data_dir ("" = workdir/data)
-  grpo           `GRPOSettings` fields (template, system_prompt, loss options ...) and
-                 `TrainSettings` fields (steps, learning_rate, warmup_steps, ...)
+  grpo           `GRPOSettings` fields (template, system_prompt, loss options ...), the loop's
+                 (`LoopSettings`: steps, save_every, num_microbatches, ...) and the optimizer's
+                 (`OptimizerSettings`: learning_rate, warmup_steps, schedule, weight_decay)
   rewards        {registered reward: weight}, 0 meaning not used (`settings.reward_weights`); reward_workers
   eval           `EvalSettings` of the held-out evaluation
   mesh           the training mesh ({"data": -1}, {"fsdp": -1}, ...: `r1jax.sharding.make_mesh`)
@@ -37,15 +38,14 @@ import ml_collections
 from r1jax.distributed import is_primary
 from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
-from r1jax.pipelines.settings import (ConfigError, EvalSettings, TrainSettings, check_rewards,
-                                     config_section, make_workdir, settings_from)
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_rewards, config_section, grpo_training,
+                                     make_workdir, settings_from)
 from r1jax.pipelines.stages import (Stage, check_pretrain, corpus_style, evaluate_model, evaluation_stage, given,
                                     grpo_stage, pretraining, run_stages, stand_in_data)
 from r1jax.rollout import PromptRenderer
 from r1jax.sharding import make_mesh
 from r1jax.tasks import task_from_config
 from r1jax.tokenizers import load_tokenizer
-from r1jax.train.grpo import GRPOSettings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class RunSettings:
         with config_section("task"):
             self.task = task_from_config(config.task)
         self.data_dir = pathlib.Path(config.data_dir) if config.data_dir else self.workdir / "data"
-        self.grpo, self.train = settings_from(config.grpo, GRPOSettings, TrainSettings, where="grpo")
+        self.grpo, self.loop, self.optimizer = grpo_training(config.grpo, where="grpo")
         self.rewards = check_rewards(config.rewards)
         self.eval = settings_from(config.eval, EvalSettings, where="eval")
         self.seed, self.mesh, self.reward_workers = config.seed, dict(config.mesh), config.reward_workers
@@ -92,9 +92,9 @@ def r1_zero(config, *, started: float | None = None) -> dict:
         Stage("base_eval", partial(evaluation, names=("base",)), inputs=("init",), output="evals", finished=None),
         Stage("grpo", partial(
             grpo_stage, train=train, tokenizer=tokenizer, task=run.task, rewards=run.rewards, settings=run.grpo,
-            train_settings=run.train, mesh=mesh, seed=run.seed, reward_workers=run.reward_workers,
+            loop=run.loop, optimizer=run.optimizer, mesh=mesh, seed=run.seed, reward_workers=run.reward_workers,
             model_overrides=run.model_overrides, sampler_mesh=sampler_mesh,
-            evaluate=(lambda state, step: evaluate(state.graphdef, state.params)) if run.train.eval_every else None),
+            evaluate=(lambda state, step: evaluate(state.graphdef, state.params)) if run.loop.eval_every else None),
             inputs=("init",)),
         Stage("final_eval", partial(evaluation, names=("grpo",)), inputs=("grpo",), output="evals", finished=None),
     ]

@@ -9,7 +9,6 @@ from jax.sharding import Mesh
 
 from r1jax.data import PromptIterator
 from r1jax.models import from_pretrained
-from r1jax.pipelines.settings import TrainSettings
 from r1jax.pipelines.stages.export import export_model
 from r1jax.pipelines.stages.runner import STOPPED
 from r1jax.rewards import RewardEvaluator, get_reward
@@ -17,12 +16,12 @@ from r1jax.tasks import Task
 from r1jax.tokenizers import Tokenizer
 from r1jax.train.grpo import GRPO, GRPOSettings
 from r1jax.train.loop import LoopSettings, run_training
-from r1jax.train.state import make_optimizer, train_state_from_model
+from r1jax.train.state import OptimizerSettings, train_state_from_model
 
 
 def grpo_stage(output: pathlib.Path, init: pathlib.Path, model_reward=None, *, train: Sequence[dict],
                tokenizer: Tokenizer, task: Task, rewards: Mapping[str, float], settings: GRPOSettings,
-               train_settings: TrainSettings, mesh: Mesh, seed: int, reward_workers: int,
+               loop: LoopSettings, optimizer: OptimizerSettings, mesh: Mesh, seed: int, reward_workers: int,
                evaluate: Callable | None = None, model_overrides: Mapping | None = None,
                sampler_mesh: Mesh | None = None):
     """GRPO from the checkpoint `init` on the `train` prompts of `task`, with the KL reference = `init`,
@@ -37,19 +36,15 @@ def grpo_stage(output: pathlib.Path, init: pathlib.Path, model_reward=None, *, t
     for name in rewards:
         get_reward(name)
     model = from_pretrained(init, mesh=mesh, **dict(model_overrides or {}))  # each host reads its shards
-    t = train_settings
     with RewardEvaluator(dict(rewards), num_workers=reward_workers) as evaluator:
         stage = GRPO(settings, tokenizer=tokenizer, rewards=evaluator, task=task, mesh=mesh, model_reward=model_reward,
                      sampler_mesh=sampler_mesh)
         # the reference keeps a copy of the initial parameters (`set_reference`): one load serves both
         stage.set_reference(train_state_from_model(model, optax.identity(), mesh))
         result = run_training(
-            LoopSettings(steps=t.steps, save_every=t.save_every, eval_every=t.eval_every, seed=seed),
-            workdir=output, model=model,
-            optimizer=make_optimizer(t.learning_rate, t.warmup_steps, t.steps, schedule=t.schedule,
-                                     weight_decay=t.weight_decay),
+            loop, workdir=output, model=model, optimizer=optimizer.optimizer(loop.steps),
             loss_fn=stage.objective(), data=PromptIterator(train, batch_size=settings.prompts_per_step, seed=seed),
-            make_batches=stage.make_batches, mesh=mesh, evaluate=evaluate, name=output.name)
+            make_batches=stage.make_batches, mesh=mesh, evaluate=evaluate, name=output.name, seed=seed)
     if not result.completed:
         return STOPPED
     export_model(result.state.model(), output / "model", tokenizer)

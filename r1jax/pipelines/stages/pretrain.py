@@ -21,12 +21,15 @@ from flax import nnx
 from r1jax.data.base_corpus import CorpusStyle, base_corpus
 from r1jax.distributed import primary_first
 from r1jax.models import ModelConfig, Transformer
-from r1jax.pipelines.settings import config_section, training_settings
+from r1jax.pipelines.settings import config_section, training_from
 from r1jax.pipelines.stages.runner import Stage, finished_model
 from r1jax.pipelines.stages.sft import sft_stage
 from r1jax.rollout import PromptRenderer
 from r1jax.tasks import Task
 from r1jax.tokenizers import R1_TAGS, SentencePieceTokenizer, Tokenizer, train_sentencepiece
+from r1jax.train.loop import LoopSettings
+from r1jax.train.sft import SFTSettings
+from r1jax.train.state import OptimizerSettings
 
 
 def corpus_style(pretrain) -> CorpusStyle:
@@ -35,11 +38,11 @@ def corpus_style(pretrain) -> CorpusStyle:
     return CorpusStyle(**{f: pretrain[f] for f in fields if f in pretrain})
 
 
-def check_pretrain(pretrain) -> None:
-    """The pretrain section (optimisation, batch and corpus), checked before anything is written."""
-    training_settings(pretrain, where="pretrain")  # `pretrain_stage` trains on sft_stage's cosine schedule
-    with config_section("pretrain"):
-        corpus_style(pretrain)
+def check_pretrain(pretrain) -> tuple[LoopSettings, OptimizerSettings, SFTSettings]:
+    """The pretrain section's training (loop, optimizer and batches), its corpus checked with them:
+    a `ConfigError` before anything is written."""
+    loop, optimizer, batches, _ = training_from(pretrain, SFTSettings, CorpusStyle, where="pretrain")
+    return loop, optimizer, batches
 
 
 def tokenizer_stage(path: pathlib.Path, texts: Callable[[], list[str]], *, vocab_size: int,
@@ -98,12 +101,12 @@ def pretrain_stage(output: pathlib.Path, *, model: ModelConfig, pretrain, style:
                    examples: Sequence[dict], tokenizer: Tokenizer, renderer: PromptRenderer, task: Task, mesh,
                    seed: int, name: str = "pretrain"):
     """Pretrain a freshly initialised `model` on the corpus of `examples` (`pretrain`: the config's
-    section of steps, batch size and learning rate); its export dir, or `STOPPED`."""
+    section, its training read by `check_pretrain`); its export dir, or `STOPPED`."""
+    loop, optimizer, batches = check_pretrain(pretrain)
     return sft_stage(
         output, Transformer(model, rngs=nnx.Rngs(seed)), examples,
         to_pairs=lambda chunk, rng: corpus_pairs(chunk, rng, style, renderer, task), tokenizer=tokenizer,
-        steps=pretrain.steps, batch_size=pretrain.batch_size, learning_rate=pretrain.learning_rate,
-        warmup_steps=pretrain.warmup_steps, mesh=mesh, seed=seed, name=name)
+        loop=loop, optimizer=optimizer, batches=batches, mesh=mesh, seed=seed, name=name)
 
 
 def pretraining(name: str, output: str, *, model_section, tokenizer: Tokenizer, **settings) -> Stage:

@@ -17,20 +17,20 @@ from r1jax.pipelines.stages.runner import STOPPED
 from r1jax.tokenizers import Tokenizer
 from r1jax.train.loop import LoopSettings, run_training
 from r1jax.train.reward_model import RewardModelJudge, RewardModelSettings, RewardModelTraining
-from r1jax.train.state import make_optimizer
+from r1jax.train.state import OptimizerSettings
 
 
-def reward_model_stage(output: pathlib.Path, init: pathlib.Path, *, pairs: Sequence[tuple[str, str, str]], section,
+def reward_model_stage(output: pathlib.Path, init: pathlib.Path, *, pairs: Sequence[tuple[str, str, str]],
+                       loop: LoopSettings, optimizer: OptimizerSettings, settings: RewardModelSettings,
                        tokenizer: Tokenizer, mesh: Mesh, seed: int):
     """A reward model with the body of the checkpoint `init`, trained on (prompt, chosen, rejected)
-    `pairs` (`section`: steps, batch_size, learning_rate, warmup_steps); its judge, or `STOPPED`."""
-    training = RewardModelTraining(RewardModelSettings(), tokenizer=tokenizer, mesh=mesh)
+    `pairs`, `settings.batch_size` of them a step; its judge, or `STOPPED`."""
+    training = RewardModelTraining(settings, tokenizer=tokenizer, mesh=mesh)
     result = run_training(
-        LoopSettings(steps=section.steps, save_every=section.steps, seed=seed, plot_keys=("loss", "accuracy")),
-        workdir=output, model=RewardModel.from_transformer(from_pretrained(init, mesh=mesh)),
-        optimizer=make_optimizer(section.learning_rate, section.warmup_steps, section.steps, weight_decay=0.01),
-        loss_fn=training.objective(), data=PromptIterator(pairs, batch_size=section.batch_size, seed=seed),
-        make_batches=training.make_batches, mesh=mesh, name="reward_model")
+        loop, workdir=output, model=RewardModel.from_transformer(from_pretrained(init, mesh=mesh)),
+        optimizer=optimizer.optimizer(loop.steps), loss_fn=training.objective(),
+        data=PromptIterator(pairs, batch_size=settings.batch_size, seed=seed), make_batches=training.make_batches,
+        mesh=mesh, name="reward_model", seed=seed, plot_keys=("loss", "accuracy"))
     if not result.completed:
         return STOPPED
     return RewardModelJudge(result.state.graphdef, result.state.params, tokenizer, mesh)
