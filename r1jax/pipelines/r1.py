@@ -82,8 +82,9 @@ def r1_pipeline(config) -> dict:
                                 **r.sampling)
     rl = partial(grpo_stage, train=r.train, rewards=zero_rewards, **r.rl)
     sft = partial(_sft_stage, replay=r.replay, **r.common)
-    cold_start_training, sft_training, reward_model_training, distill_training = (
-        r.training[where] for where in ("cold_start", "sft", "reward_model", "student.distill"))
+    cold_start_training, sft_training, distill_training = (
+        r.training[where] for where in ("cold_start", "sft", "student.distill"))
+    reward_model_loop, reward_model_optimizer, reward_model_settings = r.training["reward_model"]
     stand_in = dict(pretrain=config.pretrain, examples=r.train + r.test, renderer=r.renderer, task=r.task, **r.common)
     recipe = [
         given("pretrain", config.init) if config.init else pretraining(
@@ -100,9 +101,9 @@ def r1_pipeline(config) -> dict:
                                    **r.rejection), inputs=("reasoning_rl",), finished=None),
         Stage("sft", partial(sft, training=sft_training, replay_share=config.sft.replay, extra=general_pairs,
                              replay_seed=seed + 12), inputs=("pretrain", "rejection")),
-        Stage("reward_model", partial(reward_model_stage, pairs=preferences, loop=reward_model_training[0],
-                                      optimizer=reward_model_training[1], settings=reward_model_training[2],
-                                      **r.common), inputs=("sft",), finished=None),
+        Stage("reward_model", partial(reward_model_stage, pairs=preferences, loop=reward_model_loop,
+                                      optimizer=reward_model_optimizer, settings=reward_model_settings, **r.common),
+              inputs=("sft",), finished=None),
         Stage("all_scenario_rl", partial(rl, train=r.train + general_train, rewards=reasoning_rewards),
               inputs=("sft", "reward_model")),
         given("student_pretrain", st.init) if st.init else pretraining(
