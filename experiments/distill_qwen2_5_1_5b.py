@@ -6,7 +6,7 @@ for a TPU VM or GPU host:
         --config.workdir=W
 
 The teacher samples 4 traces per training problem at the paper's T=0.6 / top-p 0.95;
-the correct and clean ones (r1jax.data.rejection) are the SFT set, as in DeepSeek-R1's
+the correct and clean ones (r1jax.pipelines.stages.rejection) are the SFT set, as in DeepSeek-R1's
 distillation (section 2.4: SFT only, no RL on the student). The SFT settings follow
 Open-R1's distillation recipe for Qwen2.5-1.5B-Instruct (learning rate 5e-5, cosine
 schedule, packed sequences, bfloat16). `--config.runlocal=True` shrinks everything to a
@@ -20,6 +20,8 @@ from ml_collections.config_dict import placeholder
 
 from r1jax import pipelines
 from r1jax.pipelines import cli
+from r1jax.pipelines.settings import training_section
+from r1jax.train.sft import SFTSettings
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -37,8 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_dir = ""
     c.template = "chat"
     c.system_prompt = placeholder(str)
-    c.sft = dict(steps=2000, learning_rate=5e-5, warmup_steps=100, schedule="cosine", weight_decay=0.0,
-                 save_every=200, eval_every=0, batch_size=16, max_length=16384, packing=True)
+    c.sft = training_section(SFTSettings, steps=2000, learning_rate=5e-5, warmup_steps=100, schedule="cosine",
+                             weight_decay=0.0, save_every=200, eval_every=0, batch_size=16, max_length=16384,
+                             packing=True)
     c.eval = dict(split="test", num_prompts=500, num_samples=8, temperature=0.6, top_p=0.95, max_new_tokens=8192,
                   scores={"format_reward": "format"})
     return c

@@ -8,7 +8,7 @@ findings (a)-(f) judged against their standard errors, and writes findings.json 
 findings.md in the workdir. About 15 minutes on 2 CPU cores (README).
 
 Every stage is restartable: rerun the same command to resume where it stopped.
-Override any field on the command line (`--config.rl.steps=20`); unknown fields are errors.
+Override any field on the command line (`--config.grpo.steps=20`); unknown fields are errors.
 """
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ import ml_collections
 from experiments.r1_zero_tiny import get_config as r1_zero_config
 from r1jax import pipelines
 from r1jax.pipelines import cli
+from r1jax.pipelines.settings import training_section
+from r1jax.train.reward_model import RewardModelSettings
+from r1jax.train.sft import SFTSettings
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -42,26 +45,33 @@ def get_config() -> ml_collections.ConfigDict:
     c.tokenizer = dict(vocab_size=400, corpus_size=3000)
     c.model = base.model.to_dict()
     # as r1_zero_tiny's base, but worked steps are narrated, each word Chinese 30% of the time
-    c.pretrain = dict(base.pretrain.to_dict(), steps=1000, narrate=True, chinese_rate=0.3)
+    c.pretrain = dict(base.pretrain.to_dict(), steps=1000, save_every=333, narrate=True, chinese_rate=0.3)
     # every RL stage (R1-Zero, reasoning, all-scenario, the student's) uses these settings
-    c.rl = base.grpo.to_dict()
+    c.grpo = base.grpo.to_dict()
     c.language_weight = 0.5  # lambda of the language-consistency reward
     # cold-start data: R1-Zero samples (k per training prompt) that pass the filters, plus
     # `annotated` worked solutions written out by hand (the paper also uses human-written ones);
     # `replay`: the share of each SFT set (here, and in sft and the student's distillation) that is
     # the stand-in base's pretraining corpus, so SFT keeps what the base knew; none in the cold start,
     # whose set is the behaviour RL starts from (replay there brought the base's guesses back)
-    c.cold_start = dict(prompts=384, samples_per_prompt=4, temperature=0.6, top_p=0.95, annotated=0, steps=100,
-                        batch_size=32, learning_rate=1e-3, warmup_steps=10, replay=0.0)
+    # (the training sections list every field of the loop and the optimizer: `training_section`)
+    c.cold_start = training_section(SFTSettings, prompts=384, samples_per_prompt=4, temperature=0.6, top_p=0.95,
+                                    annotated=0, steps=100, batch_size=32, learning_rate=1e-3, warmup_steps=10,
+                                    weight_decay=0.01, save_every=33, replay=0.0)
     # prompts: how many training prompts (the first ones) are sampled, 0 for all of them
     c.rejection = dict(prompts=384, samples_per_prompt=4, temperature=0.6, top_p=0.95)
     c.general = dict(prompts=64, sft_pairs=256)  # general (non-reasoning) prompts and SFT answers
-    c.sft = dict(steps=150, batch_size=32, learning_rate=1e-3, warmup_steps=10, replay=0.5)
-    c.reward_model = dict(pairs=2000, steps=150, batch_size=32, learning_rate=1e-3, warmup_steps=10)
+    c.sft = training_section(SFTSettings, steps=150, batch_size=32, learning_rate=1e-3, warmup_steps=10,
+                             weight_decay=0.01, save_every=50, replay=0.5)
+    c.reward_model = training_section(RewardModelSettings, pairs=2000, steps=150, batch_size=32, learning_rate=1e-3,
+                                      warmup_steps=10, weight_decay=0.01, save_every=150)
     # worked_rate: how often the student base's pretraining corpus shows a worked solution;
-    # rl_steps: its GRPO run's steps (0: rl.steps), whose FLOPs the distillation then gets too
-    c.student = dict(init="", worked_rate=0.2, rl_steps=120, model=dict(hidden_size=64, intermediate_size=192, num_layers=2, num_heads=4, num_kv_heads=2),
-                     distill_batch_size=32, distill_learning_rate=1e-3, distill_warmup_steps=10, distill_replay=0.5)
+    # rl_steps: its GRPO run's steps (0: grpo.steps), whose FLOPs the distillation then gets too:
+    # `distill` has no steps, they follow from that budget
+    distill = training_section(SFTSettings, batch_size=32, learning_rate=1e-3, warmup_steps=10, weight_decay=0.01,
+                               replay=0.5)
+    c.student = dict(init="", worked_rate=0.2, rl_steps=120, model=dict(hidden_size=64, intermediate_size=192,
+                     num_layers=2, num_heads=4, num_kv_heads=2), distill=distill)
     c.findings = dict(target_accuracy=0.6)  # finding (c): RL steps until training accuracy reaches this
     c.reward_workers = 1
     # every held-out problem, so that a difference between models is larger than its noise

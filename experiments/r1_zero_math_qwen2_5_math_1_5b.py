@@ -19,7 +19,7 @@ from ml_collections.config_dict import placeholder
 
 from r1jax import pipelines
 from r1jax.pipelines import cli
-from r1jax.pipelines.settings import reward_weights
+from r1jax.pipelines.settings import reward_weights, training_section
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -34,11 +34,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = dict(dtype="bfloat16", param_dtype="float32", remat=True)
     c.task = dict(name="math", manual_dir="")
     c.data_dir = ""
-    c.grpo = dict(template="r1_zero", system_prompt=placeholder(str), prompts_per_step=128, num_generations=8,
-                  max_prompt_length=512, max_new_tokens=3000, temperature=1.0, top_p=1.0, beta=0.0,
-                  epsilon_low=0.2, epsilon_high=placeholder(float), loss_type="dr_grpo",
-                  importance_sampling_level="token", advantage_scale="none", num_iterations=1, num_minibatches=1,
-                  steps=400, learning_rate=1e-6, warmup_steps=0, save_every=25, eval_every=50)
+    c.grpo = training_section(template="r1_zero", system_prompt=placeholder(str), prompts_per_step=128,
+                              num_generations=8, max_prompt_length=512, max_new_tokens=3000, temperature=1.0,
+                              top_p=1.0, beta=0.0, epsilon_low=0.2, epsilon_high=placeholder(float),
+                              loss_type="dr_grpo", importance_sampling_level="token", advantage_scale="none",
+                              num_iterations=1, num_minibatches=1, steps=400, learning_rate=1e-6, warmup_steps=0,
+                              schedule="constant", save_every=25, eval_every=50)
     c.rewards = reward_weights(accuracy=1.0)  # the others: 0, not used
     c.reward_workers = 8
     c.eval = dict(split="test", num_prompts=500, num_samples=8, temperature=0.6, top_p=0.95,

@@ -19,7 +19,8 @@ import ml_collections
 
 from r1jax import pipelines
 from r1jax.pipelines import cli
-from r1jax.pipelines.settings import reward_weights
+from r1jax.pipelines.settings import reward_weights, training_section
+from r1jax.train.sft import SFTSettings
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -36,12 +37,14 @@ def get_config() -> ml_collections.ConfigDict:
     # the stand-in base (r1jax/data/base_corpus.py): half its answers are worked solutions (all
     # right, half of them in the R1 format), half are quick answers without working (10% right)
     # (below ~500 steps the tiny model has not yet learned to read the operands)
-    c.pretrain = dict(steps=600, batch_size=64, learning_rate=3e-3, warmup_steps=20,
-                      worked_rate=0.5, error_rate=0.0, tagged_rate=0.5, guess_accuracy=0.1)
-    c.grpo = dict(steps=30, prompts_per_step=16, num_generations=8, max_new_tokens=48,
-                  temperature=1.0, top_p=1.0, beta=0.04, epsilon_low=0.2, loss_type="grpo",
-                  num_iterations=1, num_minibatches=1, learning_rate=1e-4, warmup_steps=5,
-                  save_every=10, eval_every=0)
+    # training sections (`training_section`) list every field of the loop and the optimizer
+    c.pretrain = training_section(SFTSettings, steps=600, batch_size=64, learning_rate=3e-3, warmup_steps=20,
+                                  weight_decay=0.01, save_every=200,
+                                  worked_rate=0.5, error_rate=0.0, tagged_rate=0.5, guess_accuracy=0.1)
+    c.grpo = training_section(steps=30, prompts_per_step=16, num_generations=8, max_new_tokens=48,
+                              temperature=1.0, top_p=1.0, beta=0.04, epsilon_low=0.2, loss_type="grpo",
+                              num_iterations=1, num_minibatches=1, learning_rate=1e-4, warmup_steps=5,
+                              schedule="constant", save_every=10, eval_every=0)
     c.rewards = reward_weights(arithmetic=1.0, format=1.0)  # the others: 0, not used
     c.reward_workers = 1
     c.eval = dict(num_prompts=30, num_samples=8, temperature=0.6, top_p=0.95)

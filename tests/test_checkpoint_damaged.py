@@ -57,7 +57,7 @@ def make_batches(state, rows, rng):
 
 def train(workdir, steps):
     return run_training(
-        LoopSettings(steps=steps, save_every=2, keep_checkpoints=2, progress=False, plot_keys=()),
+        LoopSettings(steps=steps, save_every=2, keep_checkpoints=2), progress=False, plot_keys=(),
         # momentum SGD: an optimizer state to restore, and half of Adam's compile time
         workdir=workdir, model=tiny_model(), optimizer=optax.sgd(0.05, momentum=0.9),
         loss_fn=sft_objective(), data=PromptIterator(ROWS, batch_size=4, seed=0), make_batches=make_batches,

@@ -14,14 +14,14 @@ from r1jax.data.prompts import (CHAT_TEMPLATES, R1_SYSTEM_PROMPT, R1_ZERO_TEMPLA
                                 TEXT_TEMPLATES, chat_messages, format_prompt)
 from r1jax.data.real import (HendrycksMath, gsm8k_gold_answer, last_boxed_answer,
                              load_gsm8k, load_math)
-from r1jax.data.rejection import load_sft_dataset, rejection_sample, to_sft_pairs
+from r1jax.data.rejection import load_sft_dataset, to_sft_pairs
 from r1jax.data.sources import DatasetNotPreparedError, ExampleSource
 from r1jax.data.generated import load_generated
 
 __all__ = [
     "Arithmetic", "ArithmeticConfig", "sample_arithmetic",
     "CorpusStyle", "base_corpus", "build_cold_start", "to_r1_format",
-    "load_sft_dataset", "rejection_sample", "to_sft_pairs",
+    "load_sft_dataset", "to_sft_pairs",
     "Countdown", "CountdownConfig", "sample_countdown",
     "PromptIterator",
     "CHAT_TEMPLATES", "R1_SYSTEM_PROMPT", "R1_ZERO_TEMPLATE", "TEXT_TEMPLATES",

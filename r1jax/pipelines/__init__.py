@@ -7,7 +7,6 @@
 """
 from r1jax.pipelines.distill import distill
 from r1jax.pipelines.r1 import r1_pipeline
-from r1jax.pipelines.r1_zero import r1_zero
-from r1jax.pipelines.stand_in import r1_zero_tiny
+from r1jax.pipelines.r1_zero import r1_zero, r1_zero_tiny
 
 __all__ = ["distill", "r1_pipeline", "r1_zero", "r1_zero_tiny"]

@@ -2,7 +2,7 @@
 
     workdir/data/            the task's data, when generated locally
     workdir/traces/          rejection sampling of the teacher on the task's training prompts: the kept
-                             (correct, clean) traces as a TFDS dataset with provenance (r1jax.data.rejection)
+                             (correct, clean) traces as a TFDS dataset with provenance (stages.rejection)
     workdir/sft/             SFT of the student on the traces; sft/model is the student with its tokenizer
     workdir/evals/           held-out evaluations of the student before and after
     workdir/summary.json
@@ -15,7 +15,9 @@ The config (see `experiments/distill_qwen2_5_1_5b.py`):
                            random checkpoints, whose samples are never correct)
   task, data_dir           the task whose training prompts are distilled
   template, system_prompt  the prompt format of teacher, student and evaluation
-  sft                      TrainSettings (steps, learning_rate, ...) plus batch_size, max_length, packing
+  sft                      LoopSettings (steps, save_every, num_microbatches, ...), OptimizerSettings
+                           (learning_rate, warmup_steps, schedule, weight_decay) and SFTSettings
+                           (batch_size, max_length, packing, ...)
   eval                     EvalSettings
 
 Each stage is skipped when its result is there; a killed run resumes with the same command.
@@ -26,18 +28,18 @@ import dataclasses
 import logging
 import pathlib
 import time
+from functools import partial
 
-from r1jax.data.rejection import load_sft_dataset, rejection_sample, rollout_sampler
 from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
-from r1jax.models import from_pretrained
-from r1jax.pipelines import stages
-from r1jax.pipelines.settings import (ConfigError, EvalSettings, TrainSettings, config_section, make_workdir,
-                                     settings_from)
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, config_section, make_workdir, settings_from,
+                                     training_from)
+from r1jax.pipelines.stages import Stage, evaluation_stage, given, rejection_stage, run_stages, sft_stage
 from r1jax.rollout import PromptRenderer, check_template
 from r1jax.sharding import make_mesh
 from r1jax.tasks import task_from_config
 from r1jax.tokenizers import load_tokenizer
+from r1jax.train.sft import SFTSettings
 
 log = logging.getLogger(__name__)
 KEEP = ("correct", "all")
@@ -66,17 +68,6 @@ class TeacherSettings:
                              f"got {self}")
 
 
-@dataclasses.dataclass(frozen=True)
-class SFTBatches:
-    batch_size: int = 32
-    max_length: int = 1024
-    packing: bool = False
-
-    def __post_init__(self):
-        if self.batch_size < 1 or self.max_length < 2:
-            raise ValueError(f"need batch_size >= 1 and max_length >= 2; got {self}")
-
-
 def distill(config) -> dict:
     """Run (or resume) the recipe; returns and writes the summary."""
     workdir = pathlib.Path(config.workdir)
@@ -87,7 +78,7 @@ def distill(config) -> dict:
     if not teacher_section.get("init") and config.get("runlocal"):  # a smoke run: the student is its own teacher
         teacher_section["init"] = str(init)
     teacher = settings_from(teacher_section, TeacherSettings, where="teacher")
-    train_settings, batches = settings_from(config.sft, TrainSettings, SFTBatches, where="sft")
+    loop, optimizer, batches = training_from(config.sft, SFTSettings, where="sft")
     eval_settings = settings_from(config.eval, EvalSettings, where="eval")
     with config_section("task"):
         task = task_from_config(config.task)
@@ -106,59 +97,57 @@ def distill(config) -> dict:
     test = list(task.load(eval_settings.split, data_dir=data_dir))
     eval_examples = test[:eval_settings.num_prompts] if eval_settings.num_prompts else test
 
-    # -- the teacher's traces ---------------------------------------------------------------------
-    traces_dir = workdir / "traces"
-    # the teacher samples under the same dtype policy as the student trains (remat does not apply)
-    graphdef, params = stages.split(from_pretrained(teacher.init, mesh=mesh, **dict(config.model)))
-    extra = {}
-    if teacher.keep == "all":
-        sample = rollout_sampler(graphdef, params, teacher_renderer, num_samples=teacher.num_samples,
-                                 max_prompt_length=teacher.max_prompt_length, max_new_tokens=teacher.max_new_tokens,
-                                 temperature=teacher.temperature, top_p=teacher.top_p, mesh=mesh)
-        # every sample counts as finished and correct: only duplicates are dropped
-        extra = dict(sample_fn=lambda texts, rng: [s._replace(stopped=True) for s in sample(texts, rng)],
-                     correct_fn=_accept, repetition_threshold=0.999)
-    stats = rejection_sample(
-        graphdef, params, teacher_renderer, train, output_dir=traces_dir, task=task, num_samples=teacher.num_samples,
-        max_new_tokens=teacher.max_new_tokens, max_prompt_length=teacher.max_prompt_length,
-        temperature=teacher.temperature, top_p=teacher.top_p, mesh=mesh, seed=config.seed,
-        provenance={"teacher": str(teacher.init), "keep": teacher.keep}, **extra)
-    del graphdef, params
+    keep_all = {} if teacher.keep == "correct" else dict(  # every sample counts as finished and correct
+        keep_unfinished=True, correct_fn=_accept, repetition_threshold=0.999)  # only duplicates are dropped
+    evaluation = partial(evaluation_stage, model_overrides=dict(config.model), renderer=student_renderer,
+                         examples=eval_examples, task=task, settings=eval_settings,
+                         max_new_tokens=teacher.max_new_tokens, mesh=mesh, seed=config.seed + 1)
+    recipe = [
+        given("teacher", teacher.init), given("student", init),
+        # the teacher samples under the same dtype policy as the student trains (remat does not apply)
+        Stage("traces", partial(
+            rejection_stage, renderer=teacher_renderer, examples=train, mesh=mesh, model_overrides=dict(config.model),
+            task=task, num_samples=teacher.num_samples, max_new_tokens=teacher.max_new_tokens,
+            max_prompt_length=teacher.max_prompt_length, temperature=teacher.temperature, top_p=teacher.top_p,
+            seed=config.seed, provenance={"teacher": str(teacher.init), "keep": teacher.keep}, **keep_all),
+            inputs=("teacher",), finished=None),
+        Stage("base_eval", partial(evaluation, names=("student_base",)), inputs=("student",), output="evals",
+              finished=None),
+        Stage("sft", partial(
+            _sft_stage, task=task, renderer=student_renderer, tokenizer=student_tokenizer, loop=loop,
+            optimizer=optimizer, batches=batches, mesh=mesh, seed=config.seed, name="distill",
+            model_overrides=dict(config.model)),
+            inputs=("student", "traces")),
+        Stage("final_eval", partial(evaluation, names=("student_distilled",)), inputs=("sft",), output="evals",
+              finished=None),
+    ]
+    run = run_stages(workdir, recipe)
+    if run.stopped:
+        return {"stopped": run.stopped}
+    stats, base_eval = run.results["traces"].stats, run.results["base_eval"]["student_base"]
     log.info("traces: %s (%.0fs)", stats, time.perf_counter() - started)
-    # the student sees the prompts in its own tokenizer's template
-    pairs = [(student_renderer.texts([record], task)[0], record["completion"])
-             for record in load_sft_dataset(traces_dir)]
-
-    def evaluate(name, model_dir):
-        return stages.cached(workdir / "evals" / f"{name}.json", lambda: stages.evaluate_stage(
-            *stages.split(from_pretrained(model_dir, mesh=mesh, **dict(config.model))), student_renderer, eval_examples,
-            task=task, settings=eval_settings, max_new_tokens=teacher.max_new_tokens, mesh=mesh,
-            seed=config.seed + 1))
-
-    base_eval = evaluate("student_base", init)
     summary = {"init": str(init), "teacher": str(teacher.init), "task": task.name, "traces_kept": stats.kept,
                "traces_sampled": stats.samples, **{f"base_{k}": v for k, v in base_eval.items()}}
-    if not pairs:
+    if run.results["sft"] is None:
         log.warning("no teacher trace passed the filters (%s): nothing to distill", stats.dropped)
         summary["distilled"] = False
     else:
-        model = stages.sft_stage(
-            workdir / "sft", init=init, examples=pairs, to_pairs=None, tokenizer=student_tokenizer,
-            steps=train_settings.steps, batch_size=min(batches.batch_size, len(pairs)),
-            learning_rate=train_settings.learning_rate, warmup_steps=train_settings.warmup_steps, mesh=mesh,
-            seed=config.seed, name="distill", max_length=batches.max_length, packing=batches.packing,
-            schedule=train_settings.schedule, weight_decay=train_settings.weight_decay,
-            model_overrides=dict(config.model))
-        if model is None:
-            return {"stopped": "sft"}
-        del model
-        final_eval = evaluate("student_distilled", workdir / "sft" / "model")
-        summary.update({"distilled": True, "model": str(workdir / "sft" / "model"),
+        final_eval = run.results["final_eval"]["student_distilled"]
+        summary.update({"distilled": True, "model": str(run.results["sft"]),
                         **{f"final_{k}": v for k, v in final_eval.items()}})
         print(summary_table([{"model": "student", **base_eval}, {"model": "distilled", **final_eval}]))
     summary["seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomically(workdir / "summary.json", summary, indent=2)
     return summary
+
+
+def _sft_stage(output: pathlib.Path, student: pathlib.Path, traces, *, task, renderer: PromptRenderer, **settings):
+    """SFT of the `student` checkpoint on the teacher's `traces`, their prompts in the student's own
+    template (`renderer`); None without traces (nothing to distill)."""
+    pairs = [(renderer.texts([record], task)[0], record["completion"]) for record in traces.records]
+    if not pairs:
+        return None
+    return sft_stage(output, student, pairs, to_pairs=None, **settings)
 
 
 def _accept(completion, **_) -> float:

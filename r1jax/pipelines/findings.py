@@ -15,6 +15,8 @@ the paper does; a difference between two models counts only when it exceeds
 """
 from __future__ import annotations
 
+import json
+import pathlib
 from typing import Mapping
 
 import numpy as np
@@ -98,3 +100,12 @@ def _with_error(e: Mapping, key: str) -> str:
 def _comparison(v: Mapping) -> str:
     label = v["a"] if v["a"] == v["b"] else f"{v['a']} - {v['b']}"
     return f"{label} {v['key']}: {v['difference']:+.3f} ± {v['error']:.3f} ({v['verdict']})"
+
+
+def steps_to_reach(metrics_file: pathlib.Path, target: float, window: int = 3) -> int | None:
+    """First step at which the `window`-step running mean of training accuracy reaches `target`."""
+    accuracy = [json.loads(line)["accuracy"] for line in metrics_file.read_text().splitlines()]
+    for end in range(window, len(accuracy) + 1):
+        if np.mean(accuracy[end - window:end]) >= target:
+            return end
+    return None

@@ -1,6 +1,7 @@
 """The full DeepSeek-R1 recipe in miniature, and the paper's findings measured on it.
 
-Stages (each a folder of the workdir, skipped when its result is there; see `stages`):
+Stages (each a folder of the workdir, skipped when its result is there; `r1_pipeline` is their
+table, run by `r1jax.pipelines.stages.runner`):
 
     base/                 stand-in pretrained base (narrated, language-mixed worked solutions)
     r1_zero/              GRPO from the base, rewards accuracy + format           finding (a)
@@ -16,39 +17,40 @@ Stages (each a folder of the workdir, skipped when its result is there; see `sta
     student/              a smaller model: its own base, RL from it, and distillation (SFT on
                           the rejection samples) at the RL run's compute             finding (e)
     evals/, findings.json, findings.md
+
+The stages share the task's data, the tokenizer and the mesh (`_R1Run`, prepared once every
+config section is checked); each takes its own config section and the results of the
+stages named in its `inputs`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import pathlib
 import time
-import types
+from functools import partial
+from typing import Callable
 
-import jax
-import numpy as np
+from jax.sharding import Mesh
 
-from r1jax.data import PromptIterator
-from r1jax.data.cold_start import build_cold_start, to_r1_format
 from r1jax.data.preferences import general_prompts, preference_pairs
-from r1jax.data.rejection import load_sft_dataset, rejection_sample, rollout_sampler
 from r1jax.files import write_json_atomically
-from r1jax.models import from_pretrained
-from r1jax.models.reward_model import RewardModel
-from r1jax.pipelines import stages, stand_in
-from r1jax.pipelines.findings import findings_table, models_table, paper_findings
-from r1jax.pipelines.settings import (ConfigError, EvalSettings, TrainSettings, config_section, make_workdir,
-                                     settings_from, training_settings)
+from r1jax.pipelines.findings import findings_table, models_table, paper_findings, steps_to_reach
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, config_section, grpo_training, make_workdir,
+                                     settings_from, training_from)
+from r1jax.pipelines.stages import (DistillBudget, Stage, Traces, annotated_pairs, budget_stage, check_pretrain,
+                                    cold_start_pairs, cold_start_stage, corpus_style, evaluation_stage, given,
+                                    grpo_stage, judging_stage, pretraining, rejection_stage, reward_model_stage,
+                                    run_stages, sft_stage, stand_in_data, with_replay)
 from r1jax.rewards import OutputFormat, get_reward
-from r1jax.rollout import PromptRenderer, rollout
+from r1jax.rollout import PromptRenderer
 from r1jax.sharding import make_mesh
-from r1jax.tasks import task_from_config
-from r1jax.tokenizers import R1_TAGS, load_tokenizer
-from r1jax.train.grpo import GRPOSettings
-from r1jax.train.loop import LoopSettings, run_training
-from r1jax.train.reward_model import RewardModelJudge, RewardModelSettings, RewardModelTraining
-from r1jax.train.state import make_optimizer
+from r1jax.tasks import Task, task_from_config
+from r1jax.tokenizers import R1_TAGS, Tokenizer, load_tokenizer
+from r1jax.train.loop import LoopSettings
+from r1jax.train.reward_model import RewardModelSettings
+from r1jax.train.sft import SFTSettings
+from r1jax.train.state import OptimizerSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,41 +60,197 @@ log = logging.getLogger(__name__)
 # marker starts with a piece the base never saw, and the model garbled it ("hehe answer is 8")
 FORMAT = OutputFormat(summary_template=" the answer is {answer} .")
 EVAL_SCORES = {"format_reward": "format", "r1_format": "r1_format", "language": "language"}
+# evaluated model -> the stage that makes it, in the order of the findings' table
+MODELS = {"base": "pretrain", "r1_zero": "r1_zero", "r1_zero_language": "r1_zero_language",
+          "cold_start": "cold_start", "reasoning_rl": "reasoning_rl", "sft": "sft",
+          "all_scenario_rl": "all_scenario_rl", "student_base": "student_pretrain", "student_rl": "student_rl",
+          "student_distill": "student_distill"}
+
+
+def r1_pipeline(config) -> dict:
+    """Run (or resume) every stage; returns and writes the findings."""
+    r = _R1Run.prepare(config)  # every section checked, the workdir made, the data and tokenizer there
+    c, st, seed, lam = config.cold_start, config.student, config.seed, config.language_weight
+    zero_rewards = {r.task.accuracy_reward: 1.0, "format": 1.0}
+    reasoning_rewards = {r.task.accuracy_reward: 1.0, "r1_format": 1.0, "language": lam}
+    general_train = general_prompts(seed, config.general.prompts, split="train")
+    general_pairs = [(r.renderer(q), _r1_layout(chosen))
+                     for q, chosen, _ in preference_pairs(seed, config.general.sft_pairs, aspects=("harmlessness",))]
+    preferences = [(r.renderer(q), _r1_layout(a), _r1_layout(b))
+                   for q, a, b in preference_pairs(seed, config.reward_model.pairs, split="train")]
+    annotated = annotated_pairs(r.train, c.annotated, style=corpus_style(config.pretrain), output_format=FORMAT,
+                                **r.sampling)
+    rl = partial(grpo_stage, train=r.train, rewards=zero_rewards, **r.rl)
+    sft = partial(_sft_stage, replay=r.replay, **r.common)
+    cold_start_training, sft_training, distill_training = (
+        r.training[where] for where in ("cold_start", "sft", "student.distill"))
+    reward_model_loop, reward_model_optimizer, reward_model_settings = r.training["reward_model"]
+    stand_in = dict(pretrain=config.pretrain, examples=r.train + r.test, renderer=r.renderer, task=r.task, **r.common)
+    recipe = [
+        given("pretrain", config.init) if config.init else pretraining(
+            "pretrain", "base", model_section=config.model, style=corpus_style(config.pretrain), **stand_in),
+        Stage("r1_zero", rl, inputs=("pretrain",)),
+        Stage("r1_zero_language", partial(rl, rewards={**zero_rewards, "language": lam}), inputs=("pretrain",)),
+        Stage("cold_start_data", partial(cold_start_stage, examples=r.train, section=c, annotated=annotated,
+                                         **r.cold_start), inputs=("r1_zero",), output="cold_start",
+              finished=cold_start_pairs),
+        Stage("cold_start", partial(sft, training=cold_start_training, replay_share=c.replay, replay_seed=seed + 11),
+              inputs=("pretrain", "cold_start_data")),
+        Stage("reasoning_rl", partial(rl, rewards=reasoning_rewards), inputs=("cold_start",)),
+        Stage("rejection", partial(rejection_stage, examples=_first(r.train, config.rejection.prompts),
+                                   **r.rejection), inputs=("reasoning_rl",), finished=None),
+        Stage("sft", partial(sft, training=sft_training, replay_share=config.sft.replay, extra=general_pairs,
+                             replay_seed=seed + 12), inputs=("pretrain", "rejection")),
+        Stage("reward_model", partial(reward_model_stage, pairs=preferences, loop=reward_model_loop,
+                                      optimizer=reward_model_optimizer, settings=reward_model_settings, **r.common),
+              inputs=("sft",), finished=None),
+        Stage("all_scenario_rl", partial(rl, train=r.train + general_train, rewards=reasoning_rewards),
+              inputs=("sft", "reward_model")),
+        given("student_pretrain", st.init) if st.init else pretraining(
+            "student_pretrain", "student/base", model_section=st.model, style=_student_style(config), **stand_in),
+        Stage("student_rl", partial(rl, loop=r.student_rl_loop), inputs=("student_pretrain",), output="student/rl"),
+        Stage("distill_budget", partial(budget_stage, tokenizer=r.tokenizer, settings=r.rl["settings"],
+                                        batch_size=distill_training[2].batch_size),
+              inputs=("student_pretrain", "student_rl", "rejection"), output="student", finished=None),
+        Stage("student_distill", partial(_distill_stage, training=distill_training, replay_share=st.distill.replay,
+                                         replay=r.replay, replay_seed=seed + 13, **r.common),
+              inputs=("student_pretrain", "rejection", "distill_budget"), output="student/distill"),
+        Stage("evals", partial(evaluation_stage, names=list(MODELS), **r.evaluation), inputs=tuple(MODELS.values()),
+              finished=None),
+        Stage("judge_scores", partial(judging_stage, names=("sft", "all_scenario_rl"), **r.judging),
+              inputs=("reward_model", "sft", "all_scenario_rl"), output="evals", finished=None),
+    ]
+    run = run_stages(r.workdir, recipe)
+    return {"stopped": run.stopped} if run.stopped else _write_findings(config, r, run.results)
+
+
+@dataclasses.dataclass(frozen=True)
+class _R1Run:
+    """What the stages of one run share, ready before the first starts: the workdir, the task's data,
+    the tokenizer, the mesh, and the keywords each kind of stage takes."""
+
+    workdir: pathlib.Path
+    started: float
+    task: Task
+    tokenizer: Tokenizer
+    renderer: PromptRenderer
+    mesh: Mesh
+    train: list
+    test: list
+    grpo_loop: LoopSettings  # of every GRPO stage but the student's
+    student_rl_loop: LoopSettings
+    # the loop, optimizer and batch settings of each other training section, by its name
+    training: dict[str, tuple[LoopSettings, OptimizerSettings, SFTSettings | RewardModelSettings]]
+    common: dict  # tokenizer, mesh, seed: every training stage
+    rl: dict  # grpo_stage's settings but the train prompts and rewards
+    sampling: dict  # renderer, task, seed
+    cold_start: dict  # cold_start_stage's settings but the section, the prompts and the annotated pairs
+    rejection: dict  # rejection_stage's settings but the prompts
+    replay: Callable | None  # the stand-in corpus that SFT sets are mixed with (None: a real base, no replay)
+    evaluation: dict  # evaluation_stage's settings
+    judging: dict  # judging_stage's settings
+
+    @classmethod
+    def prepare(cls, config) -> "_R1Run":
+        """Check every section, make the workdir, and prepare the task's data and the tokenizer (the
+        stand-in's, trained here, or the one beside `config.init`)."""
+        with config_section("task"):
+            task = task_from_config({"seed": config.seed, **dict(config.task)})
+        for name in (task.accuracy_reward, "format", "r1_format", "language"):
+            get_reward(name)
+        grpo, grpo_loop, grpo_optimizer = grpo_training(config.grpo, where="grpo", template=config.template)
+        eval_settings = settings_from(config.eval, EvalSettings, where="eval", scores=EVAL_SCORES)
+        training = _training_sections(config)
+        with config_section("student"):  # the student's GRPO run: config.grpo's, for its own number of steps
+            student_rl_loop = dataclasses.replace(grpo_loop, steps=config.student.rl_steps or grpo_loop.steps)
+            grpo_optimizer.check(student_rl_loop.steps)
+        workdir = make_workdir(config.workdir)
+        started = time.perf_counter()
+        mesh = make_mesh(dict(config.mesh))
+        if config.init:  # a real checkpoint: its own tokenizer, the task's own splits
+            tokenizer = load_tokenizer(config.init)  # the one beside the checkpoint
+            train = list(task.load("train", data_dir=workdir / "data"))
+            test = list(task.load(eval_settings.split, data_dir=workdir / "data"))
+        else:
+            symbols = tuple(dict.fromkeys(R1_TAGS + (FORMAT.reasoning_open, FORMAT.reasoning_close)))
+            train, test, tokenizer = stand_in_data(config, workdir, task, symbols=symbols)
+        renderer = PromptRenderer(tokenizer, config.template)
+        if config.init and (config.cold_start.replay or config.sft.replay or config.student.distill.replay):
+            log.warning("config.init is a checkpoint without the stand-in's pretraining corpus: the SFT sets are "
+                        "not mixed with replay (cold_start.replay, sft.replay, student.distill.replay are not used)")
+        seed, max_new_tokens, r = config.seed, grpo.max_new_tokens, config.rejection
+        common = dict(tokenizer=tokenizer, mesh=mesh, seed=seed)
+        return cls(
+            workdir=workdir, started=started, task=task, tokenizer=tokenizer, renderer=renderer, mesh=mesh,
+            train=train, test=test, grpo_loop=grpo_loop, student_rl_loop=student_rl_loop, training=training,
+            common=common, rl=dict(task=task, settings=grpo, loop=grpo_loop, optimizer=grpo_optimizer,
+                                   reward_workers=config.reward_workers, **common),
+            sampling=dict(renderer=renderer, task=task, seed=seed),
+            cold_start=dict(renderer=renderer, task=task, seed=seed, mesh=mesh, max_new_tokens=max_new_tokens,
+                            output_format=FORMAT),
+            rejection=dict(renderer=renderer, task=task, mesh=mesh, num_samples=r.samples_per_prompt,
+                           max_new_tokens=max_new_tokens, temperature=r.temperature, top_p=r.top_p, language="en",
+                           seed=seed, provenance={"checkpoint": str(workdir / "reasoning_rl" / "model"),
+                                                  "step": grpo_loop.steps, "stage": "reasoning_rl"}),
+            # the base was pretrained on every problem (stand_in_data)
+            replay=None if config.init else partial(
+                with_replay, corpus=train + test, style=corpus_style(config.pretrain), renderer=renderer, task=task),
+            evaluation=dict(renderer=renderer, examples=_first(test, eval_settings.num_prompts), task=task,
+                            settings=eval_settings, max_new_tokens=max_new_tokens, mesh=mesh, seed=seed + 1,
+                            per_prompt=True),
+            judging=dict(examples=general_prompts(seed + 1, config.eval.num_prompts, split="test"),
+                         renderer=renderer, num_samples=config.eval.num_samples,
+                         max_new_tokens=grpo.max_new_tokens, temperature=config.eval.temperature,
+                         top_p=config.eval.top_p, mesh=mesh, seed=seed + 2))
+
+
+def _sft_stage(output: pathlib.Path, init: pathlib.Path, data, *, training: tuple, replay: Callable | None,
+               replay_share: float, replay_seed: int, extra=(), name: str | None = None, **common):
+    """SFT of `init` on `data` (pairs, or the rejection stage's `Traces`) and the `extra` pairs, with
+    `replay_share` of the result drawn from the stand-in base's corpus (`replay`); `training`: the
+    section's (LoopSettings, OptimizerSettings, SFTSettings)."""
+    pairs = (data.pairs if isinstance(data, Traces) else list(data)) + list(extra)
+    if replay is not None:
+        pairs = replay(pairs, replay_share, replay_seed)
+    log.info("%s: %d pairs", name or output.name, len(pairs))
+    loop, optimizer, batches = training
+    return sft_stage(output, init, pairs, to_pairs=None, loop=loop, optimizer=optimizer, batches=batches,
+                     name=name or output.name, **common)
+
+
+def _distill_stage(output: pathlib.Path, student: pathlib.Path, traces: Traces, budget: DistillBudget | None, *,
+                   training: tuple, **sft):
+    """The student's SFT on the teacher's traces for the steps of the distillation `budget` (None:
+    no traces, nothing to distill)."""
+    if budget is None:
+        return None
+    loop, optimizer, batches = training
+    return _sft_stage(output, student, traces, training=(dataclasses.replace(loop, steps=budget.steps), optimizer,
+                                                         batches), name="student/distill", **sft)
+
+
+def _write_findings(config, r: _R1Run, results: dict) -> dict:
+    """The paper's findings from the evaluations of a finished run, written to findings.json/.md."""
+    evals, budget = results["evals"], results["distill_budget"]
+    k, target = config.eval.num_samples, config.findings.target_accuracy
+    findings = paper_findings(evals, k=k, target=target, rl_steps=r.grpo_loop.steps,
+                              steps_from_base=steps_to_reach(r.workdir / "r1_zero" / "metrics.jsonl", target),
+                              steps_from_cold=steps_to_reach(r.workdir / "reasoning_rl" / "metrics.jsonl", target))
+    findings["e_distillation_beats_rl_at_equal_compute"].update(
+        rl_flops=None if budget is None else budget.rl_flops, distill_steps=None if budget is None else budget.steps,
+        distill_flops=budget.steps * budget.flops_per_step if results["student_distill"] else None)
+    findings["general_prompts_judge_score"] = results["judge_scores"]
+    write_json_atomically(r.workdir / "findings.json", {"findings": findings, "evals": evals,
+                                                        "seconds": round(time.perf_counter() - r.started, 1)})
+    table = models_table(evals, k=k) + "\n\n" + findings_table(findings)
+    (r.workdir / "findings.md").write_text(table + "\n")
+    print(table)
+    return findings
 
 
 def _r1_layout(response: str) -> str:
     """A `<think> reasoning </think> summary` response in R1's output format."""
     return response.replace("<think>", FORMAT.reasoning_open, 1).replace("</think>", FORMAT.reasoning_close, 1)
-
-
-def _rl_flops(metrics_file: pathlib.Path, *, rows_per_step: int, prompt_tokens: float, flops_per_token: int,
-              with_reference: bool) -> float:
-    """FLOPs of a GRPO run from its logged response lengths: sampling (1 forward), the
-    reference (1 forward) and the update (forward + backward = 3 forwards) per token."""
-    forwards = 1 + (1 if with_reference else 0) + 3
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    tokens = sum(rows_per_step * (prompt_tokens + row["response_length"]) for row in rows)
-    return float(forwards * flops_per_token * tokens)
-
-
-def _steps_to_reach(metrics_file: pathlib.Path, target: float, window: int = 3) -> int | None:
-    """First step at which the `window`-step running mean of training accuracy reaches `target`."""
-    accuracy = [json.loads(line)["accuracy"] for line in metrics_file.read_text().splitlines()]
-    for end in range(window, len(accuracy) + 1):
-        if np.mean(accuracy[end - window:end]) >= target:
-            return end
-    return None
-
-
-def _annotated_pairs(examples, count: int, config, renderer, task) -> list[tuple[str, str]]:
-    """`count` correct worked solutions of random `examples` in R1's format, narrated in English
-    (written by the stand-in's corpus generator, so for its task only)."""
-    rng = np.random.default_rng(config.seed)
-    style = dataclasses.replace(stand_in.corpus_style(config.pretrain), worked_rate=1.0, error_rate=0.0,
-                                tagged_rate=1.0, chinese_rate=0.0)
-    chosen = [examples[i] for i in rng.integers(len(examples), size=count)]
-    return [(prompt, to_r1_format(completion, FORMAT))
-            for prompt, completion in stand_in.corpus_pairs(chosen, rng, style, renderer, task)]
 
 
 def _first(examples: list, count: int) -> list:
@@ -102,16 +260,26 @@ def _first(examples: list, count: int) -> list:
 
 def _student_style(config):
     """The stand-in student base's corpus: the base's, with the student's own `worked_rate`."""
-    return dataclasses.replace(stand_in.corpus_style(config.pretrain), worked_rate=config.student.worked_rate)
+    return dataclasses.replace(corpus_style(config.pretrain), worked_rate=config.student.worked_rate)
 
 
-def _check_training_sections(config) -> None:
-    """The optimisation of every stage that does not train with `config.rl`, checked before the first
-    stage starts (SFT and the reward model train on a cosine schedule)."""
+def _training_sections(config) -> dict[str, tuple]:
+    """The loop, optimizer and batches of every training section but GRPO's, and the other fields of
+    those sections, checked before the first stage starts."""
     if not config.init:
-        stand_in.check_pretrain(config.pretrain)
-    for where in ("cold_start", "sft", "reward_model"):
-        training_settings(config[where], where=where)
+        check_pretrain(config.pretrain)
+    cold_start_fields = ("prompts", "samples_per_prompt", "temperature", "top_p", "annotated", "replay")
+    training = {
+        "cold_start": training_from(config.cold_start, SFTSettings, where="cold_start", other=cold_start_fields),
+        "sft": training_from(config.sft, SFTSettings, where="sft", other=("replay",)),
+        "reward_model": training_from(config.reward_model, RewardModelSettings, where="reward_model",
+                                      other=("pairs",)),
+        # its steps follow from the student RL run's compute, known only then (`budget_stage`): a
+        # stand-in 1 here, its schedule checked against the real ones when the optimizer is made
+        "student.distill": settings_from({k: v for k, v in config.student.distill.items() if k != "replay"},
+                                         LoopSettings, OptimizerSettings, SFTSettings, where="student.distill",
+                                         steps=1),
+    }
     with config_section("student"):
         _student_style(config)
     for where in ("cold_start", "rejection"):
@@ -119,256 +287,9 @@ def _check_training_sections(config) -> None:
         if not isinstance(count, int) or count < 0:
             raise ConfigError(f"config.{where}.prompts={count!r}: the number of training prompts to sample, "
                               "an integer >= 0 (0: all of them)")
-    for where, field in (("cold_start", "replay"), ("sft", "replay"), ("student", "distill_replay")):
-        share = config[where][field]
-        if not 0 <= share < 1:
-            raise ConfigError(f"config.{where}.{field}={share}: the share of base-corpus pairs in the SFT set "
-                              "must be in [0, 1)")
-    # the distillation's steps follow from the student RL run's compute: known only then
-    st = config.student
-    if not 0 < st.distill_learning_rate < float("inf") or st.distill_warmup_steps < 0 or st.distill_batch_size < 1:
-        raise ConfigError(f"config.student: need a finite positive distill_learning_rate, distill_warmup_steps >= 0 "
-                          f"and distill_batch_size >= 1; got {st.distill_learning_rate}, {st.distill_warmup_steps}, "
-                          f"{st.distill_batch_size}")
-
-
-def r1_pipeline(config) -> dict:
-    """Run (or resume) every stage; returns and writes the findings."""
-    lam = config.language_weight
-    with config_section("task"):
-        task = task_from_config({"seed": config.seed, **dict(config.task)})
-    accuracy = task.accuracy_reward
-    for name in (accuracy, "format", "r1_format", "language"):
-        get_reward(name)
-    rl_settings, rl_train = settings_from(config.rl, GRPOSettings, TrainSettings, where="rl", template=config.template)
-    eval_settings = settings_from(config.eval, EvalSettings, where="eval", scores=EVAL_SCORES)
-    _check_training_sections(config)
-    with config_section("student"):  # the student's GRPO run: config.rl's, for its own number of steps
-        student_rl_train = dataclasses.replace(rl_train, steps=config.student.rl_steps or rl_train.steps)
-    workdir = make_workdir(config.workdir)
-    started = time.perf_counter()
-    mesh = make_mesh(dict(config.mesh))
-    if config.init:  # a real checkpoint: its own tokenizer, the task's own splits
-        tokenizer = load_tokenizer(config.init)  # the one beside the checkpoint
-        base_dir = pathlib.Path(config.init)
-        train = list(task.load("train", data_dir=workdir / "data"))
-        test = list(task.load(eval_settings.split, data_dir=workdir / "data"))
-    else:
-        symbols = tuple(dict.fromkeys(R1_TAGS + (FORMAT.reasoning_open, FORMAT.reasoning_close)))
-        prepared = stand_in.prepare_base(config, workdir, mesh, task, symbols=symbols)
-        if prepared is None:
-            return {"stopped": "pretrain"}
-        train, test, tokenizer, base_dir = prepared
-    renderer = PromptRenderer(tokenizer, config.template)
-    if config.init and (config.cold_start.replay or config.sft.replay or config.student.distill_replay):
-        log.warning("config.init is a checkpoint without the stand-in's pretraining corpus: the SFT sets are not "
-                    "mixed with replay (cold_start.replay, sft.replay, student.distill_replay are not used)")
-
-    def with_replay(pairs: list, share: float, seed: int) -> list:
-        """`pairs` plus pairs of the stand-in base's pretraining corpus (all its problems, drawn
-        afresh), `share` of the result: SFT keeps what the base knew, as the paper mixes
-        non-reasoning data into its SFT sets."""
-        count = round(len(pairs) * share / (1 - share)) if pairs and not config.init else 0
-        if not count:
-            return pairs
-        rng = np.random.default_rng(seed)
-        corpus = train + test  # what the base was pretrained on (stand_in.prepare_base)
-        chosen = [corpus[i] for i in rng.integers(len(corpus), size=count)]
-        return pairs + stand_in.corpus_pairs(chosen, rng, stand_in.corpus_style(config.pretrain), renderer, task)
-    eval_examples = test[:eval_settings.num_prompts] if eval_settings.num_prompts else test
-    max_new_tokens = rl_settings.max_new_tokens
-
-    def evaluate(name: str, model_dir: pathlib.Path) -> dict:
-        return stages.cached(workdir / "evals" / f"{name}.json", lambda: stages.evaluate_stage(
-            *stages.split(from_pretrained(model_dir, mesh=mesh)), renderer, eval_examples, task=task,
-            settings=eval_settings, max_new_tokens=max_new_tokens, mesh=mesh, seed=config.seed + 1,
-            per_prompt=True), needs=("per_prompt",))
-
-    def rl(name: str, init: pathlib.Path, rewards: dict, examples=train, model_reward=None, train_settings=rl_train):
-        log.info("stage %s (%.0fs)", name, time.perf_counter() - started)
-        return stages.grpo_stage(workdir / name, init=init, train=examples, tokenizer=tokenizer, task=task,
-                                 rewards=rewards, settings=rl_settings, train_settings=train_settings, mesh=mesh,
-                                 seed=config.seed, reward_workers=config.reward_workers, model_reward=model_reward)
-
-    def sample_fn(model_dir: pathlib.Path, samples: int, temperature: float, top_p: float):
-        graphdef, params = stages.split(from_pretrained(model_dir, mesh=mesh))
-        return rollout_sampler(graphdef, params, renderer, num_samples=samples, max_prompt_length=256,
-                               max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, mesh=mesh)
-
-    def sft(name: str, init, pairs, steps: int, section) -> pathlib.Path | None:
-        log.info("stage %s (%.0fs), %d pairs", name, time.perf_counter() - started, len(pairs))
-        # a small filtered set may hold fewer pairs than a batch: then every step sees all of them
-        batch_size = min(section.batch_size, len(pairs))
-        model = stages.sft_stage(workdir / name, init=init, examples=pairs, to_pairs=None, tokenizer=tokenizer,
-                                 steps=steps, batch_size=batch_size, learning_rate=section.learning_rate,
-                                 warmup_steps=section.warmup_steps, mesh=mesh, seed=config.seed, name=name)
-        return None if model is None else workdir / name / "model"
-
-    # -- R1-Zero, with and without the language reward ------------------------------------------
-    r1_zero_dir = rl("r1_zero", base_dir, {accuracy: 1.0, "format": 1.0})
-    if r1_zero_dir is None:
-        return {"stopped": "r1_zero"}
-    r1_zero_language_dir = rl("r1_zero_language", base_dir, {accuracy: 1.0, "format": 1.0, "language": lam})
-    if r1_zero_language_dir is None:
-        return {"stopped": "r1_zero_language"}
-
-    # -- cold start: readable R1-Zero outputs in R1's format, then SFT of the base ----------------
-    c = config.cold_start
-    cold_start_data = workdir / "cold_start" / "data.json"
-    if not cold_start_data.exists():
-        sample = sample_fn(r1_zero_dir, c.samples_per_prompt, c.temperature, c.top_p)
-        sampled = _first(train, c.prompts)
-        texts = renderer.texts(sampled, task)
-        records = []
-        for start in range(0, len(sampled), 32):
-            chunk = sampled[start:start + 32]
-            out = sample(texts[start:start + 32], jax.random.key(config.seed + start))
-            for i, (completion, _, _) in enumerate(out):
-                example = chunk[i // c.samples_per_prompt]
-                records.append({"prompt": texts[start + i // c.samples_per_prompt], "completion": completion,
-                                **example})
-        pairs, stats = build_cold_start(records, correct_fn=get_reward(accuracy), language="en",
-                                        output_format=FORMAT)
-        # the paper's cold start also has human-written long CoT: here, worked solutions written
-        # by the corpus generator in one language (`annotated` of them; 0 keeps R1-Zero data only)
-        pairs += _annotated_pairs(train, c.annotated, config, renderer, task) if c.annotated else []
-        stats["annotated"] = c.annotated
-        cold_start_data.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(cold_start_data, {"pairs": pairs, "stats": stats}, indent=2)
-    cold = json.loads(cold_start_data.read_text())
-    log.info("cold start data: %s", cold["stats"])
-    if not cold["pairs"]:
-        raise RuntimeError(f"no R1-Zero sample passed the cold-start filters ({cold['stats']}) and "
-                           "cold_start.annotated is 0: train R1-Zero longer or add annotated samples")
-    cold_start_dir = sft("cold_start", base_dir,
-                         with_replay([tuple(p) for p in cold["pairs"]], c.replay, config.seed + 11), c.steps, c)
-    if cold_start_dir is None:
-        return {"stopped": "cold_start"}
-
-    # -- reasoning RL with the language reward ----------------------------------------------------
-    reasoning_rewards = {accuracy: 1.0, "r1_format": 1.0, "language": lam}
-    reasoning_dir = rl("reasoning_rl", cold_start_dir, reasoning_rewards)
-    if reasoning_dir is None:
-        return {"stopped": "reasoning_rl"}
-
-    # -- rejection sampling, then SFT on reasoning + general data ---------------------------------
-    r = config.rejection
-    rejection_dir = workdir / "rejection"
-    rejection_sample(
-        *stages.split(from_pretrained(reasoning_dir, mesh=mesh)), renderer, _first(train, r.prompts),
-        output_dir=rejection_dir, task=task,
-        num_samples=r.samples_per_prompt, max_new_tokens=max_new_tokens, temperature=r.temperature,
-        top_p=r.top_p, language="en", mesh=mesh, seed=config.seed,
-        provenance={"checkpoint": str(reasoning_dir), "step": rl_train.steps, "stage": "reasoning_rl"})
-    reasoning_pairs = [(rec["prompt"], rec["completion"]) for rec in load_sft_dataset(rejection_dir)]
-    general_train = general_prompts(config.seed, config.general.prompts, split="train")
-    general_pairs = [(renderer(q), _r1_layout(chosen))
-                     for q, chosen, _ in preference_pairs(config.seed, config.general.sft_pairs,
-                                                          aspects=("harmlessness",))]
-    s = config.sft
-    sft_dir = sft("sft", base_dir, with_replay(reasoning_pairs + general_pairs, s.replay, config.seed + 12),
-                  s.steps, s)
-    if sft_dir is None:
-        return {"stopped": "sft"}
-
-    # -- the reward model of general prompts ------------------------------------------------------
-    m = config.reward_model
-    log.info("stage reward_model (%.0fs)", time.perf_counter() - started)
-    rm_pairs = [(renderer(q), _r1_layout(a), _r1_layout(b))
-                for q, a, b in preference_pairs(config.seed, m.pairs, split="train")]
-    # a finished run restores its last checkpoint and returns at once: nothing to export
-    rm_stage = RewardModelTraining(RewardModelSettings(), tokenizer=tokenizer, mesh=mesh)
-    rm_result = run_training(
-        LoopSettings(steps=m.steps, save_every=m.steps, seed=config.seed, plot_keys=("loss", "accuracy")),
-        workdir=workdir / "reward_model", model=RewardModel.from_transformer(from_pretrained(sft_dir, mesh=mesh)),
-        optimizer=make_optimizer(m.learning_rate, m.warmup_steps, m.steps, weight_decay=0.01),
-        loss_fn=rm_stage.objective(), data=PromptIterator(rm_pairs, batch_size=m.batch_size, seed=config.seed),
-        make_batches=rm_stage.make_batches, mesh=mesh, name="reward_model")
-    if not rm_result.completed:
-        return {"stopped": "reward_model"}
-    judge = RewardModelJudge(rm_result.state.graphdef, rm_result.state.params, tokenizer, mesh)
-
-    # -- RL for all scenarios ---------------------------------------------------------------------
-    final_dir = rl("all_scenario_rl", sft_dir, reasoning_rewards, examples=train + general_train,
-                   model_reward=judge)
-    if final_dir is None:
-        return {"stopped": "all_scenario_rl"}
-
-    # -- distillation vs RL on a smaller student, at equal compute ---------------------------------
-    st = config.student
-    if st.init:  # a real student checkpoint
-        student_base = pathlib.Path(st.init)
-    else:
-        # the student's own pretraining corpus: `worked_rate` sets how often its base shows the
-        # worked reasoning that RL could amplify (the paper's explanation of its Table 6)
-        student_base = stand_in.pretrain_stage(
-            workdir / "student" / "base", model_section=st.model, pretrain=config.pretrain,
-            style=_student_style(config), examples=train + test, tokenizer=tokenizer,
-            renderer=renderer, task=task, mesh=mesh, seed=config.seed, name="student_pretrain")
-        if student_base is None:
-            return {"stopped": "student_pretrain"}
-    student_config = from_pretrained(student_base).config
-    student_rl = rl("student/rl", student_base, {accuracy: 1.0, "format": 1.0}, train_settings=student_rl_train)
-    if student_rl is None:
-        return {"stopped": "student_rl"}
-    rl_flops = distill_steps = sft_flops_per_step = student_distill = None
-    if reasoning_pairs:
-        prompt_tokens = float(np.mean([len(tokenizer.encode(p)) for p, _ in reasoning_pairs]))
-        completion_tokens = float(np.mean([len(tokenizer.encode(c)) + 1 for _, c in reasoning_pairs]))
-        student_flops = student_config.flops_per_token()
-        rl_flops = _rl_flops(workdir / "student" / "rl" / "metrics.jsonl",
-                             rows_per_step=rl_settings.prompts_per_step * rl_settings.num_generations,
-                             prompt_tokens=prompt_tokens, flops_per_token=student_flops,
-                             with_reference=rl_settings.beta != 0)
-        distill_batch = min(st.distill_batch_size, len(reasoning_pairs))  # as `sft` will use
-        sft_flops_per_step = 3 * student_flops * distill_batch * (prompt_tokens + completion_tokens)
-        distill_steps = max(1, round(rl_flops / sft_flops_per_step))
-        student_distill = sft("student/distill", student_base,
-                              with_replay(reasoning_pairs, st.distill_replay, config.seed + 13), distill_steps,
-                              types.SimpleNamespace(batch_size=st.distill_batch_size,
-                                                    warmup_steps=st.distill_warmup_steps,
-                                                    learning_rate=st.distill_learning_rate))
-        if student_distill is None:
-            return {"stopped": "student_distill"}
-    else:
-        log.warning("rejection sampling kept no teacher traces: no distillation to compare")
-
-    # -- evaluations and findings ---------------------------------------------------------------
-    models = {"base": base_dir, "r1_zero": r1_zero_dir, "r1_zero_language": r1_zero_language_dir,
-              "cold_start": cold_start_dir, "reasoning_rl": reasoning_dir, "sft": sft_dir,
-              "all_scenario_rl": final_dir, "student_base": student_base, "student_rl": student_rl}
-    if student_distill is not None:
-        models["student_distill"] = student_distill
-    evals = {name: evaluate(name, path) for name, path in models.items()}
-    general_test = general_prompts(config.seed + 1, config.eval.num_prompts, split="test")
-    general_scores = {name: stages.cached(workdir / "evals" / f"{name}_general.json", lambda path=path: {
-        "judge_score": _judge_score(path, judge, general_test, renderer, config, mesh)})["judge_score"]
-        for name, path in (("sft", sft_dir), ("all_scenario_rl", final_dir))}
-    k = config.eval.num_samples
-    target = config.findings.target_accuracy
-    steps_from_base = _steps_to_reach(workdir / "r1_zero" / "metrics.jsonl", target)
-    steps_from_cold = _steps_to_reach(workdir / "reasoning_rl" / "metrics.jsonl", target)
-    findings = paper_findings(evals, k=k, target=target, rl_steps=rl_train.steps, steps_from_base=steps_from_base,
-                              steps_from_cold=steps_from_cold)
-    findings["e_distillation_beats_rl_at_equal_compute"].update(
-        rl_flops=rl_flops, distill_steps=distill_steps,
-        distill_flops=distill_steps * sft_flops_per_step if student_distill else None)
-    findings["general_prompts_judge_score"] = general_scores
-    write_json_atomically(workdir / "findings.json", {"findings": findings, "evals": evals,
-                                                  "seconds": round(time.perf_counter() - started, 1)})
-    table = models_table(evals, k=k) + "\n\n" + findings_table(findings)
-    (workdir / "findings.md").write_text(table + "\n")
-    print(table)
-    return findings
-
-
-def _judge_score(model_dir, judge, examples, renderer, config, mesh) -> float:
-    """Mean judge reward of a policy's samples on held-out general prompts."""
-    graphdef, params = stages.split(from_pretrained(model_dir, mesh=mesh))
-    texts = [renderer(ex["question"]) for ex in examples]
-    k = config.eval.num_samples
-    out = rollout(graphdef, params, renderer.tokenizer, renderer.encode_all(texts), jax.random.key(config.seed + 2),
-                  repeat=k, max_prompt_length=256, max_new_tokens=config.rl.max_new_tokens,
-                  temperature=config.eval.temperature, top_p=config.eval.top_p, mesh=mesh)
-    grouped = [ex for ex in examples for _ in range(k)]
-    return float(np.mean(judge([texts[i // k] for i in range(len(grouped))], out.completions, grouped)))
+    for where, section in (("cold_start", config.cold_start), ("sft", config.sft),
+                           ("student.distill", config.student.distill)):
+        if not 0 <= section.replay < 1:
+            raise ConfigError(f"config.{where}.replay={section.replay}: the share of base-corpus pairs in the SFT "
+                              "set must be in [0, 1)")
+    return training

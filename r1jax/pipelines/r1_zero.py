@@ -11,8 +11,9 @@ The config (see `experiments/grpo_smollm2.py`):
   tokenizer      its tokenizer ("" = the one beside `init`)
   model          `ModelConfig` overrides: the dtype policy (dtype, param_dtype) and remat
   task           {"name": <registered task>, **its options}; data_dir ("" = workdir/data)
-  grpo           `GRPOSettings` fields (template, system_prompt, loss options ...) and
-                 `TrainSettings` fields (steps, learning_rate, warmup_steps, ...)
+  grpo           `GRPOSettings` fields (template, system_prompt, loss options ...), the loop's
+                 (`LoopSettings`: steps, save_every, num_microbatches, ...) and the optimizer's
+                 (`OptimizerSettings`: learning_rate, warmup_steps, schedule, weight_decay)
   rewards        {registered reward: weight}, 0 meaning not used (`settings.reward_weights`); reward_workers
   eval           `EvalSettings` of the held-out evaluation
   mesh           the training mesh ({"data": -1}, {"fsdp": -1}, ...: `r1jax.sharding.make_mesh`)
@@ -20,26 +21,31 @@ The config (see `experiments/grpo_smollm2.py`):
                  weights are resharded onto it in device memory
 
 Each stage is skipped when its result is there, so a run killed at any point resumes
-with the same command (see `r1jax.pipelines.stages`).
+with the same command (see `r1jax.pipelines.stages.runner`).
+
+`r1_zero_tiny` first pretrains a stand-in base (`r1jax.pipelines.stages.pretrain`), then runs
+the same recipe from it.
 """
 from __future__ import annotations
 
 import logging
 import pathlib
 import time
+from functools import partial
+
+import ml_collections
 
 from r1jax.distributed import is_primary
 from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
-from r1jax.models import from_pretrained
-from r1jax.pipelines import stages
-from r1jax.pipelines.settings import (ConfigError, EvalSettings, TrainSettings, check_rewards,
-                                     config_section, make_workdir, settings_from)
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_rewards, config_section, grpo_training,
+                                     make_workdir, settings_from)
+from r1jax.pipelines.stages import (Stage, check_pretrain, corpus_style, evaluate_model, evaluation_stage, given,
+                                    grpo_stage, pretraining, run_stages, stand_in_data)
 from r1jax.rollout import PromptRenderer
-from r1jax.sharding import make_mesh, reshard
+from r1jax.sharding import make_mesh
 from r1jax.tasks import task_from_config
 from r1jax.tokenizers import load_tokenizer
-from r1jax.train.grpo import GRPOSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +64,7 @@ class RunSettings:
         with config_section("task"):
             self.task = task_from_config(config.task)
         self.data_dir = pathlib.Path(config.data_dir) if config.data_dir else self.workdir / "data"
-        self.grpo, self.train = settings_from(config.grpo, GRPOSettings, TrainSettings, where="grpo")
+        self.grpo, self.loop, self.optimizer = grpo_training(config.grpo, where="grpo")
         self.rewards = check_rewards(config.rewards)
         self.eval = settings_from(config.eval, EvalSettings, where="eval")
         self.seed, self.mesh, self.reward_workers = config.seed, dict(config.mesh), config.reward_workers
@@ -78,30 +84,26 @@ def r1_zero(config, *, started: float | None = None) -> dict:
     test = list(run.task.load(run.eval.split, data_dir=run.data_dir))
     eval_examples = test[:run.eval.num_prompts] if run.eval.num_prompts else test
     renderer = PromptRenderer(tokenizer, run.grpo.template, run.grpo.system_prompt)
-
-    def evaluate_params(graphdef, params):
-        if sampler_mesh is not mesh:
-            params = reshard(params, sampler_mesh)
-        return stages.evaluate_stage(graphdef, params, renderer, eval_examples, task=run.task, settings=run.eval,
-                                     max_new_tokens=run.grpo.max_new_tokens, mesh=sampler_mesh, seed=run.seed + 1)
-
-    def evaluate(name, model_dir):
-        return stages.cached(run.workdir / "evals" / f"{name}.json", lambda: evaluate_params(
-            *stages.split(from_pretrained(model_dir, mesh=mesh, **run.model_overrides))))
-
-    base_eval = evaluate("base", run.init)
-    log.info("base: %s (%.0fs)", base_eval, time.perf_counter() - started)
-    final_dir = stages.grpo_stage(
-        run.workdir / "grpo", init=run.init, train=train, tokenizer=tokenizer, task=run.task, rewards=run.rewards,
-        settings=run.grpo, train_settings=run.train, mesh=mesh, seed=run.seed, reward_workers=run.reward_workers,
-        model_overrides=run.model_overrides, sampler_mesh=sampler_mesh,
-        evaluate=(lambda state, step: evaluate_params(state.graphdef, state.params)) if run.train.eval_every
-        else None)
-    if final_dir is None:
-        return {"stopped": "grpo"}
-    final_eval = evaluate("grpo", final_dir)
+    evaluate = partial(evaluate_model, renderer=renderer, examples=eval_examples, task=run.task, settings=run.eval,
+                       max_new_tokens=run.grpo.max_new_tokens, mesh=mesh, seed=run.seed + 1, sampler_mesh=sampler_mesh)
+    evaluation = partial(evaluation_stage, model_overrides=run.model_overrides, **evaluate.keywords)
+    recipe = [
+        given("init", run.init),
+        Stage("base_eval", partial(evaluation, names=("base",)), inputs=("init",), output="evals", finished=None),
+        Stage("grpo", partial(
+            grpo_stage, train=train, tokenizer=tokenizer, task=run.task, rewards=run.rewards, settings=run.grpo,
+            loop=run.loop, optimizer=run.optimizer, mesh=mesh, seed=run.seed, reward_workers=run.reward_workers,
+            model_overrides=run.model_overrides, sampler_mesh=sampler_mesh,
+            evaluate=(lambda state, step: evaluate(state.graphdef, state.params)) if run.loop.eval_every else None),
+            inputs=("init",)),
+        Stage("final_eval", partial(evaluation, names=("grpo",)), inputs=("grpo",), output="evals", finished=None),
+    ]
+    results = run_stages(run.workdir, recipe)
+    if results.stopped:
+        return {"stopped": results.stopped}
+    base_eval, final_eval = results.results["base_eval"]["base"], results.results["final_eval"]["grpo"]
     k = run.eval.num_samples
-    summary = {"init": str(run.init), "task": run.task.name, "model": str(final_dir)}
+    summary = {"init": str(run.init), "task": run.task.name, "model": str(results.results["grpo"])}
     for name, result in (("base", base_eval), ("final", final_eval)):
         summary.update({f"{name}_{key}": value for key, value in result.items()})
     summary.update({"eval_prompts": len(eval_examples), "eval_samples_per_prompt": k,
@@ -111,3 +113,31 @@ def r1_zero(config, *, started: float | None = None) -> dict:
         print(summary_table([{"model": name, **{key: result[key] for key in result}}
                              for name, result in (("base", base_eval), ("R1-Zero", final_eval))]))
     return summary
+
+
+def generic_config(config, base_dir: pathlib.Path, tokenizer_path: pathlib.Path) -> ml_collections.ConfigDict:
+    """The generic recipe config (`r1_zero`) of a tiny experiment whose base is `base_dir`."""
+    workdir = pathlib.Path(config.workdir)
+    return ml_collections.ConfigDict({
+        "workdir": str(workdir), "seed": config.seed, "mesh": dict(config.mesh),
+        "sampler_mesh": dict(config.sampler_mesh), "init": str(base_dir),
+        "tokenizer": str(tokenizer_path), "model": {}, "task": {"seed": config.seed, **dict(config.task)},
+        "data_dir": str(workdir / "data"), "grpo": {**dict(config.grpo), "template": config.template},
+        "rewards": dict(config.rewards), "reward_workers": config.reward_workers, "eval": dict(config.eval)})
+
+
+def r1_zero_tiny(config) -> dict:
+    """R1-Zero in miniature: pretrain the stand-in base, then the generic R1-Zero recipe from it."""
+    started = time.perf_counter()
+    workdir = pathlib.Path(config.workdir)
+    generic = generic_config(config, workdir / "base" / "model", workdir / "tokenizer.model")
+    run = RunSettings(generic, init_exists=False)  # every RL setting is checked before pretraining starts
+    check_pretrain(config.pretrain)
+    make_workdir(workdir)
+    train, test, tokenizer = stand_in_data(config, workdir, run.task)
+    pretrain = pretraining("pretrain", "base", model_section=config.model, pretrain=config.pretrain,
+                           style=corpus_style(config.pretrain), examples=train + test, tokenizer=tokenizer,
+                           renderer=PromptRenderer(tokenizer, config.template), task=run.task,
+                           mesh=make_mesh(run.mesh), seed=config.seed)
+    stopped = run_stages(workdir, [pretrain]).stopped
+    return {"stopped": stopped} if stopped else r1_zero(generic, started=started)

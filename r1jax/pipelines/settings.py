@@ -14,10 +14,12 @@ import contextlib
 import dataclasses
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from r1jax.rewards import get_reward, list_rewards
-from r1jax.train.state import check_schedule
+from r1jax.train.grpo import GRPOSettings
+from r1jax.train.loop import LoopSettings
+from r1jax.train.state import OptimizerSettings
 
 
 class ConfigError(ValueError):
@@ -36,24 +38,6 @@ def config_section(where: str):
         raise
     except ValueError as error:
         raise ConfigError(f"config.{where}: {error}") from None
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    """The optimisation of one training stage (the loop and AdamW with warmup)."""
-
-    steps: int
-    learning_rate: float
-    warmup_steps: int = 0
-    schedule: str = "constant"  # or "cosine" (r1jax.train.state.make_schedule)
-    weight_decay: float = 0.0
-    save_every: int = 50
-    eval_every: int = 0  # 0: evaluate at the end only
-
-    def __post_init__(self):
-        if self.save_every < 1 or self.eval_every < 0:
-            raise ValueError(f"need save_every >= 1 and eval_every >= 0; got {self}")
-        check_schedule(self.learning_rate, self.warmup_steps, self.steps, self.schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,15 +83,45 @@ def settings_from(section: Mapping[str, Any] | None, *classes, where: str, **fix
     return built[0] if len(built) == 1 else tuple(built)
 
 
-def training_settings(section: Mapping[str, Any], *, where: str, schedule: str = "cosine") -> TrainSettings:
-    """The `steps`, `learning_rate` and `warmup_steps` (and `batch_size`, where there is one) of a
-    section that holds other fields too (pretraining, SFT, the reward model), checked as the
-    stage will use them: `schedule` is the one that stage trains with."""
+def training_section(*classes, **values) -> dict:
+    """A config's section of one training run: every field of `LoopSettings`, `OptimizerSettings`
+    and `classes` (e.g. `SFTSettings`) at its default unless given in `values`, which may also
+    hold the stage's other fields.
+
+    Listing them all lets the command line set any of them in a locked config
+    (`--config.sft.num_microbatches=2`); `steps` and `learning_rate` have no default.
+    """
+    defaults = {field.name: field.default for cls in (LoopSettings, OptimizerSettings, *classes)
+                for field in dataclasses.fields(cls) if field.default is not dataclasses.MISSING}
+    return {**defaults, **values}
+
+
+def training_from(section: Mapping[str, Any], *classes, where: str, other: Sequence[str] = (), **fixed) -> tuple:
+    """(`LoopSettings`, `OptimizerSettings`, one instance of each of `classes`) of a training section,
+    the optimizer's schedule checked against the loop's steps.
+
+    `other`: fields of the section that the recipe reads itself (e.g. a replay share), not settings
+    of the run; `fixed`: as in `settings_from`.
+    """
+    values = {name: value for name, value in dict(section).items() if name not in other}
+    loop, optimizer, *rest = settings_from(values, LoopSettings, OptimizerSettings, *classes, where=where, **fixed)
     with config_section(where):
-        if "batch_size" in section and section["batch_size"] < 1:
-            raise ValueError(f"batch_size={section['batch_size']}: use 1 or more")
-        return TrainSettings(steps=section["steps"], learning_rate=section["learning_rate"],
-                             warmup_steps=section["warmup_steps"], schedule=schedule)
+        optimizer.check(loop.steps)
+    return (loop, optimizer, *rest)
+
+
+def grpo_training(section: Mapping[str, Any], *, where: str, **fixed
+                  ) -> tuple[GRPOSettings, LoopSettings, OptimizerSettings]:
+    """A GRPO section: its `GRPOSettings` and the run's loop and optimizer, the loop's
+    `num_microbatches` checked against the rows of one update (whole groups in each microbatch)."""
+    loop, optimizer, grpo = training_from(section, GRPOSettings, where=where, **fixed)
+    rows = grpo.prompts_per_step * grpo.num_generations // grpo.num_minibatches
+    group = grpo.num_generations if grpo.prompts_per_step % grpo.num_minibatches == 0 else 1
+    if rows % (loop.num_microbatches * group):
+        raise ConfigError(f"config.{where}: num_microbatches={loop.num_microbatches} does not split an update's "
+                          f"{rows} rows (prompts_per_step x num_generations / num_minibatches) into whole groups "
+                          f"of {group}; use a divisor of {rows // group}")
+    return grpo, loop, optimizer
 
 
 def reward_weights(**weights: float) -> dict[str, float]:
@@ -150,5 +164,5 @@ def make_workdir(workdir) -> pathlib.Path:
     return path
 
 
-__all__ = ["ConfigError", "EvalSettings", "TrainSettings", "check_rewards", "config_section", "make_workdir",
-           "reward_weights", "settings_from", "training_settings"]
+__all__ = ["ConfigError", "EvalSettings", "check_rewards", "config_section", "grpo_training", "make_workdir",
+           "reward_weights", "settings_from", "training_from", "training_section"]

@@ -48,15 +48,27 @@ class ResumableIterator(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class LoopSettings:
-    steps: int
-    save_every: int = 50
-    keep_checkpoints: int = 2
+    """How one training run steps, evaluates, logs and checkpoints: a config's training section
+    (with the run's `OptimizerSettings`, `r1jax.pipelines.settings.training_from`)."""
+
+    steps: int  # optimizer steps of the run
+    save_every: int = 50  # a checkpoint every this many steps (and at the last)
+    keep_checkpoints: int = 2  # the newest this many are kept
     eval_every: int = 0  # 0: only at the end
     log_every: int = 1
-    num_microbatches: int = 1
-    seed: int = 0
-    progress: bool = True
-    plot_keys: Sequence[str] = ("loss", "reward", "accuracy", "response_length", "kl")
+    num_microbatches: int = 1  # gradient accumulation: each batch's rows split into this many
+
+    def __post_init__(self):
+        counts = {"steps": self.steps, "save_every": self.save_every, "keep_checkpoints": self.keep_checkpoints,
+                  "log_every": self.log_every, "num_microbatches": self.num_microbatches}
+        for name, value in counts.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r}: use a whole number >= 1")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise ValueError(f"eval_every={self.eval_every!r}: use a whole number >= 0 (0: at the end only)")
+
+
+PLOT_KEYS = ("loss", "reward", "accuracy", "response_length", "kl")
 
 
 # make_batches(state, examples, rng) -> (list of device batches, host metrics of the step)
@@ -73,11 +85,13 @@ class TrainResult(NamedTuple):
 def run_training(settings: LoopSettings, *, workdir: str | pathlib.Path, model: Transformer,
                  optimizer: optax.GradientTransformation, loss_fn, data: ResumableIterator,
                  make_batches: MakeBatches, mesh: Mesh, evaluate: EvaluateFn | None = None,
-                 name: str = "train") -> TrainResult:
+                 name: str = "train", seed: int = 0, progress: bool = True,
+                 plot_keys: Sequence[str] = PLOT_KEYS) -> TrainResult:
     """Train `model` for `settings.steps` optimizer steps (or resume and finish); return the final state.
 
     Every batch `make_batches` returns is one `train_step` (e.g. GRPO's mu iterations x
-    minibatches).
+    minibatches). `seed`: the steps' randomness; `progress`: a progress bar; `plot_keys`: the
+    metrics plotted to metrics.png at the end.
     """
     workdir = pathlib.Path(workdir)
     signature = model_signature(model.config, nnx.state(model, nnx.Param), ignore=RUNTIME_FIELDS)
@@ -95,9 +109,9 @@ def run_training(settings: LoopSettings, *, workdir: str | pathlib.Path, model: 
         start, state, host = restored
         data.restore(host["data"])
         log.info("%s: resumed from step %d in %s", name, start, workdir)
-    metrics_logger = MetricsLogger(workdir, total_steps=settings.steps, progress=settings.progress)
+    metrics_logger = MetricsLogger(workdir, total_steps=settings.steps, progress=progress)
     metrics_logger.truncate_after(start)
-    rng = jax.random.key(settings.seed)
+    rng = jax.random.key(seed)
     eval_metrics: dict[str, float] = {}
     stop = False
     with Preemption() as preemption, metrics_logger, checkpointer:
@@ -128,7 +142,7 @@ def run_training(settings: LoopSettings, *, workdir: str | pathlib.Path, model: 
                 break
     try:
         if is_primary():  # the one writer of metrics
-            plot_metrics(workdir / "metrics.jsonl", workdir / "metrics.png", keys=settings.plot_keys)
+            plot_metrics(workdir / "metrics.jsonl", workdir / "metrics.png", keys=plot_keys)
     except ValueError as err:  # none of the keys logged, e.g. a zero-step run
         log.info("no plot: %s", err)
     return TrainResult(state, eval_metrics, completed=not stop)

@@ -134,8 +134,13 @@ def reward_model_objective():
 
 @dataclasses.dataclass(frozen=True)
 class RewardModelSettings:
+    batch_size: int = 32  # preference pairs per optimizer step
     max_length: int = 256  # prompt + response tokens; longer pairs are an error, not truncated
     pad_to_multiple: int = 32  # each new batch width compiles the step again: max_length gives one width
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_length < 2 or self.pad_to_multiple < 1:
+            raise ValueError(f"need batch_size >= 1, max_length >= 2 and pad_to_multiple >= 1, got {self}")
 
 
 class RewardModelTraining:

@@ -7,10 +7,11 @@ completion tokens (and the EOS that ends them), never the prompt.
     formatter = PairFormatter(task, template="r1_zero")  # task: an r1jax.tasks.Task or its name
     pairs = [formatter.from_solution(ex, reasoning, answer) for ...]     # cold start
     pairs = [formatter(ex, completion) for ...]                         # rejection-sampled / teacher
-    sft = SFT(SFTSettings(max_length=512, packing=True), tokenizer=tokenizer, mesh=mesh)
-    steps = steps_for_epochs(len(pairs), batch_size=64, epochs=2)
+    settings = SFTSettings(batch_size=64, max_length=512, packing=True)
+    sft = SFT(settings, tokenizer=tokenizer, mesh=mesh)
+    steps = steps_for_epochs(len(pairs), batch_size=settings.batch_size, epochs=2)
     run_training(LoopSettings(steps=steps), ..., loss_fn=sft.objective(),
-                 data=PromptIterator(pairs, batch_size=64, seed=0, num_epochs=2),
+                 data=PromptIterator(pairs, batch_size=settings.batch_size, seed=0, num_epochs=2),
                  make_batches=sft.make_batches, evaluate=lambda state, step: sft.evaluate(state, held_out))
 
 Rows are either padded (one pair per row, padded on the left) or packed (several pairs
@@ -43,16 +44,16 @@ Pair = tuple[str, str]
 
 @dataclasses.dataclass(frozen=True)
 class SFTSettings:
+    """The batches of one SFT run: a config's SFT section (with its `LoopSettings` and `OptimizerSettings`)."""
+
+    batch_size: int = 32  # pairs per optimizer step (`PromptIterator`)
     max_length: int = 256  # prompt + completion tokens; longer pairs are an error, not truncated
     packing: bool = False  # pack pairs into rows of max_length tokens instead of one padded row each
-    # the row count is rounded up (with empty rows) to a multiple of this x the data-parallel
-    # devices: set it to the loop's num_microbatches so that every batch splits evenly
-    row_multiple: int = 1
     eval_batch_size: int = 64  # pairs per forward pass in `SFT.evaluate`
 
     def __post_init__(self):
-        if self.max_length < 2 or self.row_multiple < 1 or self.eval_batch_size < 1:
-            raise ValueError(f"need max_length >= 2, row_multiple >= 1 and eval_batch_size >= 1, got {self}")
+        if self.batch_size < 1 or self.max_length < 2 or self.eval_batch_size < 1:
+            raise ValueError(f"need batch_size >= 1, max_length >= 2 and eval_batch_size >= 1, got {self}")
 
 
 # ---- pairs from examples -----------------------------------------------------------------
@@ -195,11 +196,15 @@ class SFT:
     """
 
     def __init__(self, settings: SFTSettings, *, tokenizer: Tokenizer, mesh: Mesh,
-                 to_pairs: Callable[[Sequence, np.random.Generator], list[Pair]] | None = None):
+                 to_pairs: Callable[[Sequence, np.random.Generator], list[Pair]] | None = None,
+                 num_microbatches: int = 1):
         self.settings = settings
         self.tokenizer = tokenizer
         self.mesh = mesh
         self.to_pairs = to_pairs
+        # the row count is rounded up (with empty rows) to a multiple of this x the data-parallel
+        # devices: the loop's num_microbatches, so that every batch splits evenly
+        self.row_multiple = num_microbatches
 
     def objective(self):
         return sft_objective()
@@ -209,7 +214,7 @@ class SFT:
 
         Every process's rows get the same shape (empty rows at the bottom, padding columns
         on the left), a row count whose total over processes splits into
-        `row_multiple` x the data-parallel devices: one global batch, even when packing
+        `num_microbatches` x the data-parallel devices: one global batch, even when packing
         fills a different number of rows on each host.
         """
         s = self.settings
@@ -217,7 +222,7 @@ class SFT:
             batch = pack_pairs(self.tokenizer, pairs, max_length=s.max_length)
         else:
             batch = encode_pairs(self.tokenizer, pairs, max_length=s.max_length)
-        parts = s.row_multiple * num_batch_shards(self.mesh)
+        parts = self.row_multiple * num_batch_shards(self.mesh)
         batch = common_shape(batch, pad_values={"tokens": self.tokenizer.pad_id},
                              row_multiple=parts // np.gcd(parts, jax.process_count()))
         if not len(batch["tokens"]):

@@ -10,6 +10,7 @@ model's graph definition and the optimizer, rides along in the tree definition, 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -44,16 +45,21 @@ class TrainState(struct.PyTreeNode):
         return nnx.merge(self.graphdef, self.params if params is None else params)
 
 
-def check_schedule(learning_rate: float, warmup_steps: int, total_steps: int, schedule: str = "cosine"):
+def check_schedule(learning_rate: float, warmup_steps: int, total_steps: int | None, schedule: str = "cosine"):
     """Refuse a schedule that cannot train: raises ValueError naming the argument to change.
 
     A NaN, infinite or non-positive rate would train (and export) a NaN model, and a warmup
     as long as the run never reaches the peak rate (cosine: never starts to decay).
+    `total_steps` None: the run's length is not known yet; only the other arguments are checked.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}; use one of {SCHEDULES}")
     if not 0 < learning_rate < float("inf"):  # False for NaN too
         raise ValueError(f"learning_rate={learning_rate}: use a finite positive number")
+    if total_steps is None:
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps={warmup_steps}: use 0 or more")
+        return
     if warmup_steps < 0 or total_steps < 1:
         raise ValueError(f"need warmup_steps >= 0 and steps >= 1, got warmup_steps={warmup_steps}, "
                          f"steps={total_steps}")
@@ -95,6 +101,30 @@ def make_optimizer(learning_rate: float, warmup_steps: int = 0, total_steps: int
     if not max_grad_norm:
         return adamw
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """The optimizer of one training run (`make_optimizer`): AdamW, its learning rate warmed up
+    over `warmup_steps` and then held or decayed to 0 at the run's last step (the loop's `steps`)."""
+
+    learning_rate: float
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # or "constant" (`SCHEDULES`)
+    weight_decay: float = 0.0  # of the matrices only
+
+    def __post_init__(self):
+        check_schedule(self.learning_rate, self.warmup_steps, None, self.schedule)
+        if not 0 <= self.weight_decay < float("inf"):
+            raise ValueError(f"weight_decay={self.weight_decay}: use a finite number >= 0")
+
+    def check(self, total_steps: int) -> None:
+        """Refuse a schedule that does not fit a run of `total_steps` (ValueError)."""
+        check_schedule(self.learning_rate, self.warmup_steps, total_steps, self.schedule)
+
+    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
+        return make_optimizer(self.learning_rate, self.warmup_steps, total_steps, schedule=self.schedule,
+                              weight_decay=self.weight_decay)
 
 
 def _new_state(graphdef, params, tx) -> TrainState:

@@ -15,8 +15,9 @@ import tensorflow_datasets as tfds
 from flax import nnx
 
 from r1jax.data.rejection import (DROP_REASONS, OutputDirError, assemble_dataset, dataset_path, load_sft_dataset,
-                                  rejection_sample, rollout_sampler, to_sft_pairs)
+                                  to_sft_pairs)
 from r1jax.data.sources import DatasetNotPreparedError
+from r1jax.pipelines.stages.rejection import rejection_sample, rollout_sampler
 from r1jax.rewards.countdown import arithmetic_reward
 from r1jax.rollout import PromptRenderer, rollout
 from r1jax.tasks import get_task

@@ -17,9 +17,8 @@ import experiments.grpo_smollm2 as smollm2_experiment
 import experiments.r1_pipeline_tiny as pipeline_experiment
 import experiments.r1_zero_tiny as zero_experiment
 from r1jax import pipelines
-from r1jax.pipelines.r1_zero import RunSettings
+from r1jax.pipelines.r1_zero import RunSettings, generic_config
 from r1jax.pipelines.settings import ConfigError
-from r1jax.pipelines.stand_in import generic_config
 from tests.support import ROOT
 
 SECONDS = 5.0  # the checks are pure Python: a refusal after this long did work first
@@ -81,27 +80,27 @@ def _refused(name: str, workdir: pathlib.Path, match: str, **fields) -> str:
     ("r1_zero_tiny", "pretrain.learning_rate", float("nan")),
     ("r1_zero_tiny", "grpo.learning_rate", float("inf")),
     ("r1_pipeline_tiny", "pretrain.learning_rate", -1e-3),
-    ("r1_pipeline_tiny", "rl.learning_rate", float("nan")),
+    ("r1_pipeline_tiny", "grpo.learning_rate", float("nan")),
     ("r1_pipeline_tiny", "cold_start.learning_rate", float("nan")),
     ("r1_pipeline_tiny", "sft.learning_rate", float("nan")),
     ("r1_pipeline_tiny", "reward_model.learning_rate", 0.0),
-    ("r1_pipeline_tiny", "student.distill_learning_rate", float("nan")),
+    ("r1_pipeline_tiny", "student.distill.learning_rate", float("nan")),
     ("grpo_smollm2", "grpo.learning_rate", float("nan")),
     ("distill", "sft.learning_rate", float("nan")),
 ])
 def test_a_nan_or_non_positive_learning_rate_is_refused_in_every_section(workdir, name, field, value):
-    section, leaf = field.split(".")
+    section, leaf = field.rsplit(".", 1)
     message = _refused(name, workdir, f"config.{section}", **{field: value})
     assert leaf in message
 
 
-@pytest.mark.parametrize("name,section", [("r1_zero_tiny", "grpo"), ("r1_pipeline_tiny", "rl"),
+@pytest.mark.parametrize("name,section", [("r1_zero_tiny", "grpo"), ("r1_pipeline_tiny", "grpo"),
                                           ("grpo_smollm2", "grpo")])
 def test_one_generation_per_prompt_is_refused(workdir, name, section):
     _refused(name, workdir, f"config.{section}: num_generations=1: .*use 2 or more", **{f"{section}.num_generations": 1})
 
 
-@pytest.mark.parametrize("name,section", [("r1_zero_tiny", "grpo"), ("r1_pipeline_tiny", "rl"),
+@pytest.mark.parametrize("name,section", [("r1_zero_tiny", "grpo"), ("r1_pipeline_tiny", "grpo"),
                                           ("grpo_smollm2", "grpo")])
 def test_an_unknown_loss_type_is_refused_before_pretraining(workdir, name, section):
     _refused(name, workdir, f"config.{section}: loss_type='bogus'; choose one of", **{f"{section}.loss_type": "bogus"})
@@ -115,7 +114,7 @@ def test_a_budget_shorter_than_its_warmup_is_refused(workdir, name, field):
              **{field: 1, f"{section}.warmup_steps": 5})
 
 
-@pytest.mark.parametrize("field", ["cold_start.replay", "sft.replay", "student.distill_replay"])
+@pytest.mark.parametrize("field", ["cold_start.replay", "sft.replay", "student.distill.replay"])
 def test_a_replay_share_outside_zero_to_one_is_refused(workdir, field):
     _refused("r1_pipeline_tiny", workdir, f"config.{field}=1.0: .*must be in \\[0, 1\\)", **{field: 1.0})
 
@@ -124,6 +123,26 @@ def test_a_replay_share_outside_zero_to_one_is_refused(workdir, field):
 def test_a_sampled_prompt_count_that_is_not_a_count_is_refused(workdir, field, value):
     _refused("r1_pipeline_tiny", workdir, f"config.{field}={value}: the number of training prompts",
              **{field: value})
+
+
+# every training section of every experiment: the loop's fields, checked with the others
+TRAINING_SECTIONS = [("r1_zero_tiny", "grpo"), ("r1_zero_tiny", "pretrain"), ("r1_pipeline_tiny", "grpo"),
+                     ("r1_pipeline_tiny", "pretrain"), ("r1_pipeline_tiny", "cold_start"), ("r1_pipeline_tiny", "sft"),
+                     ("r1_pipeline_tiny", "reward_model"), ("r1_pipeline_tiny", "student.distill"),
+                     ("grpo_smollm2", "grpo"), ("distill", "sft")]
+
+
+@pytest.mark.parametrize("name,section", TRAINING_SECTIONS)
+@pytest.mark.parametrize("field", ["num_microbatches", "keep_checkpoints", "save_every"])
+def test_a_loop_count_below_one_is_refused_in_every_training_section(workdir, name, section, field):
+    _refused(name, workdir, f"config.{section}: {field}=0: use a whole number >= 1", **{f"{section}.{field}": 0})
+
+
+@pytest.mark.parametrize("name,section", [("r1_zero_tiny", "grpo"), ("r1_pipeline_tiny", "grpo")])
+def test_microbatches_that_split_a_group_are_refused(workdir, name, section):
+    # 16 prompts x 8 generations in one update: 16 microbatches of one group each, not 32
+    _refused(name, workdir, f"config.{section}: num_microbatches=32 does not split an update's 128 rows .* "
+             "whole groups of 8", **{f"{section}.num_microbatches": 32})
 
 
 def test_a_student_rl_budget_shorter_than_its_warmup_is_refused(workdir):

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from r1jax.pipelines.r1 import _rl_flops, _steps_to_reach
+from r1jax.pipelines.findings import steps_to_reach
+from r1jax.pipelines.stages.distillation import rl_flops
 from tests.support import ROOT
 
 
@@ -19,9 +20,9 @@ TINY = [
     "--config.model.hidden_size=32", "--config.model.intermediate_size=64", "--config.model.num_layers=1",
     "--config.model.num_heads=2", "--config.model.num_kv_heads=1",
     "--config.tokenizer.corpus_size=400", "--config.pretrain.steps=3", "--config.pretrain.batch_size=8",
-    "--config.pretrain.warmup_steps=1", "--config.rl.steps=2", "--config.rl.prompts_per_step=2",
-    "--config.rl.num_generations=4", "--config.rl.max_new_tokens=8", "--config.rl.save_every=1",
-    "--config.rl.warmup_steps=1", "--config.cold_start.samples_per_prompt=2", "--config.cold_start.annotated=16",
+    "--config.pretrain.warmup_steps=1", "--config.grpo.steps=2", "--config.grpo.prompts_per_step=2",
+    "--config.grpo.num_generations=4", "--config.grpo.max_new_tokens=8", "--config.grpo.save_every=1",
+    "--config.grpo.warmup_steps=1", "--config.cold_start.samples_per_prompt=2", "--config.cold_start.annotated=16",
     "--config.cold_start.steps=2", "--config.cold_start.batch_size=4", "--config.cold_start.warmup_steps=1",
     "--config.rejection.samples_per_prompt=2", "--config.general.prompts=8", "--config.general.sft_pairs=8",
     "--config.sft.steps=2", "--config.sft.batch_size=4", "--config.sft.warmup_steps=1", "--config.sft.replay=0.5",
@@ -29,7 +30,7 @@ TINY = [
     "--config.reward_model.warmup_steps=1", "--config.student.model.hidden_size=16",
     "--config.student.model.intermediate_size=32", "--config.student.model.num_layers=1",
     "--config.student.model.num_heads=2", "--config.student.model.num_kv_heads=1",
-    "--config.student.distill_batch_size=4", "--config.student.rl_steps=0", "--config.student.distill_warmup_steps=1",
+    "--config.student.distill.batch_size=4", "--config.student.rl_steps=0", "--config.student.distill.warmup_steps=1",
     "--config.eval.num_prompts=4", "--config.eval.num_samples=2",
 ]
 STAGES_BEFORE = ("base", "r1_zero", "r1_zero_language", "cold_start")
@@ -89,16 +90,16 @@ def test_steps_to_reach_uses_a_running_mean(tmp_path):
     log.write_text("\n".join(json.dumps({"step": i + 1, "accuracy": a})
                              for i, a in enumerate([0.1, 0.9, 0.2, 0.6, 0.7, 0.8])))
     # running means of 3: 0.4, 0.567, 0.5, 0.7 -> first >= 0.6 ends at step 6
-    assert _steps_to_reach(log, 0.6) == 6
-    assert _steps_to_reach(log, 0.5) == 4
-    assert _steps_to_reach(log, 0.95) is None
+    assert steps_to_reach(log, 0.6) == 6
+    assert steps_to_reach(log, 0.5) == 4
+    assert steps_to_reach(log, 0.95) is None
 
 
 def test_rl_flops_count_every_forward_and_backward(tmp_path):
     log = tmp_path / "metrics.jsonl"
     log.write_text("\n".join(json.dumps({"step": s, "response_length": n}) for s, n in ((1, 10.0), (2, 20.0))))
     # 4 rows x (30 prompt + 10, then 30 + 20) tokens = 360 tokens; 1 sample + 1 reference + 3 update forwards
-    assert _rl_flops(log, rows_per_step=4, prompt_tokens=30, flops_per_token=100, with_reference=True) == \
+    assert rl_flops(log, rows_per_step=4, prompt_tokens=30, flops_per_token=100, with_reference=True) == \
         pytest.approx(5 * 100 * 360)
-    assert _rl_flops(log, rows_per_step=4, prompt_tokens=30, flops_per_token=100, with_reference=False) == \
+    assert rl_flops(log, rows_per_step=4, prompt_tokens=30, flops_per_token=100, with_reference=False) == \
         pytest.approx(4 * 100 * 360)

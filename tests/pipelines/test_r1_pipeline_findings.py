@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import ROOT
 
-REDUCED = ["--config.rl.steps=20", "--config.eval.num_prompts=100",
+REDUCED = ["--config.grpo.steps=20", "--config.eval.num_prompts=100",
            "--config.eval.num_samples=4", "--config.sft.steps=100", "--config.reward_model.steps=50",
            "--config.reward_model.pairs=800"]
 

@@ -50,10 +50,11 @@ def main():
     from flax import nnx
 
     from r1jax.data import PromptIterator
-    from r1jax.data.rejection import load_sft_dataset, rejection_sample
+    from r1jax.data.rejection import load_sft_dataset
     from r1jax.evaluation.evaluate import evaluate_policy
     from r1jax.models import Transformer
     from r1jax.models.reward_model import RewardModel
+    from r1jax.pipelines.stages.rejection import rejection_sample
     from r1jax.rollout import PromptRenderer
     from r1jax.sharding import make_mesh
     from r1jax.tasks import get_task
@@ -75,7 +76,7 @@ def main():
     rows = distributed.allgather_objects(len(pack_pairs(tokenizer, data[distributed.process_share(len(data))],
                                                         max_length=128)["tokens"]))
     result = run_training(
-        LoopSettings(steps=3, save_every=10, progress=False), workdir=out / "sft",
+        LoopSettings(steps=3, save_every=10), progress=False, workdir=out / "sft",
         model=Transformer(config, rngs=nnx.Rngs(0)), optimizer=make_optimizer(1e-2, 1, 3), loss_fn=sft.objective(),
         data=PromptIterator(data, batch_size=len(data), seed=0, shuffle=False), make_batches=sft.make_batches,
         mesh=mesh, evaluate=lambda state, step: sft.evaluate(state, data[:5]))
@@ -98,7 +99,7 @@ def main():
     triples = [(p, c, "?") for p, c in data]  # prefer each pair's completion to "?"
     rm_stage = RewardModelTraining(RewardModelSettings(max_length=128), tokenizer=tokenizer, mesh=mesh)
     rm = run_training(
-        LoopSettings(steps=2, save_every=10, progress=False), workdir=out / "reward_model",
+        LoopSettings(steps=2, save_every=10), progress=False, workdir=out / "reward_model",
         model=RewardModel.from_transformer(result.state.model()), optimizer=make_optimizer(1e-2, 1, 2),
         loss_fn=rm_stage.objective(), data=PromptIterator(triples, batch_size=len(triples), seed=0, shuffle=False),
         make_batches=rm_stage.make_batches, mesh=mesh)

@@ -1,7 +1,7 @@
 """Every GRPO option set in a config section reaches what the loss computes (one test per option).
 
 A section goes through the same path as an experiment's `config.grpo`
-(`settings_from(section, GRPOSettings, TrainSettings)` -> `GRPO`), and the loss, the
+(`grpo_training(section)` -> `GRPO`), and the loss, the
 advantages, the rollout request or the update batches are compared with those of the
 default settings and with the primitive (`r1jax.losses`) called with that option.
 """
@@ -16,7 +16,7 @@ from flax import nnx
 
 from r1jax.losses import group_advantages, grpo_loss
 from r1jax.models import ModelConfig, Transformer
-from r1jax.pipelines.settings import TrainSettings, settings_from
+from r1jax.pipelines.settings import grpo_training
 from r1jax.rewards import RewardResult
 from r1jax.rollout import Rollout, RolloutBatch
 from r1jax.sampling import SampleOutput
@@ -60,7 +60,7 @@ def batch(model):
 
 
 def stage(**options) -> GRPO:
-    settings, _ = settings_from({**BASE, **options}, GRPOSettings, TrainSettings, where="grpo")
+    settings, _, _ = grpo_training({**BASE, **options}, where="grpo")
     return GRPO(settings, tokenizer=FakeTokenizer(), rewards=None, task="arithmetic", mesh=make_mesh({"data": -1}))
 
 
@@ -207,16 +207,15 @@ def test_template_and_system_prompt_change_the_prompts(model, captured):
 
 def test_unknown_and_bad_options_fail_naming_the_field():
     with pytest.raises(ValueError, match="config.grpo has no field 'betta'"):
-        settings_from({**BASE, "betta": 0.1}, GRPOSettings, TrainSettings, where="grpo")
+        grpo_training({**BASE, "betta": 0.1}, where="grpo")
     with pytest.raises(ValueError, match="num_generations=1"):
-        settings_from({**BASE, "num_generations": 1}, GRPOSettings, TrainSettings, where="grpo")
+        grpo_training({**BASE, "num_generations": 1}, where="grpo")
     with pytest.raises(ValueError, match="system_prompt"):
-        settings_from({**BASE, "template": "r1_zero", "system_prompt": "x"}, GRPOSettings, TrainSettings,
-                      where="grpo")
+        grpo_training({**BASE, "template": "r1_zero", "system_prompt": "x"}, where="grpo")
     with pytest.raises(ValueError, match="loss_type='bogus'; choose one of"):
-        settings_from({**BASE, "loss_type": "bogus"}, GRPOSettings, TrainSettings, where="grpo")
+        grpo_training({**BASE, "loss_type": "bogus"}, where="grpo")
     with pytest.raises(ValueError, match="learning_rate=nan"):
-        settings_from({**BASE, "learning_rate": float("nan")}, GRPOSettings, TrainSettings, where="grpo")
+        grpo_training({**BASE, "learning_rate": float("nan")}, where="grpo")
 
 
 def test_every_settings_field_is_a_config_field():

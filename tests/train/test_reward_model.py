@@ -282,7 +282,7 @@ def trained(tmp_path_factory, tokenizer, held_out_pairs, mesh):
     untrained_accuracy = _accuracy(*nnx.split(model, nnx.Param), tokenizer, held_out_pairs, mesh)
     stage = RewardModelTraining(STAGE_SETTINGS, tokenizer=tokenizer, mesh=mesh)
     result = run_training(
-        LoopSettings(steps=TRAIN_STEPS, save_every=1000, progress=False, plot_keys=()),
+        LoopSettings(steps=TRAIN_STEPS, save_every=1000), progress=False, plot_keys=(),
         workdir=workdir, model=model, optimizer=make_optimizer(3e-3, 5, TRAIN_STEPS),
         loss_fn=stage.objective(), data=PromptIterator(preference_pairs(1, 2000), batch_size=32, seed=1),
         make_batches=stage.make_batches, mesh=mesh, name="reward_model")
@@ -302,7 +302,7 @@ def test_run_training_resumes_a_reward_model_from_its_checkpoint(trained, tokeni
     stage = RewardModelTraining(STAGE_SETTINGS, tokenizer=tokenizer, mesh=mesh)
     other_init = tiny_reward_model(_reward_model_config(tokenizer), seed=5)
     result = run_training(
-        LoopSettings(steps=TRAIN_STEPS, progress=False, plot_keys=()), workdir=workdir, model=other_init,
+        LoopSettings(steps=TRAIN_STEPS), progress=False, plot_keys=(), workdir=workdir, model=other_init,
         optimizer=make_optimizer(3e-3, 5, TRAIN_STEPS), loss_fn=stage.objective(),
         data=PromptIterator(preference_pairs(1, 2000), batch_size=32, seed=1),
         make_batches=stage.make_batches, mesh=mesh, name="reward_model")

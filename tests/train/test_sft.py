@@ -243,7 +243,7 @@ def trained(tokenizer, mesh, tmp_path_factory):
     model = tiny_model(tokenizer.vocab_size)
     initial = sft.evaluate(train_state_from_model(tiny_model(tokenizer.vocab_size), optax.sgd(0.0), mesh), PAIRS)
     result = run_training(
-        LoopSettings(steps=steps, save_every=1000, progress=False, plot_keys=("loss",)),
+        LoopSettings(steps=steps, save_every=1000), progress=False, plot_keys=("loss",),
         workdir=tmp_path_factory.mktemp("sft"), model=model,
         optimizer=make_optimizer(5e-3, warmup_steps=3, total_steps=steps), loss_fn=sft.objective(),
         data=data, make_batches=make_batches, mesh=mesh,
