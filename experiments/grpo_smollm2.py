@@ -19,6 +19,7 @@ from ml_collections.config_dict import placeholder
 from r1jax import pipelines
 from r1jax.pipelines import cli
 from r1jax.pipelines.settings import reward_weights, training_section
+from r1jax.train.grpo import GRPOSettings
 
 
 def default_init() -> str:
@@ -45,8 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
                                      'where N is the result.'))
     c.data_dir = ""
     # system_prompt None: the chat template's own default system turn
-    c.grpo = training_section(template="chat", system_prompt=placeholder(str), prompts_per_step=4, num_generations=8,
-                              max_new_tokens=64, temperature=1.0, top_p=1.0, beta=0.04, epsilon_low=0.2,
+    c.grpo = training_section(GRPOSettings, template="chat", system_prompt=placeholder(str), prompts_per_step=4,
+                              num_generations=8, max_new_tokens=64, temperature=1.0, top_p=1.0, beta=0.04, epsilon_low=0.2,
                               epsilon_high=placeholder(float), loss_type="grpo", importance_sampling_level="token",
                               advantage_scale="group", num_iterations=1, num_minibatches=1, max_prompt_length=128,
                               steps=12, learning_rate=2e-5, warmup_steps=0, schedule="constant", save_every=4,

@@ -18,6 +18,7 @@ from ml_collections.config_dict import placeholder
 from r1jax import pipelines
 from r1jax.pipelines import cli
 from r1jax.pipelines.settings import reward_weights, training_section
+from r1jax.train.grpo import GRPOSettings
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -32,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = dict(dtype="bfloat16", param_dtype="float32", remat=True)
     c.task = dict(name="countdown", config="3_numbers")
     c.data_dir = ""
-    c.grpo = training_section(template="r1_zero", system_prompt=placeholder(str), prompts_per_step=256,
+    c.grpo = training_section(GRPOSettings, template="r1_zero", system_prompt=placeholder(str), prompts_per_step=256,
                               num_generations=8, max_prompt_length=256, max_new_tokens=1024, temperature=1.0,
                               top_p=1.0, beta=0.001, epsilon_low=0.2, epsilon_high=placeholder(float),
                               loss_type="grpo", importance_sampling_level="token", advantage_scale="group",

@@ -20,6 +20,7 @@ import ml_collections
 from r1jax import pipelines
 from r1jax.pipelines import cli
 from r1jax.pipelines.settings import reward_weights, training_section
+from r1jax.train.grpo import GRPOSettings
 from r1jax.train.sft import SFTSettings
 
 
@@ -41,7 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.pretrain = training_section(SFTSettings, steps=600, batch_size=64, learning_rate=3e-3, warmup_steps=20,
                                   weight_decay=0.01, save_every=200,
                                   worked_rate=0.5, error_rate=0.0, tagged_rate=0.5, guess_accuracy=0.1)
-    c.grpo = training_section(steps=30, prompts_per_step=16, num_generations=8, max_new_tokens=48,
+    # the template is `c.template`, for the pretraining corpus and GRPO alike
+    c.grpo = training_section(GRPOSettings, exclude=("template",), steps=30, prompts_per_step=16, num_generations=8,
+                              max_new_tokens=48,
                               temperature=1.0, top_p=1.0, beta=0.04, epsilon_low=0.2, loss_type="grpo",
                               num_iterations=1, num_minibatches=1, learning_rate=1e-4, warmup_steps=5,
                               schedule="constant", save_every=10, eval_every=0)

@@ -14,7 +14,10 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import typing
 from typing import Any, Mapping, Sequence
+
+from ml_collections.config_dict import placeholder
 
 from r1jax.rewards import get_reward, list_rewards
 from r1jax.train.grpo import GRPOSettings
@@ -67,7 +70,13 @@ def settings_from(section: Mapping[str, Any] | None, *classes, where: str, **fix
     A field that belongs to none of them is an error naming it; `fixed` fields are
     given to every class that has them (and need not be in the section).
     """
-    values = {**dict(section or {}), **fixed}
+    given = dict(section or {})
+    overridden = sorted(name for name in fixed
+                        if name in given and given[name] is not None and given[name] != fixed[name])
+    if overridden:
+        raise ConfigError(f"config.{where}.{overridden[0]}={given[overridden[0]]!r} is set by the recipe "
+                          f"({fixed[overridden[0]]!r}) from another part of the config; set it there")
+    values = {**given, **fixed}
     names = [{f.name for f in dataclasses.fields(cls)} for cls in classes]
     unknown = sorted(set(values) - set().union(*names) - set(fixed))
     if unknown:
@@ -83,17 +92,34 @@ def settings_from(section: Mapping[str, Any] | None, *classes, where: str, **fix
     return built[0] if len(built) == 1 else tuple(built)
 
 
-def training_section(*classes, **values) -> dict:
+def training_section(*classes, exclude: Sequence[str] = (), **values) -> dict:
     """A config's section of one training run: every field of `LoopSettings`, `OptimizerSettings`
-    and `classes` (e.g. `SFTSettings`) at its default unless given in `values`, which may also
-    hold the stage's other fields.
+    and `classes` (e.g. `GRPOSettings`, `SFTSettings`) at its default unless given in `values`,
+    which may also hold the stage's other fields; `exclude`: fields the recipe sets from
+    elsewhere (e.g. a top-level `template`), which the section must not offer.
 
     Listing them all lets the command line set any of them in a locked config
-    (`--config.sft.num_microbatches=2`); `steps` and `learning_rate` have no default.
+    (`--config.sft.num_microbatches=2`); `steps` and `learning_rate` have no default. A field
+    whose default is None becomes a typed placeholder (`--config.grpo.epsilon_high=0.28` parses
+    as a float).
     """
-    defaults = {field.name: field.default for cls in (LoopSettings, OptimizerSettings, *classes)
-                for field in dataclasses.fields(cls) if field.default is not dataclasses.MISSING}
+    defaults = {}
+    for cls in (LoopSettings, OptimizerSettings, *classes):
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            if field.default is dataclasses.MISSING or field.name in exclude:
+                continue
+            defaults[field.name] = (field.default if field.default is not None
+                                    else placeholder(_optional_type(hints[field.name], field.name)))
     return {**defaults, **values}
+
+
+def _optional_type(hint, name: str) -> type:
+    """T of an `Optional[T]` (`T | None`) field."""
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)]
+    if len(kinds) != 1 or not isinstance(kinds[0], type):
+        raise TypeError(f"field {name!r} defaults to None but its type {hint} is not T | None")
+    return kinds[0]
 
 
 def training_from(section: Mapping[str, Any], *classes, where: str, other: Sequence[str] = (), **fixed) -> tuple:

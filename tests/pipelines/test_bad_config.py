@@ -5,6 +5,7 @@ Each case runs a recipe's real entry point on an experiment module's config: in 
 `python -m experiments.<name> --config...` where the command line itself is under test.
 Every workdir already holds a file, and must hold exactly that afterwards.
 """
+import dataclasses
 import pathlib
 import subprocess
 import sys
@@ -15,10 +16,13 @@ import pytest
 import experiments.distill_qwen2_5_1_5b as distill_experiment
 import experiments.grpo_smollm2 as smollm2_experiment
 import experiments.r1_pipeline_tiny as pipeline_experiment
+import experiments.r1_zero_countdown_qwen2_5_3b as countdown_experiment
+import experiments.r1_zero_math_qwen2_5_math_1_5b as math_experiment
 import experiments.r1_zero_tiny as zero_experiment
 from r1jax import pipelines
 from r1jax.pipelines.r1_zero import RunSettings, generic_config
-from r1jax.pipelines.settings import ConfigError
+from r1jax.pipelines.settings import ConfigError, settings_from
+from r1jax.train.grpo import GRPOSettings
 from tests.support import ROOT
 
 SECONDS = 5.0  # the checks are pure Python: a refusal after this long did work first
@@ -167,6 +171,37 @@ def test_a_registered_reward_is_switched_on_by_its_weight(workdir):
     config.rewards.language = 0.5
     run = RunSettings(generic_config(config, workdir / "base", workdir / "tokenizer.model"), init_exists=False)
     assert run.rewards == {"arithmetic": 1.0, "format": 1.0, "language": 0.5}  # weight 0: not used
+
+
+GRPO_EXPERIMENTS = {"r1_zero_tiny": zero_experiment, "r1_pipeline_tiny": pipeline_experiment,
+                    "grpo_smollm2": smollm2_experiment, "r1_zero_math_qwen2_5_math_1_5b": math_experiment,
+                    "r1_zero_countdown_qwen2_5_3b": countdown_experiment}
+
+
+@pytest.mark.parametrize("name", sorted(GRPO_EXPERIMENTS))
+def test_every_grpo_setting_is_in_every_grpo_section(name):
+    """Each GRPOSettings field can be set from the command line; the tiny experiments set the
+    template at the top level (`config.template`), so their sections leave it out."""
+    section = set(GRPO_EXPERIMENTS[name].get_config().grpo.keys())
+    fields = {field.name for field in dataclasses.fields(GRPOSettings)}
+    top_level = {"template"} if name.endswith("_tiny") else set()
+    assert fields - top_level <= section, sorted(fields - top_level - section)
+
+
+def test_a_setting_that_defaults_to_none_is_set_with_its_type(workdir):
+    config = _config("r1_zero_tiny", workdir)
+    config.lock()
+    config.grpo.epsilon_high = 0.28  # a None default: a float placeholder, as `--config.grpo.epsilon_high=0.28`
+    run = RunSettings(generic_config(config, workdir / "base", workdir / "tokenizer.model"), init_exists=False)
+    assert run.grpo.epsilon_high == 0.28
+    with pytest.raises(TypeError):
+        config.grpo.epsilon_high = "high"
+
+
+def test_a_section_field_the_recipe_sets_elsewhere_is_refused():
+    with pytest.raises(ConfigError, match=r"config.grpo.template='plain' is set by the recipe"):
+        settings_from({"template": "plain", "steps": 1}, GRPOSettings, where="grpo", template="r1_zero")
+    settings_from({"template": "r1_zero"}, GRPOSettings, where="grpo", template="r1_zero")  # the same: fine
 
 
 def _command(*flags, workdir):
