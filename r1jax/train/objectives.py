@@ -11,6 +11,8 @@ Every per-token array is aligned with `tokens`: `logps[:, t]` is the log-prob of
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -34,10 +36,7 @@ class SFTBatch:
     attention_mask: jax.Array
     completion_mask: jax.Array
     segment_ids: jax.Array | None = None
-
-    @property
-    def rows_per_group(self) -> int:
-        return 1  # rows are independent: any split into microbatches will do
+    rows_per_group: ClassVar[int] = 1  # rows are independent: any split into microbatches will do
 
 
 def _shift_right(x: jax.Array) -> jax.Array:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -84,10 +84,7 @@ class PreferenceBatch:
     rejected_attention_mask: jax.Array
     completion_mask: jax.Array
     margin: jax.Array | None = None
-
-    @property
-    def rows_per_group(self) -> int:
-        return 1  # pairs are independent
+    rows_per_group: ClassVar[int] = 1  # pairs are independent
 
 
 def encode_preferences(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str, str]], *,
