@@ -32,8 +32,8 @@ from functools import partial
 
 from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
-from r1jax.pipelines.settings import (ConfigError, EvalSettings, config_section, make_workdir, settings_from,
-                                     training_from)
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_mesh, check_workdir, config_section,
+                                     make_workdir, settings_from, training_from)
 from r1jax.pipelines.stages import Stage, evaluation_stage, given, rejection_stage, run_stages, sft_stage
 from r1jax.rollout import PromptRenderer, check_template
 from r1jax.sharding import make_mesh
@@ -70,7 +70,7 @@ class TeacherSettings:
 
 def distill(config) -> dict:
     """Run (or resume) the recipe; returns and writes the summary."""
-    workdir = pathlib.Path(config.workdir)
+    workdir = check_workdir(config.workdir)
     init = pathlib.Path(config.init) if config.init else None
     if init is None or not init.exists():
         raise ConfigError(f"config.init={config.init!r}: name the student checkpoint (--config.init=PATH)")
@@ -84,10 +84,11 @@ def distill(config) -> dict:
         task = task_from_config(config.task)
     with config_section("template"):
         check_template(config.template, config.system_prompt)
+    mesh_section = check_mesh(config.mesh)
     make_workdir(workdir)  # before the task's data is prepared in it
     started = time.perf_counter()
     data_dir = pathlib.Path(config.data_dir) if config.data_dir else workdir / "data"
-    mesh = make_mesh(dict(config.mesh))
+    mesh = make_mesh(mesh_section)
     student_tokenizer = load_tokenizer(config.tokenizer or init)
     teacher_renderer = PromptRenderer(load_tokenizer(teacher.tokenizer or teacher.init), config.template,
                                       config.system_prompt)

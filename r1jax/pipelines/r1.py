@@ -36,12 +36,12 @@ from jax.sharding import Mesh
 from r1jax.data.preferences import general_prompts, preference_pairs
 from r1jax.files import write_json_atomically
 from r1jax.pipelines.findings import findings_table, models_table, paper_findings, steps_to_reach
-from r1jax.pipelines.settings import (ConfigError, EvalSettings, config_section, grpo_training, make_workdir,
-                                     settings_from, training_from)
-from r1jax.pipelines.stages import (DistillBudget, Stage, Traces, annotated_pairs, budget_stage, check_pretrain,
-                                    cold_start_pairs, cold_start_stage, corpus_style, evaluation_stage, given,
-                                    grpo_stage, judging_stage, pretraining, rejection_stage, reward_model_stage,
-                                    run_stages, sft_stage, stand_in_data, with_replay)
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_count, check_mesh, check_workdir,
+                                     config_section, grpo_training, make_workdir, settings_from, training_from)
+from r1jax.pipelines.stages import (DistillBudget, Stage, Traces, annotated_pairs, budget_stage, check_model,
+                                    check_pretrain, cold_start_pairs, cold_start_stage, corpus_style,
+                                    evaluation_stage, given, grpo_stage, judging_stage, pretraining, rejection_stage,
+                                    reward_model_stage, run_stages, sft_stage, stand_in_data, with_replay)
 from r1jax.rewards import OutputFormat, get_reward
 from r1jax.rollout import PromptRenderer
 from r1jax.sharding import make_mesh
@@ -158,15 +158,20 @@ class _R1Run:
             task = task_from_config({"seed": config.seed, **dict(config.task)})
         for name in (task.accuracy_reward, "format", "r1_format", "language"):
             get_reward(name)
+        if not (isinstance(config.language_weight, (int, float)) and 0 <= config.language_weight < float("inf")):
+            raise ConfigError(f"config.language_weight={config.language_weight!r}: the language reward's weight "
+                              "(lambda) is a finite number >= 0")
         grpo, grpo_loop, grpo_optimizer = grpo_training(config.grpo, where="grpo", template=config.template)
         eval_settings = settings_from(config.eval, EvalSettings, where="eval", scores=EVAL_SCORES)
         training = _training_sections(config)
         with config_section("student"):  # the student's GRPO run: config.grpo's, for its own number of steps
             student_rl_loop = dataclasses.replace(grpo_loop, steps=config.student.rl_steps or grpo_loop.steps)
             grpo_optimizer.check(student_rl_loop.steps)
-        workdir = make_workdir(config.workdir)
+        check_count(config.reward_workers, "reward_workers")  # 0: score in this process
+        mesh_section = check_mesh(config.mesh)
+        workdir = make_workdir(check_workdir(config.workdir))
         started = time.perf_counter()
-        mesh = make_mesh(dict(config.mesh))
+        mesh = make_mesh(mesh_section)
         if config.init:  # a real checkpoint: its own tokenizer, the task's own splits
             tokenizer = load_tokenizer(config.init)  # the one beside the checkpoint
             train = list(task.load("train", data_dir=workdir / "data"))
@@ -268,6 +273,9 @@ def _training_sections(config) -> dict[str, tuple]:
     those sections, checked before the first stage starts."""
     if not config.init:
         check_pretrain(config.pretrain)
+        check_model(config.model)
+    if not config.student.init:
+        check_model(config.student.model, "student.model")
     cold_start_fields = ("prompts", "samples_per_prompt", "temperature", "top_p", "annotated", "replay")
     training = {
         "cold_start": training_from(config.cold_start, SFTSettings, where="cold_start", other=cold_start_fields),

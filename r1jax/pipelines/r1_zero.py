@@ -38,10 +38,10 @@ import ml_collections
 from r1jax.distributed import is_primary
 from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
-from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_rewards, config_section, grpo_training,
-                                     make_workdir, settings_from)
-from r1jax.pipelines.stages import (Stage, check_pretrain, corpus_style, evaluate_model, evaluation_stage, given,
-                                    grpo_stage, pretraining, run_stages, stand_in_data)
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_count, check_mesh, check_rewards,
+                                     check_workdir, config_section, grpo_training, make_workdir, settings_from)
+from r1jax.pipelines.stages import (Stage, check_model, check_pretrain, corpus_style, evaluate_model,
+                                    evaluation_stage, given, grpo_stage, pretraining, run_stages, stand_in_data)
 from r1jax.rollout import PromptRenderer
 from r1jax.sharding import make_mesh
 from r1jax.tasks import task_from_config
@@ -54,7 +54,7 @@ class RunSettings:
     """Everything `r1_zero` reads from a config, checked before any file is written (a `ConfigError`)."""
 
     def __init__(self, config, *, init_exists: bool = True):
-        self.workdir = pathlib.Path(config.workdir)
+        self.workdir = check_workdir(config.workdir)
         self.init = pathlib.Path(config.init) if config.init else None
         if self.init is None or (init_exists and not self.init.exists()):
             raise ConfigError(f"config.init={config.init!r}: name the starting checkpoint, an existing Hugging Face "
@@ -67,8 +67,10 @@ class RunSettings:
         self.grpo, self.loop, self.optimizer = grpo_training(config.grpo, where="grpo")
         self.rewards = check_rewards(config.rewards)
         self.eval = settings_from(config.eval, EvalSettings, where="eval")
-        self.seed, self.mesh, self.reward_workers = config.seed, dict(config.mesh), config.reward_workers
-        self.sampler_mesh = dict(config.get("sampler_mesh") or {})  # {}: sample on the training mesh
+        self.seed, self.mesh = config.seed, check_mesh(config.mesh)
+        self.reward_workers = check_count(config.reward_workers, "reward_workers")  # 0: score in this process
+        # {}: sample on the training mesh
+        self.sampler_mesh = check_mesh(config.get("sampler_mesh") or {}, "sampler_mesh")
 
 
 def r1_zero(config, *, started: float | None = None) -> dict:
@@ -129,10 +131,11 @@ def generic_config(config, base_dir: pathlib.Path, tokenizer_path: pathlib.Path)
 def r1_zero_tiny(config) -> dict:
     """R1-Zero in miniature: pretrain the stand-in base, then the generic R1-Zero recipe from it."""
     started = time.perf_counter()
-    workdir = pathlib.Path(config.workdir)
+    workdir = check_workdir(config.workdir)
     generic = generic_config(config, workdir / "base" / "model", workdir / "tokenizer.model")
     run = RunSettings(generic, init_exists=False)  # every RL setting is checked before pretraining starts
     check_pretrain(config.pretrain)
+    check_model(config.model)
     make_workdir(workdir)
     train, test, tokenizer = stand_in_data(config, workdir, run.task)
     pretrain = pretraining("pretrain", "base", model_section=config.model, pretrain=config.pretrain,

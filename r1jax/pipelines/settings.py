@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import pathlib
 import typing
@@ -60,6 +61,9 @@ class EvalSettings:
     def __post_init__(self):
         if self.num_samples < 1 or self.num_prompts < 0:
             raise ValueError(f"eval needs num_samples >= 1 and num_prompts >= 0, got {self}")
+        if not (self.temperature >= 0 and 0 < self.top_p <= 1):
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1; got temperature={self.temperature}, "
+                             f"top_p={self.top_p}")
         for name in self.scores.values():
             get_reward(name)
 
@@ -77,6 +81,11 @@ def settings_from(section: Mapping[str, Any] | None, *classes, where: str, **fix
         raise ConfigError(f"config.{where}.{overridden[0]}={given[overridden[0]]!r} is set by the recipe "
                           f"({fixed[overridden[0]]!r}) from another part of the config; set it there")
     values = {**given, **fixed}
+    for name, value in values.items():
+        # NaN passes every comparison a range check makes (nan < 0 is False): refuse it, and
+        # infinities, before a class sees them
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config.{where}.{name}={value}: must be a finite number")
     names = [{f.name for f in dataclasses.fields(cls)} for cls in classes]
     unknown = sorted(set(values) - set().union(*names) - set(fixed))
     if unknown:
@@ -175,6 +184,31 @@ def check_rewards(rewards: Mapping[str, float]) -> dict[str, float]:
     return used
 
 
+def check_workdir(workdir) -> pathlib.Path:
+    """`config.workdir` as a path; an empty one (which would write into the current directory) is refused."""
+    if not isinstance(workdir, (str, os.PathLike)) or not str(workdir).strip():
+        raise ConfigError(f"config.workdir={workdir!r}: name the run's directory (--config.workdir=PATH); an empty "
+                          "one would write into the current directory")
+    return pathlib.Path(workdir)
+
+
+def check_mesh(mesh: Mapping[str, int], where: str = "mesh") -> dict[str, int]:
+    """A mesh section ({axis: size}, -1 for the devices left) with every size a whole number >= 1 or -1."""
+    mesh = dict(mesh)
+    for axis, size in mesh.items():
+        if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
+            raise ConfigError(f"config.{where}.{axis}={size!r}: a mesh axis size is a whole number >= 1, or -1 "
+                              "for the devices the other axes leave")
+    return mesh
+
+
+def check_count(value, where: str, *, minimum: int = 0) -> int:
+    """A whole-number setting (e.g. `reward_workers`) of at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"config.{where}={value!r}: use a whole number >= {minimum}")
+    return value
+
+
 def make_workdir(workdir) -> pathlib.Path:
     """Create `config.workdir` (and its parents), the first thing a recipe writes, once every
     setting is checked; a path that cannot be a writable directory is a ConfigError."""
@@ -190,5 +224,6 @@ def make_workdir(workdir) -> pathlib.Path:
     return path
 
 
-__all__ = ["ConfigError", "EvalSettings", "check_rewards", "config_section", "grpo_training", "make_workdir",
-           "reward_weights", "settings_from", "training_from", "training_section"]
+__all__ = ["ConfigError", "EvalSettings", "check_count", "check_mesh", "check_rewards", "check_workdir",
+           "config_section", "grpo_training", "make_workdir", "reward_weights", "settings_from", "training_from",
+           "training_section"]

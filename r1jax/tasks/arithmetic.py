@@ -14,7 +14,7 @@ from r1jax.data.arithmetic import Arithmetic, ArithmeticConfig
 from r1jax.data.generated import load_generated
 from r1jax.rewards.countdown import final_number
 from r1jax.rewards.math import parse_exact_number
-from r1jax.tasks.base import EvalDefaults, Task, register_task
+from r1jax.tasks.base import EvalDefaults, Task, check_positive, register_task
 
 QUESTION = "Compute the value of {expression}. Give the exact integer result as the final answer."
 
@@ -42,6 +42,7 @@ class ArithmeticTask(Task):
             raise ValueError(f"question_template {self.question_template!r} has no '{{expression}}' slot")
         if not self.operations or set(self.operations) - set("+-*"):
             raise ValueError(f"operations={self.operations!r}: use a non-empty string of + - *")
+        check_positive(self, "num_operations", "max_value", "train_size", "test_size")
 
     def builder_config(self) -> str | ArithmeticConfig:
         if self.config is not None:

@@ -68,6 +68,15 @@ class Task:
 _TASKS: dict[str, type[Task]] = {}
 
 
+def check_positive(task: Task, *fields: str) -> None:
+    """Each of a task's size `fields` is a whole number >= 1 (a dataset of 0 problems, or problems whose
+    numbers are all 0, cannot be generated)."""
+    for name in fields:
+        value = getattr(task, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}: use a whole number >= 1")
+
+
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
     """Class decorator: register a `Task` subclass under `name` (its `name` attribute is set)."""
 

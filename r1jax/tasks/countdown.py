@@ -6,7 +6,7 @@ from typing import Sequence
 
 from r1jax.data.countdown import Countdown, CountdownConfig
 from r1jax.data.generated import load_generated
-from r1jax.tasks.base import EvalDefaults, Task, register_task
+from r1jax.tasks.base import EvalDefaults, Task, check_positive, register_task
 
 QUESTION = ("Using the numbers {numbers}, create an equation that equals {target}. "
             "You can use basic arithmetic operations (+, -, *, /) and each number can "
@@ -29,6 +29,9 @@ class CountdownTask(Task):
     test_size: int = 500
     seed: int = 0
     question_template: str = QUESTION
+
+    def __post_init__(self):
+        check_positive(self, "num_numbers", "max_number", "max_target", "train_size", "test_size")
 
     def builder_config(self) -> str | CountdownConfig:
         if self.config is not None:

@@ -165,6 +165,50 @@ def test_a_workdir_that_cannot_be_created_is_refused(tmp_path, name):
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("name,field", [
+    ("r1_zero_tiny", "grpo.beta"), ("r1_zero_tiny", "grpo.temperature"), ("r1_zero_tiny", "eval.top_p"),
+    ("r1_pipeline_tiny", "grpo.epsilon_low"), ("r1_pipeline_tiny", "eval.temperature"),
+    ("r1_pipeline_tiny", "language_weight"), ("grpo_smollm2", "grpo.top_p"), ("grpo_smollm2", "grpo.beta"),
+    ("distill", "eval.top_p"), ("r1_zero_tiny", "pretrain.worked_rate")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_float_setting_that_is_not_finite_is_refused(workdir, name, field, value):
+    """NaN passes every range check written as a comparison (nan < 0 is False); before this,
+    grpo.beta=nan trained with every update skipped and exported the base as the final model."""
+    _refused(name, workdir, f"config.{field}={value}", **{field: value})
+
+
+@pytest.mark.parametrize("name", ["r1_zero_tiny", "r1_pipeline_tiny", "grpo_smollm2", "distill"])
+def test_an_empty_workdir_is_refused_instead_of_writing_into_the_current_directory(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    config = _config(name, tmp_path / "run")
+    config.workdir = ""
+    with pytest.raises(ConfigError, match="config.workdir='': name the run's directory"):
+        PIPELINES[name](config)
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("name,field,value,message", [
+    ("r1_zero_tiny", "reward_workers", -1, r"config.reward_workers=-1: use a whole number >= 0"),
+    ("r1_pipeline_tiny", "reward_workers", -1, r"config.reward_workers=-1: use a whole number >= 0"),
+    ("grpo_smollm2", "reward_workers", -3, r"config.reward_workers=-3: use a whole number >= 0"),
+    ("r1_zero_tiny", "mesh", {"data": 0}, r"config.mesh.data=0: a mesh axis size is a whole number >= 1, or -1"),
+    ("r1_pipeline_tiny", "mesh", {"fsdp": -2}, r"config.mesh.fsdp=-2"),
+    ("grpo_smollm2", "sampler_mesh", {"tensor": 0}, r"config.sampler_mesh.tensor=0"),
+    ("distill", "mesh", {"data": 0}, r"config.mesh.data=0"),
+    ("r1_zero_tiny", "model.num_layers", -1, r"config.model: num_layers=-1; expected a positive integer"),
+    ("r1_zero_tiny", "model.hidden_size", 0, r"config.model: hidden_size=0; expected a positive integer"),
+    ("r1_pipeline_tiny", "model.num_heads", 3, r"config.model: hidden_size=128 is not a multiple of num_heads=3"),
+    ("r1_pipeline_tiny", "student.model.num_kv_heads", 3, r"config.student.model: num_heads=4 is not a multiple of num_kv_heads=3"),
+    ("r1_zero_tiny", "task.train_size", 0, r"config.task: train_size=0: use a whole number >= 1"),
+    ("r1_zero_tiny", "task.max_value", 0, r"config.task: max_value=0: use a whole number >= 1"),
+    ("r1_pipeline_tiny", "task.num_operations", -1, r"config.task: num_operations=-1"),
+])
+def test_a_setting_that_cannot_run_is_one_line_before_anything_is_written(workdir, name, field, value, message):
+    _refused(name, workdir, message, **{field: value})
+
+
 def test_a_registered_reward_is_switched_on_by_its_weight(workdir):
     config = _config("r1_zero_tiny", workdir)
     config.lock()  # as on the command line: only fields that are there can be set

@@ -18,7 +18,7 @@ from r1jax.pipelines.stages.evaluation import (cached, evaluate_model, evaluatio
                                                judging_stage)
 from r1jax.pipelines.stages.export import export_model, exported, split
 from r1jax.pipelines.stages.grpo import grpo_stage
-from r1jax.pipelines.stages.pretrain import (check_pretrain, corpus_pairs, corpus_style, model_config,
+from r1jax.pipelines.stages.pretrain import (check_model, check_pretrain, corpus_pairs, corpus_style, model_config,
                                              pretrain_stage, pretraining, stand_in_data, tokenizer_stage,
                                              with_replay)
 from r1jax.pipelines.stages.rejection import (RejectionStats, Traces, rejection_sample, rejection_stage,
@@ -30,7 +30,7 @@ from r1jax.pipelines.stages.sft import sft_stage
 __all__ = [
     "STOPPED", "Run", "Stage", "finished_model", "given", "run_stages",
     "export_model", "exported", "split",
-    "check_pretrain", "corpus_pairs", "corpus_style", "model_config", "pretrain_stage", "pretraining",
+    "check_model", "check_pretrain", "corpus_pairs", "corpus_style", "model_config", "pretrain_stage", "pretraining",
     "stand_in_data", "tokenizer_stage", "with_replay",
     "grpo_stage", "sft_stage",
     "annotated_pairs", "cold_start_pairs", "cold_start_stage",

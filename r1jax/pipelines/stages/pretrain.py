@@ -58,11 +58,22 @@ def tokenizer_stage(path: pathlib.Path, texts: Callable[[], list[str]], *, vocab
 
 def model_config(model, tokenizer: Tokenizer) -> ModelConfig:
     """A tiny Llama-style config from a config's model section, sized to the tokenizer."""
+    return _model_config(model, tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)
+
+
+def check_model(model, where: str = "model") -> None:
+    """Refuse a model section no model can be built from (a width of 0, heads that do not divide it)
+    before anything is written: the tokenizer that sizes the vocabulary is trained later."""
+    with config_section(where):
+        _model_config(model, vocab_size=1, bos_id=None, eos_id=None)
+
+
+def _model_config(model, vocab_size: int, bos_id, eos_id) -> ModelConfig:
     return ModelConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=model.hidden_size,
+        vocab_size=vocab_size, hidden_size=model.hidden_size,
         intermediate_size=model.intermediate_size, num_layers=model.num_layers, num_heads=model.num_heads,
         num_kv_heads=model.num_kv_heads, tie_embeddings=True, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id)
+        bos_token_id=bos_id, eos_token_id=eos_id)
 
 
 def corpus_pairs(examples, rng, style: CorpusStyle, renderer: PromptRenderer, task: Task):
