@@ -25,7 +25,6 @@ from r1jax.train.objectives import completion_logprobs
 from r1jax.train.state import TrainState
 
 
-
 class Batch(Protocol):
     """What the step reads of a batch; the loss function reads the rest."""
     completion_mask: jax.Array  # [B, T]: the tokens the loss counts (column 0 never does)
