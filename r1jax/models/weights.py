@@ -228,8 +228,7 @@ def _shape_summary(cfg: ModelConfig) -> str:
 def _safetensors_files(directory: pathlib.Path) -> list[pathlib.Path]:
     index = directory / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted({directory / f for f in weight_map.values()})
+        files = sorted({directory / f for f in _index_shards(index)})
         missing = [f.name for f in files if not f.exists()]
         if missing:
             raise CheckpointError(f"{index} lists shard(s) {missing} that are not in {directory}")
@@ -239,6 +238,26 @@ def _safetensors_files(directory: pathlib.Path) -> list[pathlib.Path]:
         raise CheckpointError(f"{directory} has config.json but no *.safetensors weights "
                               "(PyTorch .bin checkpoints are not supported: re-save with safe_serialization=True)")
     return files
+
+
+def _index_shards(index: pathlib.Path) -> set[str]:
+    """The shard file names a `model.safetensors.index.json` maps tensors to, each a plain file name in
+    the model's directory: an index that is not JSON, has no `weight_map` of names, or points outside the
+    directory (`../elsewhere/x.safetensors`) is refused, naming the file."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise CheckpointError(f"{index} is not a safetensors index ({type(err).__name__}: {err}); re-save the "
+                              "checkpoint or delete the index to load the *.safetensors files beside it") from None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(name, str) and isinstance(shard, str) for name, shard in weight_map.items()):
+        raise CheckpointError(f"{index} has no weight_map of tensor name -> shard file; re-save the checkpoint "
+                              "or delete the index to load the *.safetensors files beside it")
+    outside = sorted({shard for shard in weight_map.values() if pathlib.PurePath(shard).name != shard})
+    if outside:
+        raise CheckpointError(f"{index} maps tensors to {outside}, outside {index.parent}: a shard must be a file "
+                              "of the model's own directory")
+    return set(weight_map.values())
 
 
 def _safe_open(f: pathlib.Path, framework: str):

@@ -117,6 +117,25 @@ def test_sharded_export_and_import(tmp_path):
     np.testing.assert_array_equal(np.asarray(again(ids)), np.asarray(model(ids)))
 
 
+@pytest.mark.parametrize("index,message", [
+    ("{not json", r"is not a safetensors index \(JSONDecodeError"),
+    ('["a list"]', r"is not a safetensors index \(AttributeError"),
+    ('{"metadata": {}}', "has no weight_map of tensor name -> shard file"),
+    ('{"weight_map": ["model-00001.safetensors"]}', "has no weight_map of tensor name -> shard file"),
+    ('{"weight_map": {"lm_head.weight": 7}}', "has no weight_map of tensor name -> shard file"),
+    ('{"weight_map": {"lm_head.weight": "../elsewhere/model.safetensors"}}', r"outside .*a shard must be a file"),
+    ('{"weight_map": {"lm_head.weight": "/etc/model.safetensors"}}', r"outside .*a shard must be a file"),
+])
+def test_a_damaged_shard_index_is_refused_naming_it(tmp_path, index, message):
+    cfg = ModelConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=4, num_kv_heads=2)
+    out = save_pretrained(Transformer(cfg, rngs=nnx.Rngs(3)), tmp_path / "sharded", max_shard_bytes=20_000)
+    (tmp_path / "elsewhere").mkdir()  # a shard the index could point to outside the model's directory
+    (out / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(CheckpointError, match=message) as error:
+        from_pretrained(out)
+    assert "model.safetensors.index.json" in str(error.value)
+
+
 def test_bfloat16_export_import(tmp_path):
     cfg = ModelConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_layers=1,
                       num_heads=4, num_kv_heads=4, tie_embeddings=True)
