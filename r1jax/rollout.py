@@ -128,6 +128,24 @@ def rollout(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, pro
     return Rollout(samples, completions, np.asarray(lengths))
 
 
+def trim_to_longest(out: Rollout) -> SampleOutput:
+    """`out.samples` cut to the completion columns that its longest row (over every process) needs.
+
+    The sampler returns `max_new_tokens` columns whatever the rows drew; with a stop token most
+    of them can be padding, and an update over them would pay for columns no row uses. The width
+    is `padded_width` of the longest completion (at most 25% padding, about four widths per
+    doubling of the length: each width compiles the update once), never more than the sampler's.
+    """
+    longest = max(allgather_objects(int(out.lengths.max(initial=0))))
+    columns = out.samples.tokens.shape[1]
+    width = min(padded_width(max(longest, 1)), columns)
+    if width == columns:
+        return out.samples
+    cut = lambda x: x[:, :width]
+    return out.samples._replace(tokens=cut(out.samples.tokens), logprobs=cut(out.samples.logprobs),
+                                mask=cut(out.samples.mask))
+
+
 def _global_extent(lengths: Sequence[int]) -> tuple[int, int]:
     """(longest, shortest) prompt over every process's prompts."""
     extents = allgather_objects((max(lengths), min(lengths)))
@@ -151,6 +169,9 @@ class RolloutBatch:
     rows_per_group  G when every G consecutive rows share their prompt (the rollout's group):
                     the train step keeps groups whole in each microbatch and the objective runs
                     each prompt once; 1 when the rows are not grouped. Static (not an array).
+    completion_columns  the completions lie in the last this many columns (`completion_mask` is 0
+                    before them): the LM head and the loss run there only. None: every column.
+                    Static: each width compiles the step once (`trim_to_longest` keeps them few).
     """
     tokens: jax.Array
     attention_mask: jax.Array
@@ -159,6 +180,7 @@ class RolloutBatch:
     old_logps: jax.Array | None = None
     ref_logps: jax.Array | None = None
     rows_per_group: int = struct.field(pytree_node=False, default=1)
+    completion_columns: int | None = struct.field(pytree_node=False, default=None)
 
 
 def training_batch(samples: SampleOutput, mesh: Mesh, *, old_logps: bool = False,
@@ -179,5 +201,5 @@ def training_batch(samples: SampleOutput, mesh: Mesh, *, old_logps: bool = False
         prompt_columns = jnp.zeros(samples.prompt_mask.shape, jnp.float32)
         sampled_logps = jnp.concatenate([prompt_columns, samples.logprobs], axis=1)
     batch = RolloutBatch(tokens, attention_mask, completion_mask, old_logps=sampled_logps,
-                         rows_per_group=rows_per_group)
+                         rows_per_group=rows_per_group, completion_columns=samples.tokens.shape[1])
     return jax.device_put(batch, batch_sharding(mesh))

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from r1jax.data.prompts import R1_SYSTEM_PROMPT, R1_ZERO_TEMPLATE
-from r1jax.rollout import PromptRenderer, RolloutBatch, rollout, training_batch
+from r1jax.rollout import PromptRenderer, Rollout, RolloutBatch, rollout, training_batch, trim_to_longest
 from r1jax.sampling import SampleOutput
 from r1jax.sharding import batch_sharding, make_mesh
 from r1jax.tasks import get_task
@@ -142,6 +142,27 @@ def test_an_over_long_or_empty_prompt_is_refused_before_anything_is_compiled():
         rollout(None, None, CharTokenizer(), [list(range(1, 10))], jax.random.key(0), **refuse)
     with pytest.raises(ValueError, match="a prompt has no tokens"):
         rollout(None, None, CharTokenizer(), [[1, 2], []], jax.random.key(0), **refuse)
+
+
+def test_trim_to_longest_keeps_the_padded_width_of_the_longest_completion():
+    def cut(lengths, columns=40):
+        lengths = np.asarray(lengths)
+        mask = (np.arange(columns) < lengths[:, None]).astype(np.int32)
+        samples = SampleOutput(tokens=jnp.asarray(mask * 7), logprobs=jnp.asarray(mask * -0.5), mask=jnp.asarray(mask),
+                               lengths=jnp.asarray(lengths), prompt_tokens=jnp.ones((len(lengths), 2), jnp.int32),
+                               prompt_mask=jnp.ones((len(lengths), 2), jnp.int32))
+        trimmed = trim_to_longest(Rollout(samples, [""] * len(lengths), lengths))
+        width = trimmed.tokens.shape[1]
+        assert trimmed.logprobs.shape[1] == trimmed.mask.shape[1] == width
+        np.testing.assert_array_equal(trimmed.mask, mask[:, :width])  # nothing a row drew is lost
+        np.testing.assert_array_equal(trimmed.prompt_tokens, samples.prompt_tokens)
+        return width
+
+    assert cut([9, 3]) == 16  # padded_width(9): multiples of 8 below 64 tokens
+    assert cut([0, 0]) == 8  # no row drew a token: the narrowest width
+    assert cut([33, 3]) == 40  # padded_width(33) = 40, all the sampler returned
+    assert cut([35, 3], columns=36) == 36  # padded_width(35) = 40 > 36 columns: never wider than sampled
+    assert cut([70, 3], columns=200) == 80  # padded_width(70): multiples of 16 from 64 tokens
 
 
 # ---- training_batch and RolloutBatch -------------------------------------------------------------

@@ -35,7 +35,7 @@ from r1jax.sharding import make_global_batch, reshard
 from r1jax.tasks import get_task
 from r1jax.tokenizers import Tokenizer
 from r1jax.train.objectives import grpo_objective
-from r1jax.rollout import PromptRenderer, RolloutBatch, check_template, rollout, training_batch
+from r1jax.rollout import PromptRenderer, RolloutBatch, check_template, rollout, training_batch, trim_to_longest
 from r1jax.train.state import TrainState, copy_params
 from r1jax.train.step import make_logprobs_fn
 
@@ -130,8 +130,7 @@ class GRPO:
         s = self.settings
         return grpo_objective(beta=s.beta, epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high,
                               loss_type=s.loss_type, max_completion_length=s.max_new_tokens,
-                              importance_sampling_level=s.importance_sampling_level,
-                              completion_columns=s.max_new_tokens)
+                              importance_sampling_level=s.importance_sampling_level)
 
     def _rows_per_group(self) -> int:
         """G: a group's completions share its prompt, which the forward passes then run once;
@@ -141,8 +140,7 @@ class GRPO:
 
     def set_reference(self, state: TrainState):
         """Freeze the policy in `state` (the initial one) as the KL reference."""
-        self._logprobs_fn = make_logprobs_fn(state, self.mesh, completion_columns=self.settings.max_new_tokens,
-                                             rows_per_group=self._rows_per_group())
+        self._logprobs_fn = make_logprobs_fn(state, self.mesh, rows_per_group=self._rows_per_group())
         if self.settings.beta != 0:
             self._ref_params = copy_params(state.params)
 
@@ -164,13 +162,16 @@ class GRPO:
         # the sampler's own when they are the policy's (temperature 1, no top-p), else a forward
         keep_old = s.num_iterations > 1 or s.num_minibatches > 1
         sampler_is_policy = s.temperature == 1 and s.top_p == 1
-        batch = training_batch(out.samples, self.mesh, old_logps=keep_old and sampler_is_policy,
+        # the update runs on the columns the longest completion needs, not on max_new_tokens
+        batch = training_batch(trim_to_longest(out), self.mesh, old_logps=keep_old and sampler_is_policy,
                                rows_per_group=self._rows_per_group())
         # ...while the device computes the log-probs the loss compares against
         if s.beta != 0:
-            batch = batch.replace(ref_logps=self._logprobs_fn(self._ref_params, batch.tokens, batch.attention_mask))
+            batch = batch.replace(ref_logps=self._logprobs_fn(self._ref_params, batch.tokens, batch.attention_mask,
+                                                            completion_columns=batch.completion_columns))
         if keep_old and not sampler_is_policy:
-            batch = batch.replace(old_logps=self._logprobs_fn(state.params, batch.tokens, batch.attention_mask))
+            batch = batch.replace(old_logps=self._logprobs_fn(state.params, batch.tokens, batch.attention_mask,
+                                                            completion_columns=batch.completion_columns))
         result = rewards_result()
         every = _gather_rows(result, out.lengths)
         # advantages from the rewards of every process's rows (N floats): exact for every

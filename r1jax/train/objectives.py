@@ -119,9 +119,10 @@ def grpo_objective(*, beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high
     With one update per rollout (mu = 1) leave the batch's `old_logps` None: the sampling
     policy is the current one, so its log-probs are the current ones without gradient.
     With beta == 0 `ref_logps` is not read (nor needed).
-    completion_columns: the completions lie in the last this many columns of `tokens` (a
-        rollout's `max_new_tokens`; `completion_mask` must be 0 before them): the LM head and
-        the loss run there only (`completion_logprobs`). None: every column.
+    completion_columns: the completions lie in the last this many columns of `tokens`
+        (`completion_mask` must be 0 before them): the LM head and the loss run there only
+        (`completion_logprobs`). None: every column. A batch's own `completion_columns` (a
+        rollout's width, set by `training_batch`) takes precedence.
     A batch whose `rows_per_group` is G > 1 runs each group's prompt once (`completion_logprobs`).
     Metrics: those of `grpo_loss` plus `entropy`, the mean policy entropy over completion tokens.
     """
@@ -131,7 +132,8 @@ def grpo_objective(*, beta: float = 0.04, epsilon_low: float = 0.2, epsilon_high
         if not isinstance(batch, RolloutBatch):
             raise TypeError(f"the GRPO objective reads a RolloutBatch (r1jax.rollout), got {type(batch).__name__}")
         tokens = batch.tokens
-        logps, token_entropy = completion_logprobs(model, tokens, batch.attention_mask, completion_columns,
+        columns = completion_columns if batch.completion_columns is None else batch.completion_columns
+        logps, token_entropy = completion_logprobs(model, tokens, batch.attention_mask, columns,
                                                    rows_per_group=batch.rows_per_group)
         scored = slice(tokens.shape[1] - logps.shape[1], None)  # the columns logps covers
         completion_mask = batch.completion_mask[:, scored]

@@ -187,7 +187,9 @@ def make_logprobs_fn(state: TrainState, mesh: Mesh, *, num_microbatches: int = 1
     `state.params`: the frozen reference copy (`copy_params`) for `ref_logps`, or
     `state.params` for `old_logps` when a rollout is used for several updates.
     completion_columns: only the last this many columns are scored (the LM head runs
-        there only; the other columns are 0), as in `grpo_objective`. None: all.
+        there only; the other columns are 0), as in `grpo_objective`. None: all. A call's
+        `completion_columns=` (a batch's, which varies with the rollout) overrides it;
+        each value compiles once.
     rows_per_group: G when every G consecutive rows share a prompt, run once per group
         (`r1jax.train.objectives.completion_logprobs`).
     Computed `num_microbatches` rows-groups at a time to bound the memory of the logits.
@@ -196,23 +198,25 @@ def make_logprobs_fn(state: TrainState, mesh: Mesh, *, num_microbatches: int = 1
     param_shardings = tree_shardings(state.params, mesh, rules)
     data = batch_sharding(mesh)
 
-    def logprobs_fn(params, tokens, attention_mask):
+    def logprobs_fn(params, tokens, attention_mask, columns):
         batch = {"tokens": tokens, "attention_mask": attention_mask}
         _check_rows(batch, num_microbatches, mesh, rows_per_group)
         with activate(mesh):
             def one(microbatch):
                 model = nnx.merge(graphdef, params)
                 logps, _ = completion_logprobs(model, microbatch["tokens"], microbatch["attention_mask"],
-                                               completion_columns, rows_per_group=rows_per_group)
+                                               columns, rows_per_group=rows_per_group)
                 return jnp.pad(logps, ((0, 0), (tokens.shape[1] - logps.shape[1], 0)))
 
             logps = jax.lax.map(one, _split_microbatches(batch, num_microbatches, mesh, rows_per_group))
             return _merge_microbatches(logps, rows_per_group)
 
-    jitted = jax.jit(logprobs_fn, in_shardings=(param_shardings, data, data), out_shardings=data)
+    jitted = jax.jit(logprobs_fn, in_shardings=(param_shardings, data, data), out_shardings=data,
+                     static_argnums=3)
 
-    def placed_logprobs_fn(params, tokens, attention_mask):
-        return jitted(params, *put_on_mesh((tokens, attention_mask), data))  # see make_train_step
+    def placed_logprobs_fn(params, tokens, attention_mask, *, completion_columns=completion_columns):
+        # see make_train_step for the placing
+        return jitted(params, *put_on_mesh((tokens, attention_mask), data), completion_columns)
 
     placed_logprobs_fn.jitted = jitted
     return placed_logprobs_fn

@@ -217,6 +217,30 @@ def test_completion_columns_and_shared_prompts_change_no_number(mesh, initial_st
             np.testing.assert_allclose(a, b, atol=1e-6, err_msg=str(key))
 
 
+def test_a_batch_cut_to_its_longest_completion_changes_no_number(mesh, initial_state):
+    """`trim_to_longest`'s cut (the rollout's padding columns after every completion dropped, the
+    batch's own `completion_columns` telling the objective and the log-probs where completions
+    start): the same log-probs, metrics and update as over every sampled column."""
+    padded = 3  # columns no completion reaches: padding after every row stopped
+    batch = grouped_batch()
+    extend = lambda x: jnp.pad(x, ((0, 0), (0, padded)))
+    full = batch.replace(tokens=extend(batch.tokens), attention_mask=extend(batch.attention_mask),
+                         completion_mask=extend(batch.completion_mask), completion_columns=LENGTH - PROMPT + padded)
+    cut = batch.replace(completion_columns=LENGTH - PROMPT)
+    logprobs_fn = make_logprobs_fn(initial_state, mesh, rows_per_group=2)
+    ref = {name: logprobs_fn(initial_state.params, b.tokens, b.attention_mask, completion_columns=b.completion_columns)
+           for name, b in (("full", full), ("cut", cut))}
+    np.testing.assert_allclose(ref["cut"], ref["full"][:, :LENGTH], atol=1e-6)
+    step = make_train_step(grpo_objective(beta=0.04), initial_state, mesh)  # the batch says its columns
+    (state_full, m_full), (state_cut, m_cut) = (
+        step(device_copy(initial_state), b.replace(ref_logps=ref[name] * 1.01), jax.random.key(0))
+        for name, b in (("full", full), ("cut", cut)))
+    for name in m_full:
+        np.testing.assert_allclose(float(m_cut[name]), float(m_full[name]), rtol=1e-5, atol=1e-7, err_msg=name)
+    for a, b in zip(jax.tree.leaves(state_cut.params), jax.tree.leaves(state_full.params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 @pytest.mark.parametrize("settings", [  # the first combines most; the others (25 s each) are slow
     dict(attention="blockwise", attention_block=2, head_chunk_size=3, remat="block"),
     pytest.param(dict(remat="dots_saveable"), marks=pytest.mark.slow),
