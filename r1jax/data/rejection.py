@@ -34,6 +34,7 @@ import tensorflow_datasets as tfds
 
 from r1jax.data.filters import (MIN_LANGUAGE_SHARE, NGRAM_SIZE, REPETITION_THRESHOLD, dedup_key,
                                 is_language_consistent, is_overlong, is_repetitive)
+from r1jax.data.prepared import GeneratedDatasetInfo
 from r1jax.data.sources import DatasetNotPreparedError, ExampleSource
 from r1jax.files import write_json_atomically
 from r1jax.rewards.language import chain_of_thought
@@ -226,10 +227,10 @@ class RejectionSampled(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     "example_index": tfds.features.Scalar(np.int64),
                     "sample_index": tfds.features.Scalar(np.int64)}
         features.update({name: _FEATURES[kind]() for name, kind in self._example_field_kinds.items()})
-        return tfds.core.DatasetInfo(builder=self, description=self.__doc__,
-                                     features=tfds.features.FeaturesDict(features),
-                                     metadata=tfds.core.MetadataDict(self._run_metadata),
-                                     disable_shuffling=True)  # records stay in prompt order
+        return GeneratedDatasetInfo(builder=self, description=self.__doc__,
+                                    features=tfds.features.FeaturesDict(features),
+                                    metadata=tfds.core.MetadataDict(self._run_metadata),
+                                    disable_shuffling=True)  # records stay in prompt order
 
     def _split_generators(self, dl_manager):
         del dl_manager

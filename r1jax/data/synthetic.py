@@ -15,6 +15,8 @@ from typing import Any, Hashable
 import numpy as np
 import tensorflow_datasets as tfds
 
+from r1jax.data.prepared import GeneratedDatasetInfo
+
 Example = dict[str, Any]
 
 # Problem spaces much smaller than the requested sizes would make the
@@ -76,7 +78,7 @@ class SyntheticTaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
         """Equal for two examples that pose the same problem."""
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return GeneratedDatasetInfo(
             builder=self,
             description=self.__doc__,
             features=tfds.features.FeaturesDict(self._features()),
