@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 from r1jax.data.prepared import GeneratedDatasetInfo
 
 Example = dict[str, Any]
+SPLITS = ("train", "test")  # what every synthetic task writes
 
 # Problem spaces much smaller than the requested sizes would make the
 # without-repeats sampling spin; past this many draws per example we give up.
