@@ -134,8 +134,27 @@ def test_a_rejection_sampled_dataset_without_splits_is_whole(tmp_path):
     assert load_sft_dataset(tmp_path) == []
 
 
+def _math_copy(manual):
+    (manual / "test.jsonl").parent.mkdir(parents=True)
+    (manual / "test.jsonl").write_text(json.dumps({"problem": "1 + 1?", "solution": "$\\boxed{2}$"}) + "\n")
+    return manual
+
+
+def test_a_damaged_math_build_is_refused(tmp_path):
+    manual = _math_copy(tmp_path / "manual")
+    assert [example["answer"] for example in data.load_math("test", data_dir=tmp_path, manual_dir=manual)] == ["2"]
+    version_dir = tmp_path / "hendrycks_math" / "1.0.0"
+    (version_dir / "dataset_info.json").write_text("garbage")
+    before = snapshot(tmp_path)
+    with pytest.raises(DamagedDatasetError, match=re.escape(f"{version_dir / 'dataset_info.json'} is not readable")
+                       + ".*manual_dir"):
+        data.load_math("test", data_dir=tmp_path, manual_dir=manual)
+    assert snapshot(tmp_path) == before
+
+
 def test_generating_leaves_no_temporary_folder(tmp_path, monkeypatch):
-    """TFDS made a /tmp/tmp…tfds folder for every dataset it built from scratch and kept it."""
+    """TFDS made a /tmp/tmp…tfds folder for every dataset it built from scratch and kept it
+    (countdown, arithmetic, the rejection-sampled SFT data, MATH from a local copy)."""
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
@@ -143,4 +162,5 @@ def test_generating_leaves_no_temporary_folder(tmp_path, monkeypatch):
     data.load_generated(data.Arithmetic, "test", data_dir=tmp_path / "data",
                         config=data.ArithmeticConfig(name="tiny", train_size=20, test_size=10))
     _sft_dataset(tmp_path / "sft", [{"prompt": "p", "completion": "c", "example_index": 0, "sample_index": 0}])
+    data.load_math("test", data_dir=tmp_path / "data", manual_dir=_math_copy(tmp_path / "manual"))
     assert sorted(os.listdir(temporary)) == []
