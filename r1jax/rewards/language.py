@@ -31,6 +31,7 @@ scores it 1.0, see `language_reward`.
 """
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from collections import Counter
@@ -51,8 +52,6 @@ _NAME_PREFIX_SCRIPTS = {
     "MODIFIER": None, "CARON": None, "TURNED": "latin", "ROMAN": "latin", "VEDIC": "devanagari",
 }
 _MARK = "mark"  # a combining mark: part of the word of the letter before it
-_UNKNOWN = object()
-_script_cache: dict = {}  # character -> script, filled as characters are met
 
 # Openers of spans that are not prose, with their closers. Longer openers come first.
 _SPANS = {"```": "```", "`": "`", "$$": "$$", "$": "$", "\\(": "\\)", "\\[": "\\]"}
@@ -92,22 +91,21 @@ for _code, _scripts in LANGUAGE_SCRIPTS.items():
 def _script(character: str) -> Optional[str]:
     """The script of a letter (lower-case first word of its Unicode name), `_MARK` for a
     combining mark, None for anything else. Unnamed letters (e.g. Tangut) are "unnamed"."""
-    script = _script_cache.get(character, _UNKNOWN)
-    if script is _UNKNOWN:
-        category = unicodedata.category(character)
-        if category[0] == "M":
-            script = _MARK
-        elif category[0] != "L":
-            script = None
-        else:
-            prefix = unicodedata.name(character, "UNNAMED").split(" ", 1)[0]
-            script = _NAME_PREFIX_SCRIPTS.get(prefix, prefix.lower())
-        _script_cache[character] = script
-    return script
+    category = unicodedata.category(character)
+    if category[0] == "M":
+        return _MARK
+    if category[0] != "L":
+        return None
+    prefix = unicodedata.name(character, "UNNAMED").split(" ", 1)[0]
+    return _NAME_PREFIX_SCRIPTS.get(prefix, prefix.lower())
 
 
 def _words(text: str, counts: Counter, *, notation: bool) -> None:
     """Add the words of `text` to `counts` by script; with `notation`, as math or code."""
+    script_of = {character: _script(character) for character in set(text)}  # linear, whatever the text
+    if notation:
+        script_of = {character: None if script == _NOTATION_SCRIPT else script
+                     for character, script in script_of.items()}
     current, length = None, 0  # the script of the word being read, and its letters so far
 
     def close() -> None:
@@ -115,16 +113,14 @@ def _words(text: str, counts: Counter, *, notation: bool) -> None:
             return  # a lone Greek letter is a math symbol
         counts[current] += length if current in _CHARACTER_WORD_SCRIPTS else 1
 
-    for character in text:
-        script = _script(character)
+    for script, run in itertools.groupby(text, script_of.__getitem__):
         if script == _MARK:
             continue  # belongs to the word before it, if any
-        if notation and script == _NOTATION_SCRIPT:
-            script = None
         if script != current:
             close()
             current, length = script, 0
-        length += script is not None
+        if script is not None:
+            length += len(list(run))
     close()
 
 
@@ -159,14 +155,15 @@ def count_words_by_script(text: str) -> Counter:
     Example: "We add $设 x$ and ```தமிழ் code```" has 3 Latin words (We, add, and; x and
     code are notation), 1 Han word and 1 Tamil word.
     """
-    counts: Counter = Counter()
+    prose, notation = [], []  # pieces of each kind; a space between two keeps their words apart
     for kind, piece in _spans(unicodedata.normalize("NFKC", text)):
         if kind == "math":
-            for prose in _LATEX_TEXT.findall(piece):
-                _words(prose, counts, notation=False)
+            prose.extend(_LATEX_TEXT.findall(piece))
             piece = _LATEX_TEXT.sub(" ", piece)
-        _words(_LATEX_COMMAND.sub(" ", piece) if kind == "prose" else piece, counts,
-               notation=kind != "prose")
+        (prose if kind == "prose" else notation).append(piece)
+    counts: Counter = Counter()
+    _words(_LATEX_COMMAND.sub(" ", " ".join(prose)), counts, notation=False)
+    _words(" ".join(notation), counts, notation=True)
     return counts
 
 
