@@ -80,12 +80,9 @@ _ALIASES = {"english": "en", "chinese": "zh", "zh-cn": "zh", "zh-hans": "zh", "z
             "gujarati": "gu", "tamil": "ta", "telugu": "te", "kannada": "kn", "malayalam": "ml",
             "sinhala": "si", "thai": "th", "lao": "lo", "khmer": "km", "burmese": "my",
             "georgian": "ka", "armenian": "hy", "amharic": "am"}
-# The language a script's words are taken to be in (kana: Japanese, see dominant_language).
-_SCRIPT_LANGUAGE = {"latin": "en", "han": "zh", "bopomofo": "zh", "kana": "ja",
-                    "cyrillic": "ru", "arabic": "ar", "devanagari": "hi"}
-for _code, _scripts in LANGUAGE_SCRIPTS.items():
-    for _script in _scripts:
-        _SCRIPT_LANGUAGE.setdefault(_script, _code)
+# The language a script's words are taken to be in: the first listed that writes it
+# (Latin: en, Han: zh, Cyrillic: ru, ...; kana: ja, see dominant_language).
+_SCRIPT_LANGUAGE = {script: code for code, scripts in reversed(LANGUAGE_SCRIPTS.items()) for script in scripts}
 
 
 def _script(character: str) -> Optional[str]:
