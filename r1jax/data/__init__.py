@@ -15,6 +15,7 @@ from r1jax.data.prompts import (CHAT_TEMPLATES, R1_SYSTEM_PROMPT, R1_ZERO_TEMPLA
 from r1jax.data.real import (HendrycksMath, gsm8k_gold_answer, last_boxed_answer,
                              load_gsm8k, load_math)
 from r1jax.data.rejection import load_sft_dataset, to_sft_pairs
+from r1jax.data.prepared import DamagedDatasetError
 from r1jax.data.sources import DatasetNotPreparedError, ExampleSource
 from r1jax.data.generated import load_generated
 
@@ -27,6 +28,6 @@ __all__ = [
     "CHAT_TEMPLATES", "R1_SYSTEM_PROMPT", "R1_ZERO_TEMPLATE", "TEXT_TEMPLATES",
     "chat_messages", "format_prompt",
     "HendrycksMath", "gsm8k_gold_answer", "last_boxed_answer", "load_gsm8k", "load_math",
-    "DatasetNotPreparedError", "ExampleSource",
+    "DamagedDatasetError", "DatasetNotPreparedError", "ExampleSource",
     "load_generated",
 ]

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
+import pathlib
 
 from etils import epath
 import tensorflow_datasets as tfds
 from tensorflow_datasets.text.gsm8k.gsm8k import Gsm8k
 
+from r1jax.data.prepared import GeneratedDatasetInfo, check_dataset_files
 from r1jax.data.sources import Example, ExampleSource, open_split
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
@@ -87,7 +89,7 @@ class HendrycksMath(tfds.core.GeneratorBasedBuilder):
         "test.jsonl) whose rows have problem and solution.")
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return GeneratedDatasetInfo(  # built here from a local copy, never fetched
             builder=self,
             description=self.__doc__,
             features=tfds.features.FeaturesDict({
@@ -146,6 +148,10 @@ def load_math(split: str, *, data_dir, manual_dir=None) -> ExampleSource:
       manual_dir: the local MATH copy (see HendrycksMath.MANUAL_DOWNLOAD_INSTRUCTIONS);
         needed only while the dataset is not yet prepared.
     """
+    where = pathlib.Path(data_dir or tfds.core.constants.DATA_DIR) / HendrycksMath.name / str(HendrycksMath.VERSION)
+    if where.is_dir() and any(where.iterdir()):  # built earlier: whole, or refused before TFDS reads it
+        check_dataset_files(where, f"It was built from a local copy of MATH: delete {where} and pass "
+                                   "manual_dir=<that copy> to build it again.")
     builder = HendrycksMath(data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared() and manual_dir is not None:
         if not epath.Path(manual_dir).is_dir() or not any(epath.Path(manual_dir).iterdir()):

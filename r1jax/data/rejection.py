@@ -34,7 +34,8 @@ import tensorflow_datasets as tfds
 
 from r1jax.data.filters import (MIN_LANGUAGE_SHARE, NGRAM_SIZE, REPETITION_THRESHOLD, dedup_key,
                                 is_language_consistent, is_overlong, is_repetitive)
-from r1jax.data.sources import DatasetNotPreparedError, ExampleSource
+from r1jax.data.prepared import GeneratedDatasetInfo, check_dataset_files
+from r1jax.data.sources import DatasetNotPreparedError, ExampleSource, OutputDirError
 from r1jax.files import write_json_atomically
 from r1jax.rewards.language import chain_of_thought
 
@@ -59,11 +60,6 @@ class Sample(NamedTuple):
     completion: str
     length: int
     stopped: bool
-
-
-class OutputDirError(ValueError):
-    """The output directory holds something this run must not resume or overwrite (another
-    run's samples, files that are not a run); nothing was changed."""
 
 
 def dataset_path(output_dir) -> pathlib.Path:
@@ -226,10 +222,10 @@ class RejectionSampled(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     "example_index": tfds.features.Scalar(np.int64),
                     "sample_index": tfds.features.Scalar(np.int64)}
         features.update({name: _FEATURES[kind]() for name, kind in self._example_field_kinds.items()})
-        return tfds.core.DatasetInfo(builder=self, description=self.__doc__,
-                                     features=tfds.features.FeaturesDict(features),
-                                     metadata=tfds.core.MetadataDict(self._run_metadata),
-                                     disable_shuffling=True)  # records stay in prompt order
+        return GeneratedDatasetInfo(builder=self, description=self.__doc__,
+                                    features=tfds.features.FeaturesDict(features),
+                                    metadata=tfds.core.MetadataDict(self._run_metadata),
+                                    disable_shuffling=True)  # records stay in prompt order
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -291,7 +287,10 @@ def load_sft_dataset(output_dir) -> Sequence[dict]:
     `to_sft_pairs` as `SFT(to_pairs=...)` to train on them.
     """
     path = dataset_path(output_dir)
-    if not (path / "dataset_info.json").exists():
+    if path.is_dir() and any(path.iterdir()):
+        check_dataset_files(path, f"Delete {path} and call assemble_dataset({str(output_dir)!r}) to write it "
+                                  "again from the run's chunk files.")
+    else:
         raise DatasetNotPreparedError(f"{output_dir} holds no finished rejection-sampled dataset (no {path}); "
                                       "run rejection_sample on every host, or assemble_dataset(output_dir)")
     builder = tfds.builder_from_directory(path)

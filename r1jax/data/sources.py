@@ -21,6 +21,11 @@ class DatasetNotPreparedError(FileNotFoundError):
     """The dataset has no prepared files in the given data_dir."""
 
 
+class OutputDirError(ValueError):
+    """The output directory holds something this run must not resume, overwrite or read
+    (another run's samples, files that are not a run, a damaged dataset); nothing was changed."""
+
+
 def to_python(value: Any) -> Any:
     """numpy/bytes values of a TFDS example -> str, int, float, list, dict."""
     if isinstance(value, dict):

@@ -15,7 +15,10 @@ from typing import Any, Hashable
 import numpy as np
 import tensorflow_datasets as tfds
 
+from r1jax.data.prepared import GeneratedDatasetInfo
+
 Example = dict[str, Any]
+SPLITS = ("train", "test")  # what every synthetic task writes
 
 # Problem spaces much smaller than the requested sizes would make the
 # without-repeats sampling spin; past this many draws per example we give up.
@@ -76,7 +79,7 @@ class SyntheticTaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
         """Equal for two examples that pose the same problem."""
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return GeneratedDatasetInfo(
             builder=self,
             description=self.__doc__,
             features=tfds.features.FeaturesDict(self._features()),

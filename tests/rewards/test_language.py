@@ -1,4 +1,8 @@
-"""Language consistency: script-based word counts on mixed text."""
+"""Language consistency: script-based word counts on mixed text.
+
+Each expectation is worked by hand: Latin, Cyrillic, Tamil, ... runs are one word each,
+Han and kana characters one word each; math and code hide no other-language prose.
+"""
 import time
 
 import pytest
@@ -23,7 +27,67 @@ CASES = [
     ("안녕하세요 세계 hi", "ko", 2 / 3),
     ("We compute 😀\u200b\x00 sum", "english", 1.0),   # odd unicode is not a word
     ("我们计算", "Chinese", 1.0),
+    ("我们 `print` 计算", "zh", 1.0),        # an identifier in inline code is no English word
+    ("我们写 ```python\nprint(total)\n``` 计算", "zh", 1.0),
+    ("我们 $x^2 + \\frac{a}{b}$ 计算", "zh", 1.0),
+    ("the angle θ is $\\pi/2$", "en", 1.0),     # a lone Greek letter is a symbol
+    ("Εμείς προσθέτουμε", "el", 1.0),          # Greek words are words
+    ("We add Εμείς", "en", 2 / 3),
+    ("हिन्दी में", "hindi", 1.0),                  # vowel signs belong to their word
+    ("ﾃｽﾄ", "ja", 1.0),                         # half-width katakana
 ]
+
+# Math and code are no hiding place: 3 Latin words (We, add, now) and 4 Han characters
+# whatever wraps the Chinese, so 3/7 English where the old code said 1.0.
+HIDDEN_CHINESE = [
+    "We add $我们计算$ now",
+    "We add $$我们计算$$ now",
+    "We add \\(我们计算\\) now",
+    "We add \\[我们计算\\] now",
+    "We add\n```\n我们计算\n```\nnow",
+    "We add\n```python\n# 我们计算\n```\nnow",
+    "We add `我们计算` now",
+    "We add ＄我们计算＄ now",           # full-width dollars are dollars
+    "We add $我们\n计算$ now",            # malformed: inline math does not span lines
+]
+
+
+@pytest.mark.parametrize("text", HIDDEN_CHINESE)
+def test_math_and_code_hide_no_other_language(text):
+    assert language_consistency(text, "en") == pytest.approx(3 / 7)
+    assert language_consistency(text, "zh") == pytest.approx(4 / 7)
+
+
+def test_a_chain_of_thought_all_in_wrapped_chinese_is_not_english():
+    assert language_consistency("$首先我们计算和$", "en") == 0.0          # old: None
+    assert language_consistency("$首先我们计算和$", "zh") == 1.0
+    # prose in \\text{} is prose: 4 Han and 4 Latin words
+    assert language_consistency("我们 $\\text{we add the numbers}$ 计算", "zh") == pytest.approx(0.5)
+    assert language_consistency("我们 $\\text {we add}$ 计算", "zh") == pytest.approx(4 / 6)
+
+
+# (two words of the script, its language): each word is one run of letters and marks
+SCRIPTS = [("நாம் கூட்டுகிறோம்", "ta"),    # Tamil
+           ("আমরা যোগ", "bn"),           # Bengali
+           ("આપણે ઉમેરીએ", "gu"),        # Gujarati
+           ("ჩვენ ვამატებთ", "ka"),      # Georgian
+           ("ᚁᚂ ᚃᚄ", None)]              # Ogham: no supported language, still a script
+
+
+@pytest.mark.parametrize("words, language", SCRIPTS)
+def test_every_script_counts(words, language):
+    assert language_consistency(f"We add {words}", "en") == pytest.approx(2 / 4)  # old: 1.0
+    assert language_consistency(f"{words} $x$ 我", "zh") == pytest.approx(1 / 3)
+    if language is not None:
+        assert language_consistency(f"{words}", language) == 1.0
+        assert language_consistency(f"We add {words} $x$", language) == pytest.approx(2 / 4)
+        assert dominant_language(f"{words} and") == language
+
+
+def test_full_width_latin_is_latin():
+    assert language_consistency("Ｗｅ ａｄｄ ｔｈｅ ｎｕｍｂｅｒｓ", "en") == 1.0  # old: None
+    assert language_consistency("Ｗｅ ａｄｄ 我们", "en") == pytest.approx(2 / 4)  # old: 0.0
+    assert dominant_language("Ｗｈａｔ ｉｓ 1+1") == "en"
 
 
 @pytest.mark.parametrize("text, language, expected", CASES)
@@ -64,6 +128,16 @@ def test_dominant_language():
     assert dominant_language("これは何ですか") == "ja"
     assert dominant_language("What is 计算?") == "en"
     assert dominant_language("12345") is None
+    assert dominant_language("ᚁᚂ ᚃᚄ") is None                 # Ogham: no language to name
+
+
+def test_a_chain_of_thought_without_words_scores_one():
+    """Nothing in it is another language: 1.0 (old: None, which drops the row from GRPO)."""
+    language = get_reward("language")
+    assert language("<think>$2 + 3 = 5$</think><answer>5</answer>", language="zh") == 1.0
+    assert language("<think>\\[x^2\\] ```print(5)```</think>5", language="en") == 1.0
+    assert language("<think></think><answer>5</answer>", language="en") == 1.0
+    assert language("<think>$首先我们计算和$</think><answer>5</answer>", language="en") == 0.0
 
 
 def test_hostile_text_is_linear():
