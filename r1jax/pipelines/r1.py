@@ -36,9 +36,9 @@ from jax.sharding import Mesh
 from r1jax.data.preferences import general_prompts, preference_pairs
 from r1jax.files import write_json_atomically
 from r1jax.pipelines.findings import findings_table, models_table, paper_findings, steps_to_reach
-from r1jax.pipelines.settings import (ColdStartSettings, ConfigError, EvalSettings, RejectionSettings, check_count,
-                                     check_mesh, check_workdir, config_section, grpo_training, make_workdir,
-                                     settings_from, training_from)
+from r1jax.pipelines.settings import (ColdStartSettings, ConfigError, EvalSettings, RejectionSettings, ReplaySettings,
+                                     check_count, check_mesh, check_workdir, config_section, grpo_training,
+                                     make_workdir, settings_from, training_from)
 from r1jax.pipelines.stages import (DistillBudget, Stage, Traces, annotated_pairs, budget_stage, check_model,
                                     check_pretrain, cold_start_pairs, cold_start_stage, corpus_style,
                                     evaluation_stage, given, grpo_stage, judging_stage, pretraining, rejection_stage,
@@ -95,12 +95,12 @@ def r1_pipeline(config) -> dict:
         Stage("cold_start_data", partial(cold_start_stage, examples=r.train, settings=r.cold_start_data,
                                          annotated=annotated, **r.cold_start), inputs=("r1_zero",),
               output="cold_start", finished=cold_start_pairs),
-        Stage("cold_start", partial(sft, training=cold_start_training, replay_share=config.cold_start.replay,
-                                    replay_seed=seed + 11), inputs=("pretrain", "cold_start_data")),
+        Stage("cold_start", partial(sft, training=cold_start_training, replay_seed=seed + 11),
+              inputs=("pretrain", "cold_start_data")),
         Stage("reasoning_rl", partial(rl, rewards=reasoning_rewards), inputs=("cold_start",)),
         Stage("rejection", partial(rejection_stage, **r.rejection), inputs=("reasoning_rl",), finished=None),
-        Stage("sft", partial(sft, training=sft_training, replay_share=config.sft.replay, extra=general_pairs,
-                             replay_seed=seed + 12), inputs=("pretrain", "rejection")),
+        Stage("sft", partial(sft, training=sft_training, extra=general_pairs, replay_seed=seed + 12),
+              inputs=("pretrain", "rejection")),
         Stage("reward_model", partial(reward_model_stage, pairs=preferences, loop=reward_model_loop,
                                       optimizer=reward_model_optimizer, settings=reward_model_settings, **r.common),
               inputs=("sft",), finished=None),
@@ -112,8 +112,8 @@ def r1_pipeline(config) -> dict:
         Stage("distill_budget", partial(budget_stage, tokenizer=r.tokenizer, settings=r.rl["settings"],
                                         batch_size=distill_training[2].batch_size),
               inputs=("student_pretrain", "student_rl", "rejection"), output="student", finished=None),
-        Stage("student_distill", partial(_distill_stage, training=distill_training, replay_share=st.distill.replay,
-                                         replay=r.replay, replay_seed=seed + 13, **r.common),
+        Stage("student_distill", partial(_distill_stage, training=distill_training, replay=r.replay,
+                                         replay_seed=seed + 13, **r.common),
               inputs=("student_pretrain", "rejection", "distill_budget"), output="student/distill"),
         Stage("evals", partial(evaluation_stage, names=list(MODELS), **r.evaluation), inputs=tuple(MODELS.values()),
               finished=None),
@@ -139,8 +139,10 @@ class _R1Run:
     test: list
     grpo_loop: LoopSettings  # of every GRPO stage but the student's
     student_rl_loop: LoopSettings
-    # the loop, optimizer and batch settings of each other training section, by its name
-    training: dict[str, tuple[LoopSettings, OptimizerSettings, SFTSettings | RewardModelSettings]]
+    # the loop, optimizer and batch settings of each other training section, by its name, and the replay
+    # share of each SFT section: (LoopSettings, OptimizerSettings, SFTSettings, ReplaySettings) or
+    # (LoopSettings, OptimizerSettings, RewardModelSettings)
+    training: dict[str, tuple]
     common: dict  # tokenizer, mesh, seed: every training stage
     rl: dict  # grpo_stage's settings but the train prompts and rewards
     sampling: dict  # renderer, task, seed
@@ -182,7 +184,7 @@ class _R1Run:
             symbols = tuple(dict.fromkeys(R1_TAGS + (FORMAT.reasoning_open, FORMAT.reasoning_close)))
             train, test, tokenizer = stand_in_data(config, workdir, task, symbols=symbols)
         renderer = PromptRenderer(tokenizer, config.template)
-        if config.init and (config.cold_start.replay or config.sft.replay or config.student.distill.replay):
+        if config.init and any(training[where][3].replay for where in ("cold_start", "sft", "student.distill")):
             log.warning("config.init is a checkpoint without the stand-in's pretraining corpus: the SFT sets are "
                         "not mixed with replay (cold_start.replay, sft.replay, student.distill.replay are not used)")
         seed, max_new_tokens = config.seed, grpo.max_new_tokens
@@ -213,15 +215,15 @@ class _R1Run:
 
 
 def _sft_stage(output: pathlib.Path, init: pathlib.Path, data, *, training: tuple, replay: Callable | None,
-               replay_share: float, replay_seed: int, extra=(), name: str | None = None, **common):
+               replay_seed: int, extra=(), name: str | None = None, **common):
     """SFT of `init` on `data` (pairs, or the rejection stage's `Traces`) and the `extra` pairs, with
-    `replay_share` of the result drawn from the stand-in base's corpus (`replay`); `training`: the
-    section's (LoopSettings, OptimizerSettings, SFTSettings)."""
+    the section's replay share of the result drawn from the stand-in base's corpus (`replay`);
+    `training`: the section's (LoopSettings, OptimizerSettings, SFTSettings, ReplaySettings)."""
+    loop, optimizer, batches, mixing = training
     pairs = (data.pairs if isinstance(data, Traces) else list(data)) + list(extra)
     if replay is not None:
-        pairs = replay(pairs, replay_share, replay_seed)
+        pairs = replay(pairs, mixing.replay, replay_seed)
     log.info("%s: %d pairs", name or output.name, len(pairs))
-    loop, optimizer, batches = training
     return sft_stage(output, init, pairs, to_pairs=None, loop=loop, optimizer=optimizer, batches=batches,
                      name=name or output.name, **common)
 
@@ -232,9 +234,9 @@ def _distill_stage(output: pathlib.Path, student: pathlib.Path, traces: Traces, 
     no traces, nothing to distill)."""
     if budget is None:
         return None
-    loop, optimizer, batches = training
-    return _sft_stage(output, student, traces, training=(dataclasses.replace(loop, steps=budget.steps), optimizer,
-                                                         batches), name="student/distill", **sft)
+    loop, *rest = training
+    return _sft_stage(output, student, traces, training=(dataclasses.replace(loop, steps=budget.steps), *rest),
+                      name="student/distill", **sft)
 
 
 def _write_findings(config, r: _R1Run, results: dict) -> dict:
@@ -279,24 +281,18 @@ def _training_sections(config) -> tuple[dict[str, tuple], ColdStartSettings]:
         check_model(config.model)
     if not config.student.init:
         check_model(config.student.model, "student.model")
-    *cold_start_training, cold_start_data = training_from(config.cold_start, SFTSettings, ColdStartSettings,
-                                                          where="cold_start", other=("replay",))
+    *cold_start_training, cold_start_data = training_from(config.cold_start, SFTSettings, ReplaySettings,
+                                                          ColdStartSettings, where="cold_start")
     training = {
         "cold_start": tuple(cold_start_training),
-        "sft": training_from(config.sft, SFTSettings, where="sft", other=("replay",)),
+        "sft": training_from(config.sft, SFTSettings, ReplaySettings, where="sft"),
         "reward_model": training_from(config.reward_model, RewardModelSettings, where="reward_model",
                                       other=("pairs",)),
         # its steps follow from the student RL run's compute, known only then (`budget_stage`): a
         # stand-in 1 here, its schedule checked against the real ones when the optimizer is made
-        "student.distill": settings_from({k: v for k, v in config.student.distill.items() if k != "replay"},
-                                         LoopSettings, OptimizerSettings, SFTSettings, where="student.distill",
-                                         steps=1),
+        "student.distill": settings_from(config.student.distill, LoopSettings, OptimizerSettings, SFTSettings,
+                                         ReplaySettings, where="student.distill", steps=1),
     }
     with config_section("student"):
         _student_style(config)
-    for where, section in (("cold_start", config.cold_start), ("sft", config.sft),
-                           ("student.distill", config.student.distill)):
-        if not 0 <= section.replay < 1:
-            raise ConfigError(f"config.{where}.replay={section.replay}: the share of base-corpus pairs in the SFT "
-                              "set must be in [0, 1)")
     return training, cold_start_data

@@ -113,6 +113,20 @@ class RejectionSettings:
         _check_sampling(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class ReplaySettings:
+    """How much of an SFT set is the stand-in base's pretraining corpus (the R1 recipe's cold_start, sft and
+    student.distill sections), as the paper mixes non-reasoning data into its SFT so that SFT keeps what the
+    base knew; unused with a real checkpoint (`config.init`), which comes without such a corpus."""
+
+    replay: float = 0.0  # the share of the SFT set's pairs drawn from the base's corpus, in [0, 1)
+
+    def __post_init__(self):
+        if not (_is_finite(self.replay) and 0 <= self.replay < 1):
+            raise SettingError("replay", self.replay, "the share of base-corpus pairs in the SFT set must be in "
+                               "[0, 1)")
+
+
 def _check_sampling(settings) -> None:
     """The fields every section that samples training prompts shares: prompts, samples_per_prompt,
     temperature, top_p (NaN and infinities refused: NaN passes every comparison)."""
@@ -310,6 +324,7 @@ def make_workdir(workdir) -> pathlib.Path:
     return path
 
 
-__all__ = ["ColdStartSettings", "ConfigError", "EvalSettings", "RejectionSettings", "SettingError", "check_count",
-           "check_mesh", "check_rewards", "check_workdir", "config_section", "grpo_training", "make_workdir",
-           "reward_weights", "settings_from", "settings_section", "training_from", "training_section"]
+__all__ = ["ColdStartSettings", "ConfigError", "EvalSettings", "RejectionSettings", "ReplaySettings", "SettingError",
+           "check_count", "check_mesh", "check_rewards", "check_workdir", "config_section", "grpo_training",
+           "make_workdir", "reward_weights", "settings_from", "settings_section", "training_from",
+           "training_section"]

@@ -21,8 +21,8 @@ import experiments.r1_zero_math_qwen2_5_math_1_5b as math_experiment
 import experiments.r1_zero_tiny as zero_experiment
 from r1jax import pipelines
 from r1jax.pipelines.r1_zero import RunSettings, generic_config
-from r1jax.pipelines.settings import (ColdStartSettings, ConfigError, RejectionSettings, SettingError, settings_from,
-                                     settings_section, training_from)
+from r1jax.pipelines.settings import (ColdStartSettings, ConfigError, RejectionSettings, ReplaySettings, SettingError,
+                                     settings_from, settings_section, training_from)
 from r1jax.train.grpo import GRPOSettings
 from r1jax.train.sft import SFTSettings
 from tests.support import ROOT
@@ -337,6 +337,18 @@ def test_the_r1_pipeline_sampling_sections_list_every_field_with_the_values_it_r
     assert cold_start == ColdStartSettings(prompts=384, samples_per_prompt=4, temperature=0.6, top_p=0.95, annotated=0)
     with pytest.raises(TypeError, match="RejectionSettings has no field temprature"):
         settings_section(RejectionSettings, temprature=0.6)
+
+
+@pytest.mark.parametrize("section,share", [("cold_start", 0.0), ("sft", 0.5), ("student.distill", 0.5)])
+def test_every_sft_section_of_the_r1_pipeline_has_its_replay_share_from_replay_settings(section, share):
+    """`replay` is a field of `ReplaySettings` in each SFT section, at the share the experiment ran with,
+    and a share outside [0, 1) is refused by the dataclass itself."""
+    section = pipeline_experiment.get_config()[section]
+    assert {f.name for f in dataclasses.fields(ReplaySettings)} <= set(section.keys())
+    assert settings_from({"replay": section.replay}, ReplaySettings, where="sft") == ReplaySettings(replay=share)
+    for value in (1.0, -0.1, float("nan")):
+        with pytest.raises(SettingError, match=f"^replay={value!r}: the share of base-corpus pairs"):
+            ReplaySettings(replay=value)
 
 
 def test_the_command_line_names_a_bad_sampling_setting_in_one_line(workdir):
