@@ -17,7 +17,8 @@ import ml_collections
 from experiments.r1_zero_tiny import get_config as r1_zero_config
 from r1jax import pipelines
 from r1jax.pipelines import cli
-from r1jax.pipelines.settings import training_section
+from r1jax.pipelines.settings import (ColdStartSettings, RejectionSettings, ReplaySettings, settings_section,
+                                     training_section)
 from r1jax.train.reward_model import RewardModelSettings
 from r1jax.train.sft import SFTSettings
 
@@ -54,22 +55,24 @@ def get_config() -> ml_collections.ConfigDict:
     # `replay`: the share of each SFT set (here, and in sft and the student's distillation) that is
     # the stand-in base's pretraining corpus, so SFT keeps what the base knew; none in the cold start,
     # whose set is the behaviour RL starts from (replay there brought the base's guesses back)
-    # (the training sections list every field of the loop and the optimizer: `training_section`)
-    c.cold_start = training_section(SFTSettings, prompts=384, samples_per_prompt=4, temperature=0.6, top_p=0.95,
-                                    annotated=0, steps=100, batch_size=32, learning_rate=1e-3, warmup_steps=10,
-                                    weight_decay=0.01, save_every=33, replay=0.0)
-    # prompts: how many training prompts (the first ones) are sampled, 0 for all of them
-    c.rejection = dict(prompts=384, samples_per_prompt=4, temperature=0.6, top_p=0.95)
+    # (the training sections list every field of the loop and the optimizer: `training_section`; each
+    # field is a settings dataclass's: `replay` of `ReplaySettings`, the sampling of `ColdStartSettings`)
+    c.cold_start = training_section(SFTSettings, ReplaySettings, ColdStartSettings, prompts=384,
+                                    samples_per_prompt=4, temperature=0.6, top_p=0.95, annotated=0, steps=100,
+                                    batch_size=32, learning_rate=1e-3, warmup_steps=10, weight_decay=0.01,
+                                    save_every=33, replay=0.0)
+    # prompts: how many training prompts (the first ones) are sampled, 0 for all of them (`RejectionSettings`)
+    c.rejection = settings_section(RejectionSettings, prompts=384, samples_per_prompt=4, temperature=0.6, top_p=0.95)
     c.general = dict(prompts=64, sft_pairs=256)  # general (non-reasoning) prompts and SFT answers
-    c.sft = training_section(SFTSettings, steps=150, batch_size=32, learning_rate=1e-3, warmup_steps=10,
-                             weight_decay=0.01, save_every=50, replay=0.5)
+    c.sft = training_section(SFTSettings, ReplaySettings, steps=150, batch_size=32, learning_rate=1e-3,
+                             warmup_steps=10, weight_decay=0.01, save_every=50, replay=0.5)
     c.reward_model = training_section(RewardModelSettings, pairs=2000, steps=150, batch_size=32, learning_rate=1e-3,
                                       warmup_steps=10, weight_decay=0.01, save_every=150)
     # worked_rate: how often the student base's pretraining corpus shows a worked solution;
     # rl_steps: its GRPO run's steps (0: grpo.steps), whose FLOPs the distillation then gets too:
     # `distill` has no steps, they follow from that budget
-    distill = training_section(SFTSettings, batch_size=32, learning_rate=1e-3, warmup_steps=10, weight_decay=0.01,
-                               replay=0.5)
+    distill = training_section(SFTSettings, ReplaySettings, batch_size=32, learning_rate=1e-3, warmup_steps=10,
+                               weight_decay=0.01, replay=0.5)
     c.student = dict(init="", worked_rate=0.2, rl_steps=120, model=dict(hidden_size=64, intermediate_size=192,
                      num_layers=2, num_heads=4, num_kv_heads=2), distill=distill)
     c.findings = dict(target_accuracy=0.6)  # finding (c): RL steps until training accuracy reaches this

@@ -36,8 +36,9 @@ from jax.sharding import Mesh
 from r1jax.data.preferences import general_prompts, preference_pairs
 from r1jax.files import write_json_atomically
 from r1jax.pipelines.findings import findings_table, models_table, paper_findings, steps_to_reach
-from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_count, check_mesh, check_workdir,
-                                     config_section, grpo_training, make_workdir, settings_from, training_from)
+from r1jax.pipelines.settings import (ColdStartSettings, ConfigError, EvalSettings, RejectionSettings, ReplaySettings,
+                                     check_count, check_mesh, check_workdir, config_section, grpo_training,
+                                     make_workdir, settings_from, training_from)
 from r1jax.pipelines.stages import (DistillBudget, Stage, Traces, annotated_pairs, budget_stage, check_model,
                                     check_pretrain, cold_start_pairs, cold_start_stage, corpus_style,
                                     evaluation_stage, given, grpo_stage, judging_stage, pretraining, rejection_stage,
@@ -70,7 +71,7 @@ MODELS = {"base": "pretrain", "r1_zero": "r1_zero", "r1_zero_language": "r1_zero
 def r1_pipeline(config) -> dict:
     """Run (or resume) every stage; returns and writes the findings."""
     r = _R1Run.prepare(config)  # every section checked, the workdir made, the data and tokenizer there
-    c, st, seed, lam = config.cold_start, config.student, config.seed, config.language_weight
+    st, seed, lam = config.student, config.seed, config.language_weight
     zero_rewards = {r.task.accuracy_reward: 1.0, "format": 1.0}
     reasoning_rewards = {r.task.accuracy_reward: 1.0, "r1_format": 1.0, "language": lam}
     general_train = general_prompts(seed, config.general.prompts, split="train")
@@ -78,8 +79,8 @@ def r1_pipeline(config) -> dict:
                      for q, chosen, _ in preference_pairs(seed, config.general.sft_pairs, aspects=("harmlessness",))]
     preferences = [(r.renderer(q), _r1_layout(a), _r1_layout(b))
                    for q, a, b in preference_pairs(seed, config.reward_model.pairs, split="train")]
-    annotated = annotated_pairs(r.train, c.annotated, style=corpus_style(config.pretrain), output_format=FORMAT,
-                                **r.sampling)
+    annotated = annotated_pairs(r.train, r.cold_start_data.annotated, style=corpus_style(config.pretrain),
+                                output_format=FORMAT, **r.sampling)
     rl = partial(grpo_stage, train=r.train, rewards=zero_rewards, **r.rl)
     sft = partial(_sft_stage, replay=r.replay, **r.common)
     cold_start_training, sft_training, distill_training = (
@@ -91,16 +92,15 @@ def r1_pipeline(config) -> dict:
             "pretrain", "base", model_section=config.model, style=corpus_style(config.pretrain), **stand_in),
         Stage("r1_zero", rl, inputs=("pretrain",)),
         Stage("r1_zero_language", partial(rl, rewards={**zero_rewards, "language": lam}), inputs=("pretrain",)),
-        Stage("cold_start_data", partial(cold_start_stage, examples=r.train, section=c, annotated=annotated,
-                                         **r.cold_start), inputs=("r1_zero",), output="cold_start",
-              finished=cold_start_pairs),
-        Stage("cold_start", partial(sft, training=cold_start_training, replay_share=c.replay, replay_seed=seed + 11),
+        Stage("cold_start_data", partial(cold_start_stage, examples=r.train, settings=r.cold_start_data,
+                                         annotated=annotated, **r.cold_start), inputs=("r1_zero",),
+              output="cold_start", finished=cold_start_pairs),
+        Stage("cold_start", partial(sft, training=cold_start_training, replay_seed=seed + 11),
               inputs=("pretrain", "cold_start_data")),
         Stage("reasoning_rl", partial(rl, rewards=reasoning_rewards), inputs=("cold_start",)),
-        Stage("rejection", partial(rejection_stage, examples=_first(r.train, config.rejection.prompts),
-                                   **r.rejection), inputs=("reasoning_rl",), finished=None),
-        Stage("sft", partial(sft, training=sft_training, replay_share=config.sft.replay, extra=general_pairs,
-                             replay_seed=seed + 12), inputs=("pretrain", "rejection")),
+        Stage("rejection", partial(rejection_stage, **r.rejection), inputs=("reasoning_rl",), finished=None),
+        Stage("sft", partial(sft, training=sft_training, extra=general_pairs, replay_seed=seed + 12),
+              inputs=("pretrain", "rejection")),
         Stage("reward_model", partial(reward_model_stage, pairs=preferences, loop=reward_model_loop,
                                       optimizer=reward_model_optimizer, settings=reward_model_settings, **r.common),
               inputs=("sft",), finished=None),
@@ -112,8 +112,8 @@ def r1_pipeline(config) -> dict:
         Stage("distill_budget", partial(budget_stage, tokenizer=r.tokenizer, settings=r.rl["settings"],
                                         batch_size=distill_training[2].batch_size),
               inputs=("student_pretrain", "student_rl", "rejection"), output="student", finished=None),
-        Stage("student_distill", partial(_distill_stage, training=distill_training, replay_share=st.distill.replay,
-                                         replay=r.replay, replay_seed=seed + 13, **r.common),
+        Stage("student_distill", partial(_distill_stage, training=distill_training, replay=r.replay,
+                                         replay_seed=seed + 13, **r.common),
               inputs=("student_pretrain", "rejection", "distill_budget"), output="student/distill"),
         Stage("evals", partial(evaluation_stage, names=list(MODELS), **r.evaluation), inputs=tuple(MODELS.values()),
               finished=None),
@@ -139,13 +139,16 @@ class _R1Run:
     test: list
     grpo_loop: LoopSettings  # of every GRPO stage but the student's
     student_rl_loop: LoopSettings
-    # the loop, optimizer and batch settings of each other training section, by its name
-    training: dict[str, tuple[LoopSettings, OptimizerSettings, SFTSettings | RewardModelSettings]]
+    # the loop, optimizer and batch settings of each other training section, by its name, and the replay
+    # share of each SFT section: (LoopSettings, OptimizerSettings, SFTSettings, ReplaySettings) or
+    # (LoopSettings, OptimizerSettings, RewardModelSettings)
+    training: dict[str, tuple]
     common: dict  # tokenizer, mesh, seed: every training stage
     rl: dict  # grpo_stage's settings but the train prompts and rewards
     sampling: dict  # renderer, task, seed
-    cold_start: dict  # cold_start_stage's settings but the section, the prompts and the annotated pairs
-    rejection: dict  # rejection_stage's settings but the prompts
+    cold_start_data: ColdStartSettings  # what the cold-start data samples, and how many annotated pairs it adds
+    cold_start: dict  # cold_start_stage's other settings but the prompts and the annotated pairs
+    rejection: dict  # rejection_stage's settings, its prompts and sampling from config.rejection
     replay: Callable | None  # the stand-in corpus that SFT sets are mixed with (None: a real base, no replay)
     evaluation: dict  # evaluation_stage's settings
     judging: dict  # judging_stage's settings
@@ -163,7 +166,8 @@ class _R1Run:
                               "(lambda) is a finite number >= 0")
         grpo, grpo_loop, grpo_optimizer = grpo_training(config.grpo, where="grpo", template=config.template)
         eval_settings = settings_from(config.eval, EvalSettings, where="eval", scores=EVAL_SCORES)
-        training = _training_sections(config)
+        training, cold_start_data = _training_sections(config)
+        rejection = settings_from(config.rejection, RejectionSettings, where="rejection")
         with config_section("student"):  # the student's GRPO run: config.grpo's, for its own number of steps
             student_rl_loop = dataclasses.replace(grpo_loop, steps=config.student.rl_steps or grpo_loop.steps)
             grpo_optimizer.check(student_rl_loop.steps)
@@ -180,23 +184,24 @@ class _R1Run:
             symbols = tuple(dict.fromkeys(R1_TAGS + (FORMAT.reasoning_open, FORMAT.reasoning_close)))
             train, test, tokenizer = stand_in_data(config, workdir, task, symbols=symbols)
         renderer = PromptRenderer(tokenizer, config.template)
-        if config.init and (config.cold_start.replay or config.sft.replay or config.student.distill.replay):
+        if config.init and any(training[where][3].replay for where in ("cold_start", "sft", "student.distill")):
             log.warning("config.init is a checkpoint without the stand-in's pretraining corpus: the SFT sets are "
                         "not mixed with replay (cold_start.replay, sft.replay, student.distill.replay are not used)")
-        seed, max_new_tokens, r = config.seed, grpo.max_new_tokens, config.rejection
+        seed, max_new_tokens = config.seed, grpo.max_new_tokens
         common = dict(tokenizer=tokenizer, mesh=mesh, seed=seed)
         return cls(
             workdir=workdir, started=started, task=task, tokenizer=tokenizer, renderer=renderer, mesh=mesh,
             train=train, test=test, grpo_loop=grpo_loop, student_rl_loop=student_rl_loop, training=training,
             common=common, rl=dict(task=task, settings=grpo, loop=grpo_loop, optimizer=grpo_optimizer,
                                    reward_workers=config.reward_workers, **common),
-            sampling=dict(renderer=renderer, task=task, seed=seed),
+            sampling=dict(renderer=renderer, task=task, seed=seed), cold_start_data=cold_start_data,
             cold_start=dict(renderer=renderer, task=task, seed=seed, mesh=mesh, max_new_tokens=max_new_tokens,
                             output_format=FORMAT),
-            rejection=dict(renderer=renderer, task=task, mesh=mesh, num_samples=r.samples_per_prompt,
-                           max_new_tokens=max_new_tokens, temperature=r.temperature, top_p=r.top_p, language="en",
-                           seed=seed, provenance={"checkpoint": str(workdir / "reasoning_rl" / "model"),
-                                                  "step": grpo_loop.steps, "stage": "reasoning_rl"}),
+            rejection=dict(examples=_first(train, rejection.prompts), renderer=renderer, task=task, mesh=mesh,
+                           num_samples=rejection.samples_per_prompt, max_new_tokens=max_new_tokens,
+                           temperature=rejection.temperature, top_p=rejection.top_p, language="en", seed=seed,
+                           provenance={"checkpoint": str(workdir / "reasoning_rl" / "model"),
+                                       "step": grpo_loop.steps, "stage": "reasoning_rl"}),
             # the base was pretrained on every problem (stand_in_data)
             replay=None if config.init else partial(
                 with_replay, corpus=train + test, style=corpus_style(config.pretrain), renderer=renderer, task=task),
@@ -210,15 +215,15 @@ class _R1Run:
 
 
 def _sft_stage(output: pathlib.Path, init: pathlib.Path, data, *, training: tuple, replay: Callable | None,
-               replay_share: float, replay_seed: int, extra=(), name: str | None = None, **common):
+               replay_seed: int, extra=(), name: str | None = None, **common):
     """SFT of `init` on `data` (pairs, or the rejection stage's `Traces`) and the `extra` pairs, with
-    `replay_share` of the result drawn from the stand-in base's corpus (`replay`); `training`: the
-    section's (LoopSettings, OptimizerSettings, SFTSettings)."""
+    the section's replay share of the result drawn from the stand-in base's corpus (`replay`);
+    `training`: the section's (LoopSettings, OptimizerSettings, SFTSettings, ReplaySettings)."""
+    loop, optimizer, batches, mixing = training
     pairs = (data.pairs if isinstance(data, Traces) else list(data)) + list(extra)
     if replay is not None:
-        pairs = replay(pairs, replay_share, replay_seed)
+        pairs = replay(pairs, mixing.replay, replay_seed)
     log.info("%s: %d pairs", name or output.name, len(pairs))
-    loop, optimizer, batches = training
     return sft_stage(output, init, pairs, to_pairs=None, loop=loop, optimizer=optimizer, batches=batches,
                      name=name or output.name, **common)
 
@@ -229,9 +234,9 @@ def _distill_stage(output: pathlib.Path, student: pathlib.Path, traces: Traces, 
     no traces, nothing to distill)."""
     if budget is None:
         return None
-    loop, optimizer, batches = training
-    return _sft_stage(output, student, traces, training=(dataclasses.replace(loop, steps=budget.steps), optimizer,
-                                                         batches), name="student/distill", **sft)
+    loop, *rest = training
+    return _sft_stage(output, student, traces, training=(dataclasses.replace(loop, steps=budget.steps), *rest),
+                      name="student/distill", **sft)
 
 
 def _write_findings(config, r: _R1Run, results: dict) -> dict:
@@ -268,36 +273,26 @@ def _student_style(config):
     return dataclasses.replace(corpus_style(config.pretrain), worked_rate=config.student.worked_rate)
 
 
-def _training_sections(config) -> dict[str, tuple]:
+def _training_sections(config) -> tuple[dict[str, tuple], ColdStartSettings]:
     """The loop, optimizer and batches of every training section but GRPO's, and the other fields of
-    those sections, checked before the first stage starts."""
+    those sections (the cold start's data, returned beside them), checked before the first stage starts."""
     if not config.init:
         check_pretrain(config.pretrain)
         check_model(config.model)
     if not config.student.init:
         check_model(config.student.model, "student.model")
-    cold_start_fields = ("prompts", "samples_per_prompt", "temperature", "top_p", "annotated", "replay")
+    *cold_start_training, cold_start_data = training_from(config.cold_start, SFTSettings, ReplaySettings,
+                                                          ColdStartSettings, where="cold_start")
     training = {
-        "cold_start": training_from(config.cold_start, SFTSettings, where="cold_start", other=cold_start_fields),
-        "sft": training_from(config.sft, SFTSettings, where="sft", other=("replay",)),
+        "cold_start": tuple(cold_start_training),
+        "sft": training_from(config.sft, SFTSettings, ReplaySettings, where="sft"),
         "reward_model": training_from(config.reward_model, RewardModelSettings, where="reward_model",
                                       other=("pairs",)),
         # its steps follow from the student RL run's compute, known only then (`budget_stage`): a
         # stand-in 1 here, its schedule checked against the real ones when the optimizer is made
-        "student.distill": settings_from({k: v for k, v in config.student.distill.items() if k != "replay"},
-                                         LoopSettings, OptimizerSettings, SFTSettings, where="student.distill",
-                                         steps=1),
+        "student.distill": settings_from(config.student.distill, LoopSettings, OptimizerSettings, SFTSettings,
+                                         ReplaySettings, where="student.distill", steps=1),
     }
     with config_section("student"):
         _student_style(config)
-    for where in ("cold_start", "rejection"):
-        count = config[where].prompts
-        if not isinstance(count, int) or count < 0:
-            raise ConfigError(f"config.{where}.prompts={count!r}: the number of training prompts to sample, "
-                              "an integer >= 0 (0: all of them)")
-    for where, section in (("cold_start", config.cold_start), ("sft", config.sft),
-                           ("student.distill", config.student.distill)):
-        if not 0 <= section.replay < 1:
-            raise ConfigError(f"config.{where}.replay={section.replay}: the share of base-corpus pairs in the SFT "
-                              "set must be in [0, 1)")
-    return training
+    return training, cold_start_data

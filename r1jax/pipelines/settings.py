@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from ml_collections.config_dict import placeholder
 
+from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P
 from r1jax.rewards import get_reward, list_rewards
 from r1jax.train.grpo import GRPOSettings
 from r1jax.train.loop import LoopSettings
@@ -33,6 +34,15 @@ class ConfigError(ValueError):
     """
 
 
+class SettingError(ValueError):
+    """A settings dataclass refusing one of its fields; read from a config section (`config_section`,
+    `settings_from`), it becomes a `ConfigError` naming `config.<section>.<field>`."""
+
+    def __init__(self, field: str, value, why: str):
+        super().__init__(f"{field}={value!r}: {why}")
+        self.field, self.value, self.why = field, value, why
+
+
 @contextlib.contextmanager
 def config_section(where: str):
     """Turn a ValueError raised while reading `config.<where>` into a ConfigError that names it."""
@@ -40,6 +50,8 @@ def config_section(where: str):
         yield
     except ConfigError:
         raise
+    except SettingError as error:
+        raise ConfigError(f"config.{where}.{error.field}={error.value!r}: {error.why}") from None
     except ValueError as error:
         raise ConfigError(f"config.{where}: {error}") from None
 
@@ -66,6 +78,76 @@ class EvalSettings:
                              f"top_p={self.top_p}")
         for name in self.scores.values():
             get_reward(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ColdStartSettings:
+    """The cold-start data (DeepSeek-R1, stage 1; `cold_start_stage`): R1-Zero sampled on the first
+    `prompts` training prompts, `samples_per_prompt` times each, plus `annotated` worked solutions.
+
+    A config's cold_start section holds these beside the SFT run's own settings (`training_from`).
+    """
+
+    prompts: int = 0  # training prompts sampled (the first ones); 0: all of them
+    samples_per_prompt: int = 4  # R1-Zero samples drawn per prompt, filtered for correctness and readability
+    temperature: float = EVAL_TEMPERATURE  # of those samples; 0: greedy
+    top_p: float = EVAL_TOP_P
+    annotated: int = 0  # worked solutions in R1's format written out in full and added to the kept samples
+
+    def __post_init__(self):
+        _check_sampling(self)
+        _check_whole(self, "annotated", 0, "the worked solutions added to the cold-start set, an integer >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectionSettings:
+    """Rejection sampling of the reasoning-RL model (DeepSeek-R1, stage 3; `rejection_stage`): the first
+    `prompts` training prompts, `samples_per_prompt` samples each; the correct, clean ones are the SFT set."""
+
+    prompts: int = 0  # training prompts sampled (the first ones); 0: all of them
+    samples_per_prompt: int = 4  # the stage's num_samples
+    temperature: float = EVAL_TEMPERATURE  # 0: greedy
+    top_p: float = EVAL_TOP_P
+
+    def __post_init__(self):
+        _check_sampling(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplaySettings:
+    """How much of an SFT set is the stand-in base's pretraining corpus (the R1 recipe's cold_start, sft and
+    student.distill sections), as the paper mixes non-reasoning data into its SFT so that SFT keeps what the
+    base knew; unused with a real checkpoint (`config.init`), which comes without such a corpus."""
+
+    replay: float = 0.0  # the share of the SFT set's pairs drawn from the base's corpus, in [0, 1)
+
+    def __post_init__(self):
+        if not (_is_finite(self.replay) and 0 <= self.replay < 1):
+            raise SettingError("replay", self.replay, "the share of base-corpus pairs in the SFT set must be in "
+                               "[0, 1)")
+
+
+def _check_sampling(settings) -> None:
+    """The fields every section that samples training prompts shares: prompts, samples_per_prompt,
+    temperature, top_p (NaN and infinities refused: NaN passes every comparison)."""
+    _check_whole(settings, "prompts", 0, "the number of training prompts to sample, an integer >= 0 (0: all of them)")
+    _check_whole(settings, "samples_per_prompt", 1, "the samples drawn per prompt, an integer >= 1")
+    if not (_is_finite(settings.temperature) and settings.temperature >= 0):
+        raise SettingError("temperature", settings.temperature, "the sampling temperature, a finite number >= 0 "
+                           "(0: greedy)")
+    if not (_is_finite(settings.top_p) and 0 < settings.top_p <= 1):
+        raise SettingError("top_p", settings.top_p, "the share of probability top-p sampling keeps, in (0, 1] "
+                           "(1: all of it)")
+
+
+def _check_whole(settings, name: str, minimum: int, why: str) -> None:
+    value = getattr(settings, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SettingError(name, value, why)
+
+
+def _is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def settings_from(section: Mapping[str, Any] | None, *classes, where: str, **fixed):
@@ -121,6 +203,24 @@ def training_section(*classes, exclude: Sequence[str] = (), **values) -> dict:
             defaults[field.name] = (field.default if field.default is not None
                                     else placeholder(_optional_type(hints[field.name], field.name)))
     return {**defaults, **values}
+
+
+def settings_section(*classes, **values) -> dict:
+    """A config section of settings `classes` only (e.g. `RejectionSettings`): every field at its default
+    unless given in `values`, so that the command line can set any of them in a locked config
+    (`--config.rejection.top_p=1.0`); a value no class has a field for is a TypeError naming it.
+    A field whose default is None becomes a typed placeholder, as in `training_section`."""
+    section = {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            if field.default is not dataclasses.MISSING:
+                section[field.name] = (field.default if field.default is not None
+                                       else placeholder(_optional_type(hints[field.name], field.name)))
+    unknown = sorted(set(values) - {field.name for cls in classes for field in dataclasses.fields(cls)})
+    if unknown:
+        raise TypeError(f"{', '.join(cls.__name__ for cls in classes)} has no field {', '.join(unknown)}")
+    return {**section, **values}
 
 
 def _optional_type(hint, name: str) -> type:
@@ -224,6 +324,7 @@ def make_workdir(workdir) -> pathlib.Path:
     return path
 
 
-__all__ = ["ConfigError", "EvalSettings", "check_count", "check_mesh", "check_rewards", "check_workdir",
-           "config_section", "grpo_training", "make_workdir", "reward_weights", "settings_from", "training_from",
+__all__ = ["ColdStartSettings", "ConfigError", "EvalSettings", "RejectionSettings", "ReplaySettings", "SettingError",
+           "check_count", "check_mesh", "check_rewards", "check_workdir", "config_section", "grpo_training",
+           "make_workdir", "reward_weights", "settings_from", "settings_section", "training_from",
            "training_section"]

@@ -21,8 +21,10 @@ import experiments.r1_zero_math_qwen2_5_math_1_5b as math_experiment
 import experiments.r1_zero_tiny as zero_experiment
 from r1jax import pipelines
 from r1jax.pipelines.r1_zero import RunSettings, generic_config
-from r1jax.pipelines.settings import ConfigError, settings_from
+from r1jax.pipelines.settings import (ColdStartSettings, ConfigError, RejectionSettings, ReplaySettings, SettingError,
+                                     settings_from, settings_section, training_from)
 from r1jax.train.grpo import GRPOSettings
+from r1jax.train.sft import SFTSettings
 from tests.support import ROOT
 
 SECONDS = 5.0  # the checks are pure Python: a refusal after this long did work first
@@ -281,3 +283,80 @@ def test_the_command_line_shows_a_refusal_as_one_line(tmp_path):
     assert line.startswith("error: config.grpo: loss_type='bogus'")
     line = _command(f"--config.workdir={tmp_path / 'a_file' / 'run'}", workdir=tmp_path)
     assert "config.workdir=" in line and "cannot be created" in line
+
+
+# ---- the R1 recipe's sampling sections: cold_start (ColdStartSettings) and rejection (RejectionSettings)
+
+@pytest.mark.parametrize("field,value,message", [
+    ("cold_start.temperature", float("nan"), r"config.cold_start.temperature=nan: must be a finite number"),
+    ("cold_start.temperature", -0.5, r"config.cold_start.temperature=-0.5: the sampling temperature, a finite "
+                                     r"number >= 0 \(0: greedy\)"),
+    ("cold_start.top_p", 0.0, r"config.cold_start.top_p=0.0: .* in \(0, 1\]"),
+    ("cold_start.top_p", 1.5, r"config.cold_start.top_p=1.5: .* in \(0, 1\]"),
+    ("cold_start.samples_per_prompt", 0, r"config.cold_start.samples_per_prompt=0: the samples drawn per prompt, "
+                                         r"an integer >= 1"),
+    ("cold_start.annotated", -1, r"config.cold_start.annotated=-1: the worked solutions added .* an integer >= 0"),
+    ("rejection.samples_per_prompt", 0, r"config.rejection.samples_per_prompt=0: the samples drawn per prompt"),
+    ("rejection.temperature", float("inf"), r"config.rejection.temperature=inf: must be a finite number"),
+    ("rejection.top_p", float("nan"), r"config.rejection.top_p=nan: must be a finite number"),
+    ("rejection.top_p", 0.0, r"config.rejection.top_p=0.0: .* in \(0, 1\]"),
+])
+def test_a_sampling_setting_out_of_range_is_refused_naming_its_field(workdir, field, value, message):
+    _refused("r1_pipeline_tiny", workdir, message, **{field: value})
+
+
+@pytest.mark.parametrize("section", ["cold_start", "rejection"])
+def test_an_unknown_field_of_a_sampling_section_is_refused(workdir, section):
+    message = _refused("r1_pipeline_tiny", workdir, f"config.{section} has no field 'temprature'",
+                       **{f"{section}.temprature": 0.6})
+    assert "'temperature'" in message  # the section's fields are listed
+
+
+@pytest.mark.parametrize("cls", [ColdStartSettings, RejectionSettings])
+@pytest.mark.parametrize("field,value", [("temperature", float("nan")), ("temperature", float("inf")),
+                                         ("top_p", float("nan")), ("top_p", 0.0), ("samples_per_prompt", 0),
+                                         ("prompts", -1), ("prompts", True)])
+def test_sampling_settings_refuse_a_value_out_of_range_on_construction(cls, field, value):
+    """Built directly (a notebook, a test), not only from a config: a SettingError naming the field."""
+    with pytest.raises(SettingError, match=f"^{field}={value!r}: ") as error:
+        cls(**{field: value})
+    assert error.value.field == field
+
+
+def test_the_r1_pipeline_sampling_sections_list_every_field_with_the_values_it_ran_with():
+    """Every field can be set from the command line in a locked config, and the experiment's values are
+    the ones it had before the sections had dataclasses."""
+    config = pipeline_experiment.get_config()
+    config.lock()
+    assert {f.name for f in dataclasses.fields(RejectionSettings)} == set(config.rejection.keys())
+    assert {f.name for f in dataclasses.fields(ColdStartSettings)} <= set(config.cold_start.keys())
+    assert settings_from(config.rejection, RejectionSettings, where="rejection") == RejectionSettings(
+        prompts=384, samples_per_prompt=4, temperature=0.6, top_p=0.95)
+    *_, cold_start = training_from(config.cold_start, SFTSettings, ColdStartSettings, where="cold_start",
+                                   other=("replay",))
+    assert cold_start == ColdStartSettings(prompts=384, samples_per_prompt=4, temperature=0.6, top_p=0.95, annotated=0)
+    with pytest.raises(TypeError, match="RejectionSettings has no field temprature"):
+        settings_section(RejectionSettings, temprature=0.6)
+
+
+@pytest.mark.parametrize("section,share", [("cold_start", 0.0), ("sft", 0.5), ("student.distill", 0.5)])
+def test_every_sft_section_of_the_r1_pipeline_has_its_replay_share_from_replay_settings(section, share):
+    """`replay` is a field of `ReplaySettings` in each SFT section, at the share the experiment ran with,
+    and a share outside [0, 1) is refused by the dataclass itself."""
+    section = pipeline_experiment.get_config()[section]
+    assert {f.name for f in dataclasses.fields(ReplaySettings)} <= set(section.keys())
+    assert settings_from({"replay": section.replay}, ReplaySettings, where="sft") == ReplaySettings(replay=share)
+    for value in (1.0, -0.1, float("nan")):
+        with pytest.raises(SettingError, match=f"^replay={value!r}: the share of base-corpus pairs"):
+            ReplaySettings(replay=value)
+
+
+def test_the_command_line_names_a_bad_sampling_setting_in_one_line(workdir):
+    before = _snapshot(workdir)
+    result = subprocess.run([sys.executable, "-m", "experiments.r1_pipeline_tiny", f"--config.workdir={workdir}",
+                             "--config.rejection.samples_per_prompt=0"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == ("error: config.rejection.samples_per_prompt=0: the samples "
+                                                      "drawn per prompt, an integer >= 1")
+    assert _snapshot(workdir) == before

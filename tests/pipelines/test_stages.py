@@ -136,3 +136,47 @@ def test_a_training_section_reaches_the_loop_of_its_stage(tmp_path, monkeypatch)
     assert (settings.num_microbatches, settings.keep_checkpoints, settings.steps) == (2, 3, 4)
     assert kwargs["make_batches"].__self__.row_multiple == 2
     assert kwargs["data"].batch_size == 3  # fewer pairs than a batch: every step sees them all
+
+
+class _Renderer:
+    """Prompt texts of examples {"id": i}: "q<i>"."""
+
+    def texts(self, examples, task):
+        return [f"q{example['id']}" for example in examples]
+
+
+class _Task:
+    accuracy_reward = "format"
+
+
+def test_the_cold_start_stage_samples_as_its_settings_say(tmp_path, monkeypatch):
+    """`ColdStartSettings` reach the sampler: the first `prompts` examples, `samples_per_prompt`
+    samples of each at its temperature and top_p; `annotated` is recorded with the kept pairs."""
+    from r1jax.pipelines.settings import ColdStartSettings
+    from r1jax.pipelines.stages import cold_start as cold_start_module
+
+    sampler, records = {}, []
+
+    def rollout_sampler(graphdef, params, renderer, **settings):
+        sampler.update(settings)
+        return lambda texts, rng: [(f"{text} #{j}", 1, True) for text in texts for j in range(settings["num_samples"])]
+
+    def build_cold_start(sampled, **_):
+        records.extend(sampled)
+        return [(record["prompt"], record["completion"]) for record in sampled], {"kept": len(sampled)}
+
+    monkeypatch.setattr(cold_start_module, "from_pretrained", lambda path, mesh: None)
+    monkeypatch.setattr(cold_start_module, "split", lambda model: (None, None))
+    monkeypatch.setattr(cold_start_module, "rollout_sampler", rollout_sampler)
+    monkeypatch.setattr(cold_start_module, "build_cold_start", build_cold_start)
+    settings = ColdStartSettings(prompts=3, samples_per_prompt=2, temperature=0.3, top_p=0.5, annotated=1)
+    pairs = cold_start_module.cold_start_stage(
+        tmp_path, tmp_path / "r1_zero", examples=[{"id": i} for i in range(5)], settings=settings,
+        renderer=_Renderer(), task=_Task(), max_new_tokens=8, mesh=None, seed=0, output_format=None,
+        annotated=[("q9", "worked")])
+    assert (sampler["num_samples"], sampler["temperature"], sampler["top_p"]) == (2, 0.3, 0.5)
+    assert [(r["prompt"], r["completion"], r["id"]) for r in records] == [
+        ("q0", "q0 #0", 0), ("q0", "q0 #1", 0), ("q1", "q1 #0", 1), ("q1", "q1 #1", 1), ("q2", "q2 #0", 2),
+        ("q2", "q2 #1", 2)]
+    assert pairs == [(r["prompt"], r["completion"]) for r in records] + [("q9", "worked")]
+    assert json.loads((tmp_path / "data.json").read_text())["stats"] == {"kept": 6, "annotated": 1}

@@ -23,6 +23,7 @@ from r1jax.data.base_corpus import CorpusStyle
 from r1jax.data.cold_start import build_cold_start, to_r1_format
 from r1jax.files import write_json_atomically
 from r1jax.models import from_pretrained
+from r1jax.pipelines.settings import ColdStartSettings
 from r1jax.pipelines.stages.export import split
 from r1jax.pipelines.stages.pretrain import corpus_pairs
 from r1jax.pipelines.stages.rejection import rollout_sampler
@@ -60,32 +61,32 @@ def annotated_pairs(examples: Sequence[dict], count: int, *, seed: int, style: C
             for prompt, completion in corpus_pairs(chosen, rng, style, renderer, task)]
 
 
-def cold_start_stage(output: pathlib.Path, r1_zero: pathlib.Path, *, examples: Sequence[dict], section,
-                     renderer: PromptRenderer, task: Task, max_new_tokens: int, mesh: Mesh, seed: int,
-                     output_format: OutputFormat, annotated: Sequence[tuple[str, str]] = (),
+def cold_start_stage(output: pathlib.Path, r1_zero: pathlib.Path, *, examples: Sequence[dict],
+                     settings: ColdStartSettings, renderer: PromptRenderer, task: Task, max_new_tokens: int,
+                     mesh: Mesh, seed: int, output_format: OutputFormat, annotated: Sequence[tuple[str, str]] = (),
                      language: str = "en") -> list[tuple[str, str]]:
-    """Sample the R1-Zero checkpoint `r1_zero` on the first `section.prompts` `examples` (0: all),
-    `section.samples_per_prompt` times each; keep the correct, readable samples in `language`,
-    rewritten in `output_format`; add the `annotated` pairs (`section.annotated` of them); write
+    """Sample the R1-Zero checkpoint `r1_zero` on the first `settings.prompts` `examples` (0: all),
+    `settings.samples_per_prompt` times each; keep the correct, readable samples in `language`,
+    rewritten in `output_format`; add the `annotated` pairs (`settings.annotated` of them); write
     them to `output/data.json` and return them."""
-    c = section
+    s = settings
     graphdef, params = split(from_pretrained(r1_zero, mesh=mesh))
-    sample = rollout_sampler(graphdef, params, renderer, num_samples=c.samples_per_prompt, max_prompt_length=256,
-                             max_new_tokens=max_new_tokens, temperature=c.temperature, top_p=c.top_p, mesh=mesh)
-    sampled = examples[:c.prompts] if c.prompts else examples
+    sample = rollout_sampler(graphdef, params, renderer, num_samples=s.samples_per_prompt, max_prompt_length=256,
+                             max_new_tokens=max_new_tokens, temperature=s.temperature, top_p=s.top_p, mesh=mesh)
+    sampled = examples[:s.prompts] if s.prompts else examples
     texts = renderer.texts(sampled, task)
     records = []
     for start in range(0, len(sampled), _PROMPTS_PER_BATCH):
         chunk = sampled[start:start + _PROMPTS_PER_BATCH]
         out = sample(texts[start:start + _PROMPTS_PER_BATCH], jax.random.key(seed + start))
         for i, (completion, _, _) in enumerate(out):
-            example = chunk[i // c.samples_per_prompt]
-            records.append({"prompt": texts[start + i // c.samples_per_prompt], "completion": completion,
+            example = chunk[i // s.samples_per_prompt]
+            records.append({"prompt": texts[start + i // s.samples_per_prompt], "completion": completion,
                             **example})
     pairs, stats = build_cold_start(records, correct_fn=get_reward(task.accuracy_reward), language=language,
                                     output_format=output_format)
     pairs += list(annotated)
-    stats["annotated"] = c.annotated
+    stats["annotated"] = s.annotated
     output.mkdir(parents=True, exist_ok=True)
     write_json_atomically(output / DATA_FILE, {"pairs": pairs, "stats": stats}, indent=2)
     return cold_start_pairs(output)
