@@ -194,15 +194,7 @@ def training_section(*classes, exclude: Sequence[str] = (), **values) -> dict:
     whose default is None becomes a typed placeholder (`--config.grpo.epsilon_high=0.28` parses
     as a float).
     """
-    defaults = {}
-    for cls in (LoopSettings, OptimizerSettings, *classes):
-        hints = typing.get_type_hints(cls)
-        for field in dataclasses.fields(cls):
-            if field.default is dataclasses.MISSING or field.name in exclude:
-                continue
-            defaults[field.name] = (field.default if field.default is not None
-                                    else placeholder(_optional_type(hints[field.name], field.name)))
-    return {**defaults, **values}
+    return {**_field_defaults((LoopSettings, OptimizerSettings, *classes), exclude), **values}
 
 
 def settings_section(*classes, **values) -> dict:
@@ -210,17 +202,23 @@ def settings_section(*classes, **values) -> dict:
     unless given in `values`, so that the command line can set any of them in a locked config
     (`--config.rejection.top_p=1.0`); a value no class has a field for is a TypeError naming it.
     A field whose default is None becomes a typed placeholder, as in `training_section`."""
-    section = {}
-    for cls in classes:
-        hints = typing.get_type_hints(cls)
-        for field in dataclasses.fields(cls):
-            if field.default is not dataclasses.MISSING:
-                section[field.name] = (field.default if field.default is not None
-                                       else placeholder(_optional_type(hints[field.name], field.name)))
     unknown = sorted(set(values) - {field.name for cls in classes for field in dataclasses.fields(cls)})
     if unknown:
         raise TypeError(f"{', '.join(cls.__name__ for cls in classes)} has no field {', '.join(unknown)}")
-    return {**section, **values}
+    return {**_field_defaults(classes), **values}
+
+
+def _field_defaults(classes, exclude: Sequence[str] = ()) -> dict:
+    """Every field of `classes` with a default, at it (None: a typed placeholder), but `exclude`."""
+    defaults = {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            if field.default is dataclasses.MISSING or field.name in exclude:
+                continue
+            defaults[field.name] = (field.default if field.default is not None
+                                    else placeholder(_optional_type(hints[field.name], field.name)))
+    return defaults
 
 
 def _optional_type(hint, name: str) -> type:
