@@ -84,7 +84,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -144,22 +144,34 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 
 
+_MAX_SECONDS = 7 * 24 * 3600  # a week: beyond any run, and within what poll() and rlimits take
+_MAX_COUNT = 2**62            # bytes and counts: within what rlimits and cgroups take
+
+
 @dataclasses.dataclass(frozen=True)
 class SandboxLimits:
     """Per-run limits. Defaults suit short test programs."""
     wall_seconds: float = 5.0
-    cpu_seconds: float = 2.0
-    memory_bytes: int = 512 * 2**20   # address space (RLIMIT_AS)
+    cpu_seconds: float = 2.0          # the whole run's CPU time (each process's, without a cgroup)
+    memory_bytes: int = 512 * 2**20   # each process's address space; the run's memory cgroup
     max_processes: int = 16           # processes + threads of the sandbox user
     max_file_bytes: int = 16 * 2**20  # any one file, stdout and stderr included
     disk_bytes: int = 64 * 2**20      # the working directory's tmpfs
     max_open_files: int = 64
 
     def __post_init__(self):
+        # Checked here, naming the field, rather than failing later in a child whose
+        # error would come back as "Exception occurred in preexec_fn".
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if not value > 0:
-                raise ValueError(f"SandboxLimits.{field.name} must be positive, got {value!r}")
+            if field.type == "float":
+                if (isinstance(value, bool) or not isinstance(value, (int, float))
+                        or not 0 < value <= _MAX_SECONDS):  # refuses NaN and infinities too
+                    raise ValueError(f"SandboxLimits.{field.name} must be a number of seconds in "
+                                     f"(0, {_MAX_SECONDS}], got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_COUNT:
+                raise ValueError(f"SandboxLimits.{field.name} must be a whole number in "
+                                 f"[1, {_MAX_COUNT}], got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +192,8 @@ class SandboxResult:
 class SandboxCapabilities:
     namespaces: bool   # mount, network, IPC and PID namespaces, a read-only root, a private /proc
     switch_user: bool  # can run as an unprivileged uid of its own
-    syscall_filter: bool = False  # seccomp: no AF_UNIX sockets, memfds or io_uring
+    syscall_filter: bool = False  # seccomp: no AF_UNIX sockets, memfds, io_uring, keyrings, user namespaces
+    cgroup: bool = False  # a memory and CPU cgroup per run: kernel memory counted, CPU summed over the run
 
     @property
     def isolated(self) -> bool:
@@ -194,11 +207,14 @@ def sandbox_capabilities() -> SandboxCapabilities:
     namespaces = _probe(_NAMESPACES)
     capabilities = SandboxCapabilities(
         namespaces=namespaces, switch_user=os.geteuid() == 0,
-        syscall_filter=_probe(_NAMESPACES if namespaces else 0, syscall_filter=True))
+        syscall_filter=_probe(_NAMESPACES if namespaces else 0, syscall_filter=True),
+        cgroup=_cgroup_layout() is not None)
     missing = [what for what, available in (
         ("network, IPC, process and file-system isolation", capabilities.namespaces),
         ("its own user id", capabilities.switch_user),
-        ("the syscall filter", capabilities.syscall_filter)) if not available]
+        ("the syscall filter", capabilities.syscall_filter),
+        ("a cgroup (memory_bytes and cpu_seconds then hold per process, and socket buffers "
+         "count against no limit)", capabilities.cgroup)) if not available]
     if missing:
         log.warning("sandbox isolation incomplete (%s): untrusted code runs without %s; "
                     "see r1jax.rewards.sandbox", capabilities, ", ".join(missing))
@@ -288,8 +304,9 @@ def _run_here(argv, files, stdin, limits, exposed_paths, isolation, owner_pid) -
         if uid is not None:
             for path in [workdir] + [os.path.join(workdir, name) for name in files]:
                 os.chown(path, uid, uid)
+    cgroup = _RunCgroup(_cgroup_layout(), limits) if capabilities.cgroup else None
     confine = _Confinement(workdir, uid, files if capabilities.namespaces else {}, limits,
-                           capabilities.namespaces, capabilities.syscall_filter, hidden_mounts)
+                           capabilities.namespaces, capabilities.syscall_filter, hidden_mounts, cgroup)
     streams = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("stdin", "stdout", "stderr")]
     try:
         os.pwrite(streams[0], stdin, 0)
@@ -300,6 +317,8 @@ def _run_here(argv, files, stdin, limits, exposed_paths, isolation, owner_pid) -
     finally:
         for fd in streams:
             os.close(fd)
+        if cgroup is not None:
+            cgroup.remove()
         if not capabilities.namespaces:
             shutil.rmtree(workdir, ignore_errors=True)
     return dict(returncode=outcome["returncode"], stdout=stdout, stderr=stderr,
@@ -384,12 +403,15 @@ def _run_program(argv, streams, confine) -> dict:
     process = subprocess.Popen(
         argv, stdin=streams[0], stdout=streams[1], stderr=streams[2], env={},
         close_fds=True, start_new_session=True, preexec_fn=confine)
-    timed_out = not _wait(process, confine.limits.wall_seconds)
+    stopped = _wait_within_limits(process, confine.limits, confine.cpu_seconds_reader())
     wall_seconds = time.monotonic() - start
-    if timed_out:
+    if stopped == "cpu" and confine.namespaces and os.getpid() == 1:
+        os.kill(-1, signal.SIGKILL)  # as the namespace's init: every process of the run but itself
+    elif stopped:
+        _kill_group(process.pid)
         process.kill()
     process.wait()
-    return dict(returncode=process.returncode, wall_seconds=wall_seconds, timed_out=timed_out,
+    return dict(returncode=process.returncode, wall_seconds=wall_seconds, timed_out=stopped == "wall",
                 pid=process.pid)
 
 
@@ -441,11 +463,20 @@ class _Confinement:
     supervisor, the new namespaces' init; the instance itself is the program's
     preexec_fn, run between fork and exec."""
 
-    def __init__(self, workdir, uid, files, limits, namespaces, syscall_filter, hidden_mounts):
+    def __init__(self, workdir, uid, files, limits, namespaces, syscall_filter, hidden_mounts, cgroup):
         self.workdir, self.uid, self.files, self.limits = workdir, uid, files, limits
         self.namespaces, self.syscall_filter = namespaces, syscall_filter
-        self.hidden_mounts = hidden_mounts
+        self.hidden_mounts, self.cgroup = hidden_mounts, cgroup
         self.parent_pid = os.getpid()
+
+    def cpu_seconds_reader(self) -> Optional[Callable[[], float]]:
+        """How the supervisor reads the run's CPU time: its cgroup's count; without
+        one, the sum over the processes of its PID namespace (which misses the
+        children of a parent that ignores SIGCHLD); without either, None (then
+        cpu_seconds holds per process only, by RLIMIT_CPU)."""
+        if self.cgroup is not None:
+            return self.cgroup.cpu_seconds
+        return _namespace_cpu_seconds if self.namespaces else None
 
     def limit_ipc(self):
         """Cap SysV IPC in the new IPC namespace (its sysctls are its own): shared
@@ -474,6 +505,8 @@ class _Confinement:
                            options.encode()), "mount the working directory")
 
     def __call__(self):
+        if self.cgroup is not None:
+            self.cgroup.join()  # first: what follows (the files in the tmpfs) counts against it
         os.chdir(self.workdir)
         if self.uid is not None:
             os.setgroups([])
@@ -624,31 +657,63 @@ def _next_sandbox_uid(owner_pid: int) -> int:
             + next(_uid_slots) % _UID_SLOTS_PER_PROCESS)
 
 
-def _wait(process: subprocess.Popen, seconds: float) -> bool:
-    """Wait for `process` to exit; False if it is still running after `seconds`."""
+def _wait_within_limits(process: subprocess.Popen, limits: SandboxLimits,
+                        cpu_seconds: Optional[Callable[[], float]]) -> Optional[str]:
+    """Wait for `process` to exit: None when it did, "wall" or "cpu" when the run
+    went past that limit first (the caller kills it). The run's CPU time is read
+    about as often as it could reach the limit: with c CPUs and r seconds left,
+    not before r / c seconds (a trivial run costs no read at all)."""
+    cpus = len(os.sched_getaffinity(0))
+    deadline = time.monotonic() + limits.wall_seconds
     try:
         pidfd = os.pidfd_open(process.pid)
     except (AttributeError, OSError):  # no pidfd (kernel < 5.3): Popen's polling wait
-        try:
-            process.wait(timeout=seconds)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
+        pidfd = None
     try:
         poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        deadline = time.monotonic() + seconds
+        if pidfd is not None:
+            poller.register(pidfd, select.POLLIN)
+        step = limits.wall_seconds if cpu_seconds is None else limits.cpu_seconds / cpus
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return False
+                return "wall"
             try:
-                if poller.poll(remaining * 1000):
-                    return True
+                if pidfd is None:
+                    process.wait(timeout=min(step, remaining))
+                    return None
+                if poller.poll(min(step, remaining) * 1000):
+                    return None
+            except subprocess.TimeoutExpired:
+                pass
             except InterruptedError:
                 continue
+            if cpu_seconds is not None:
+                used = cpu_seconds()
+                if used >= limits.cpu_seconds:
+                    return "cpu"
+                step = max(0.005, (limits.cpu_seconds - used) / cpus)
     finally:
-        os.close(pidfd)
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _namespace_cpu_seconds() -> float:
+    """CPU seconds used by the processes of this PID namespace, read by its init:
+    each live (or zombie) process's own time, plus what its reaped children used
+    (cutime, cstime); the init's own time is left out, its reaped children's not."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat_file:
+                fields = stat_file.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        utime, stime, cutime, cstime = (int(field) for field in fields[11:15])
+        ticks += cutime + cstime + (0 if entry == "1" else utime + stime)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _become_subreaper():
@@ -790,6 +855,155 @@ def _hidden_mounts(exposed_paths: tuple[str, ...], private_tmp: bool = False) ->
                 groups.setdefault(ancestor, []).append(path)
                 break
     return tuple((hidden, tuple(paths)) for hidden, paths in sorted(groups.items()))
+
+
+# -- the run's cgroup --------------------------------------------------------------
+
+_CGROUP_PREFIX = "r1jax-sandbox-"
+_run_numbers = itertools.count()
+
+
+@dataclasses.dataclass(frozen=True)
+class _CgroupLayout:
+    """Where a run's cgroups go: beside this process, in its own cgroups."""
+    version: int  # 1: separate memory and cpuacct hierarchies; 2: the unified one
+    memory: str   # the directory a run's memory cgroup is made in
+    cpu: str      # and its CPU-accounting cgroup (the same directory on cgroup v2)
+
+
+@functools.lru_cache(maxsize=None)
+def _cgroup_layout() -> Optional[_CgroupLayout]:
+    """The cgroup directories this process may make a run's cgroups in, or None.
+
+    cgroup v1: the memory and cpuacct hierarchies, each at this process's own
+    cgroup (root may write there). cgroup v2: this process's cgroup, if the memory
+    controller is enabled for its children (a delegated subtree). Tried once with a
+    throwaway cgroup, which also clears cgroups left by launchers that were killed.
+    """
+    mounts = {}  # hierarchy (a v1 controller, or "" for v2) -> (mount root, mount point)
+    try:
+        with open("/proc/self/mountinfo") as mountinfo:
+            for line in mountinfo:
+                fields = line.split()
+                separator = fields.index("-")
+                kind, options = fields[separator + 1], fields[separator + 3].split(",")
+                for controller in ("memory", "cpuacct"):
+                    if kind == "cgroup" and controller in options:
+                        mounts[controller] = fields[3], fields[4]
+                if kind == "cgroup2":
+                    mounts[""] = fields[3], fields[4]
+        with open("/proc/self/cgroup") as own:
+            memberships = [line.rstrip("\n").split(":", 2) for line in own]
+    except (OSError, ValueError):
+        return None
+
+    def directory(hierarchy: str) -> Optional[str]:
+        for number, controllers, path in memberships:
+            member = hierarchy in controllers.split(",") if hierarchy else (number, controllers) == ("0", "")
+            if member and hierarchy in mounts:
+                root, mount_point = mounts[hierarchy]
+                relative = os.path.relpath(path, root)
+                return None if relative.startswith("..") else os.path.normpath(os.path.join(mount_point, relative))
+        return None
+
+    layout = None
+    memory, cpu = directory("memory"), directory("cpuacct")
+    if memory and cpu and "memory" in mounts and "cpuacct" in mounts:
+        layout = _CgroupLayout(1, memory, cpu)
+    else:
+        unified = directory("")
+        try:
+            with open(os.path.join(unified or "/nonexistent", "cgroup.subtree_control")) as enabled:
+                if "memory" in enabled.read().split():
+                    layout = _CgroupLayout(2, unified, unified)
+        except OSError:
+            pass
+    if layout is None:
+        return None
+    for parent in {layout.memory, layout.cpu}:  # cgroups of launchers that were killed mid-run
+        for name in os.listdir(parent):
+            owner = name[len(_CGROUP_PREFIX):].split("-")[0]
+            if name.startswith(_CGROUP_PREFIX) and owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+                try:
+                    os.rmdir(os.path.join(parent, name))
+                except OSError:
+                    pass
+    try:
+        probe = _RunCgroup(layout, SandboxLimits())
+        probe.cpu_seconds()
+        probe.remove()
+    except (OSError, ValueError):
+        return None
+    return layout
+
+
+class _RunCgroup:
+    """One run's cgroup(s): memory limited to memory_bytes (kernel memory such as
+    socket buffers, SysV shared memory and the tmpfs's pages included, no swap),
+    CPU time summed over every process of the run. Made and removed by the
+    launcher; the program joins it between fork and exec (`join`)."""
+
+    def __init__(self, layout: _CgroupLayout, limits: SandboxLimits):
+        self.version = layout.version
+        name = f"{_CGROUP_PREFIX}{os.getpid()}-{next(_run_numbers)}"
+        self.directories = list(dict.fromkeys([os.path.join(layout.memory, name),
+                                               os.path.join(layout.cpu, name)]))
+        self.fds = []
+        for path in self.directories:
+            os.mkdir(path, 0o700)
+        try:
+            memory = self.directories[0]
+            if self.version == 1:
+                _write_setting(memory, "memory.limit_in_bytes", limits.memory_bytes)
+                _write_setting(memory, "memory.memsw.limit_in_bytes", limits.memory_bytes, optional=True)
+            else:
+                _write_setting(memory, "memory.max", limits.memory_bytes)
+                _write_setting(memory, "memory.swap.max", 0, optional=True)
+            self.join_fds = [os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+                             for path in self.directories]
+            self.fds += self.join_fds
+            usage = "cpuacct.usage" if self.version == 1 else "cpu.stat"
+            self.usage_fd = os.open(os.path.join(self.directories[-1], usage), os.O_RDONLY | os.O_CLOEXEC)
+            self.fds.append(self.usage_fd)
+        except BaseException:
+            self.remove()
+            raise
+
+    def join(self):
+        """Move the calling process into the run's cgroups ("0": the writer itself)."""
+        for fd in self.join_fds:
+            os.write(fd, b"0")
+
+    def cpu_seconds(self) -> float:
+        usage = os.pread(self.usage_fd, 4096, 0)
+        if self.version == 1:
+            return int(usage) / 1e9  # nanoseconds
+        return int(usage.split(b"usage_usec", 1)[1].split()[0]) / 1e6
+
+    def remove(self):
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        for path in self.directories:
+            for _ in range(100):  # the last processes may still be on their way out
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.001)
+            else:
+                log.warning("sandbox cgroup %s could not be removed", path)
+
+
+def _write_setting(directory: str, name: str, value: int, optional: bool = False):
+    try:
+        with open(os.path.join(directory, name), "w") as setting:
+            setting.write(str(value))
+    except OSError:
+        if not optional:
+            raise
 
 
 # -- the launcher -----------------------------------------------------------------
