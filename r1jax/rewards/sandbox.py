@@ -259,28 +259,78 @@ def run_sandboxed(
     """Run `argv` (absolute program path) confined, in a fresh working directory.
 
     files: name -> content written into the working directory first (owned by the
-      sandbox user); names are plain file names.
+      sandbox user); names are plain file names, and all of them must fit in
+      `limits.disk_bytes` (at most _MAX_FILES of them).
     exposed_paths: directories the program needs to read (its interpreter's
-      prefix) that the sandbox user could not otherwise reach.
+      prefix) besides the system's programs and libraries (/usr, /lib...).
     isolation: "auto" (all this machine allows, warning if that is less than
       full isolation), "required" (raise instead), "off" (rlimits only).
+
+    Inputs that cannot be used whole raise ValueError naming what is wrong,
+    before anything runs.
     """
-    if not argv or not os.path.isabs(argv[0]):
-        raise ValueError(f"argv[0] must be an absolute path to the program, got {argv!r}")
-    for name in files:
-        if not name or "/" in name or name in (".", ".."):
-            raise ValueError(f"sandbox file names must be plain names, got {name!r}")
     if isolation not in ISOLATION_MODES:
         raise ValueError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
     if not isinstance(limits, SandboxLimits):
         raise TypeError(f"limits must be a SandboxLimits, got {type(limits).__name__}")
-    request = dict(
-        argv=[str(arg) for arg in argv],
-        files={name: content.encode() if isinstance(content, str) else bytes(content)
-               for name, content in files.items()},
-        stdin=bytes(stdin), limits=dataclasses.asdict(limits),
-        exposed_paths=tuple(str(path) for path in exposed_paths), isolation=isolation)
+    if not isinstance(stdin, (bytes, bytearray, memoryview)):
+        raise ValueError(f"stdin must be bytes, got {type(stdin).__name__}")
+    request = dict(argv=_checked_argv(argv), files=_checked_files(files, limits.disk_bytes),
+                   stdin=bytes(stdin), limits=dataclasses.asdict(limits),
+                   exposed_paths=_checked_paths(exposed_paths), isolation=isolation)
     return SandboxResult(**_launcher_call(request))
+
+
+_MAX_FILES = 1024   # files given to a run (the working directory's tmpfs has 4096 inodes)
+_NAME_MAX = 255     # bytes in a file name (Linux's NAME_MAX)
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")  # tmpfs stores a file in whole pages
+
+
+def _checked_argv(argv: Sequence[str]) -> list[str]:
+    if isinstance(argv, (str, bytes)) or not argv:
+        raise ValueError(f"argv must be a non-empty list of strings, got {argv!r}")
+    for index, arg in enumerate(argv):
+        if not isinstance(arg, str) or "\0" in arg:
+            raise ValueError(f"argv[{index}] must be a string without NUL bytes, got {arg!r}")
+    if not os.path.isabs(argv[0]):
+        raise ValueError(f"argv[0] must be an absolute path to the program, got {argv!r}")
+    return list(argv)
+
+
+def _checked_files(files: Mapping[str, str | bytes], disk_bytes: int) -> dict[str, bytes]:
+    """The files as bytes, refusing any that could not be written whole: bad names,
+    non-text content, more files or bytes than the working directory holds."""
+    if len(files) > _MAX_FILES:
+        raise ValueError(f"files: at most {_MAX_FILES} files, got {len(files)}")
+    checked, used = {}, 0
+    for name, content in files.items():
+        if (not isinstance(name, str) or not name or "/" in name or "\0" in name
+                or name in (".", "..")):
+            raise ValueError(f"sandbox file names must be plain names (no '/' or NUL, not '.' "
+                             f"or '..'), got {name!r}")
+        if len(name.encode("utf-8", "surrogateescape")) > _NAME_MAX:
+            raise ValueError(f"files: the name {name[:32]!r}... is longer than {_NAME_MAX} bytes")
+        if isinstance(content, str):
+            content = content.encode()
+        elif isinstance(content, (bytes, bytearray, memoryview)):
+            content = bytes(content)
+        else:
+            raise ValueError(f"files[{name!r}] must be str or bytes, got {type(content).__name__}")
+        used += -(-len(content) // _PAGE_BYTES) * _PAGE_BYTES
+        if used > disk_bytes:
+            raise ValueError(f"files[{name!r}] ({len(content)} bytes) does not fit in the working "
+                             f"directory with the files before it: disk_bytes={disk_bytes}")
+        checked[name] = content
+    return checked
+
+
+def _checked_paths(paths: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(paths, (str, bytes)):
+        raise ValueError(f"exposed_paths must be a list of paths, got {paths!r}")
+    for path in paths:
+        if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
+            raise ValueError(f"exposed_paths must hold absolute paths without NUL bytes, got {path!r}")
+    return tuple(paths)
 
 
 def _run_here(argv, files, stdin, limits, exposed_paths, isolation, owner_pid) -> dict:
@@ -400,9 +450,13 @@ def _supervise(argv, streams, confine, lifeline: int, report_to: int):
 def _run_program(argv, streams, confine) -> dict:
     confine.parent_pid = os.getpid()
     start = time.monotonic()
-    process = subprocess.Popen(
-        argv, stdin=streams[0], stdout=streams[1], stderr=streams[2], env={},
-        close_fds=True, start_new_session=True, preexec_fn=confine)
+    try:
+        process = subprocess.Popen(
+            argv, stdin=streams[0], stdout=streams[1], stderr=streams[2], env={},
+            close_fds=True, start_new_session=True, preexec_fn=confine)
+    except subprocess.SubprocessError as error:
+        said = os.pread(streams[2], 4096, 0).decode(errors="replace").strip()
+        raise RuntimeError(said or f"sandbox: starting the program failed: {error}") from None
     stopped = _wait_within_limits(process, confine.limits, confine.cpu_seconds_reader())
     wall_seconds = time.monotonic() - start
     if stopped == "cpu" and confine.namespaces and os.getpid() == 1:
@@ -505,6 +559,13 @@ class _Confinement:
                            options.encode()), "mount the working directory")
 
     def __call__(self):
+        try:
+            self._confine()
+        except BaseException as error:  # said on the program's stderr: subprocess only says "preexec_fn"
+            os.write(2, f"sandbox: confining the program failed: {error!r}\n".encode())
+            raise
+
+    def _confine(self):
         if self.cgroup is not None:
             self.cgroup.join()  # first: what follows (the files in the tmpfs) counts against it
         os.chdir(self.workdir)
@@ -642,7 +703,9 @@ def _write_files(directory: str, files: Mapping[str, bytes]):
     for name, content in files.items():
         fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, content)
+            view = memoryview(content)
+            while view:  # a short write goes on; a full disk raises: never a truncated file
+                view = view[os.write(fd, view):]
         finally:
             os.close(fd)
 
