@@ -94,8 +94,15 @@ _WORKDIR_PREFIX = "r1jax-sandbox-"
 
 _CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWPID, _CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
 _NAMESPACES = _CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWPID | _CLONE_NEWNET
-_PRIVATE_TMP = "/tmp"                  # an empty tmpfs in the sandbox's mount namespace
-_NAMESPACE_WORKDIR = "/tmp/work"       # the working directory's mount point, inside it
+_NEW_ROOT = "/tmp"                # where the run's root tmpfs is built, before it becomes "/"
+_NAMESPACE_WORKDIR = "/tmp/work"  # the working directory's mount point, in the run's root
+# What the run's root holds besides the exposed paths: the system's programs and
+# shared libraries, the dynamic loader's cache, the time zone, a few devices.
+_RUNTIME_DIRECTORIES = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_RUNTIME_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/zero", "/dev/full",
+                  "/dev/random", "/dev/urandom")
+_RUNTIME_LINKS = (("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
+                  ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2"))
 _MESSAGE_QUEUE_BYTES, _MESSAGE_QUEUES = 64 * 2**10, 16  # SysV message queues: 1 MiB in all
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
 _AT_FDCWD, _AT_RECURSIVE = -100, 0x8000
@@ -341,10 +348,11 @@ def _run_here(argv, files, stdin, limits, exposed_paths, isolation, owner_pid) -
         raise RuntimeError(f"sandbox isolation required but unavailable: {capabilities}")
     if isolation == "off":
         capabilities = SandboxCapabilities(namespaces=False, switch_user=False)
-    hidden_mounts = _hidden_mounts(tuple(exposed_paths), private_tmp=capabilities.namespaces)
+    view = _root_view(tuple(exposed_paths)) if capabilities.namespaces else ()
     # Without a mount namespace, a user switch would lock the program out of an
     # interpreter that lives in, say, /root.
-    can_switch = capabilities.switch_user and (capabilities.namespaces or not hidden_mounts)
+    can_switch = capabilities.switch_user and (
+        capabilities.namespaces or _reachable_by_others(tuple(exposed_paths)))
     uid = _next_sandbox_uid(owner_pid) if can_switch else None
     if capabilities.namespaces:
         workdir = _NAMESPACE_WORKDIR  # exists in the run's mount namespace only
@@ -356,7 +364,7 @@ def _run_here(argv, files, stdin, limits, exposed_paths, isolation, owner_pid) -
                 os.chown(path, uid, uid)
     cgroup = _RunCgroup(_cgroup_layout(), limits) if capabilities.cgroup else None
     confine = _Confinement(workdir, uid, files if capabilities.namespaces else {}, limits,
-                           capabilities.namespaces, capabilities.syscall_filter, hidden_mounts, cgroup)
+                           capabilities.namespaces, capabilities.syscall_filter, view, cgroup)
     streams = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("stdin", "stdout", "stderr")]
     try:
         os.pwrite(streams[0], stdin, 0)
@@ -517,10 +525,10 @@ class _Confinement:
     supervisor, the new namespaces' init; the instance itself is the program's
     preexec_fn, run between fork and exec."""
 
-    def __init__(self, workdir, uid, files, limits, namespaces, syscall_filter, hidden_mounts, cgroup):
+    def __init__(self, workdir, uid, files, limits, namespaces, syscall_filter, view, cgroup):
         self.workdir, self.uid, self.files, self.limits = workdir, uid, files, limits
         self.namespaces, self.syscall_filter = namespaces, syscall_filter
-        self.hidden_mounts, self.cgroup = hidden_mounts, cgroup
+        self.view, self.cgroup = view, cgroup
         self.parent_pid = os.getpid()
 
     def cpu_seconds_reader(self) -> Optional[Callable[[], float]]:
@@ -543,20 +551,46 @@ class _Confinement:
                 sysctl.write(str(value))
 
     def mount_view(self):
-        """The program's file system: everything read-only, hidden directories,
-        an empty /tmp, this PID namespace's own /proc, and a fresh working
-        directory. Runs in the init of the new PID namespace."""
+        """The program's file system, built in the init of the new PID namespace:
+        a new root (a small tmpfs at _NEW_ROOT) holding only the run's view
+        (`_root_view`), this PID namespace's own /proc and a fresh working
+        directory, all read-only but the working directory. The program is
+        chrooted into it (an unprivileged process cannot leave a chroot, and the
+        one process with another root, this init, is root's: its /proc/1/root and
+        /proc/1/cwd are closed to the program). A chroot rather than pivot_root:
+        detaching the host's tree would cost an RCU grace period per run."""
         _check(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "make mounts private")
-        for hidden, exposed in self.hidden_mounts:
-            self._hide(hidden, exposed)
-        os.mkdir(self.workdir)
-        _check(_libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None),
-               "mount this PID namespace's /proc")
-        _check(_mount_setattr_readonly(b"/"), "re-mount / read-only")
+        # Handles first: the new root is mounted over /tmp, which may hold exposed paths.
+        sources = [(kind, path, os.open(target, os.O_PATH | os.O_CLOEXEC) if kind != "link" else target)
+                   for kind, path, target in self.view]
+        root = _NEW_ROOT
+        _check(_libc.mount(b"tmpfs", root.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                           b"size=1m,nr_inodes=1024,mode=0755"), "mount the new root")
+        for kind, path, source in sources:
+            inside = root + path
+            os.makedirs(os.path.dirname(inside), mode=0o755, exist_ok=True)
+            if kind == "link":
+                os.symlink(source, inside)
+                continue
+            if kind == "dir":
+                os.makedirs(inside, mode=0o755, exist_ok=True)
+            else:
+                os.close(os.open(inside, os.O_WRONLY | os.O_CREAT, 0o644))
+            _check(_libc.mount(f"/proc/self/fd/{source}".encode(), inside.encode(), None,
+                               _MS_BIND | _MS_REC, None), f"expose {path}")
+            os.close(source)
+        os.makedirs(root + "/proc", mode=0o555)
+        os.makedirs(root + self.workdir, mode=0o755)
+        _check(_libc.mount(b"proc", (root + "/proc").encode(), b"proc",
+                           _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None), "mount this PID namespace's /proc")
+        _check(_mount_setattr_readonly(root.encode()), "re-mount the new root read-only")
         options = (f"size={self.limits.disk_bytes},nr_inodes=4096,mode=0700,"
                    f"uid={self.uid},gid={self.uid}")
-        _check(_libc.mount(b"tmpfs", self.workdir.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+        _check(_libc.mount(b"tmpfs", (root + self.workdir).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
                            options.encode()), "mount the working directory")
+        # This init's own /proc: the namespace's (what _namespace_cpu_seconds reads).
+        _check(_libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None),
+               "mount this PID namespace's /proc")
 
     def __call__(self):
         try:
@@ -568,6 +602,8 @@ class _Confinement:
     def _confine(self):
         if self.cgroup is not None:
             self.cgroup.join()  # first: what follows (the files in the tmpfs) counts against it
+        if self.namespaces:
+            os.chroot(_NEW_ROOT)
         os.chdir(self.workdir)
         if self.uid is not None:
             os.setgroups([])
@@ -583,16 +619,6 @@ class _Confinement:
         self._set_limits()
         if self.syscall_filter:
             _check(_install_syscall_filter(), "install the seccomp filter")
-
-    def _hide(self, hidden: str, exposed: Sequence[str]):
-        handles = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in exposed]
-        _check(_libc.mount(b"tmpfs", hidden.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
-                           b"size=1m,mode=0755"), f"hide {hidden}")
-        for path, handle in zip(exposed, handles):
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            _check(_libc.mount(f"/proc/self/fd/{handle}".encode(), path.encode(), None,
-                               _MS_BIND | _MS_REC, None), f"expose {path}")
-            os.close(handle)
 
     def _set_limits(self):
         limits = self.limits
@@ -894,30 +920,48 @@ def _glob_workdirs(owner_pid: int) -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _hidden_mounts(exposed_paths: tuple[str, ...], private_tmp: bool = False) -> tuple:
-    """[(directory to hide behind a tmpfs, (paths to bind back inside it))].
+def _root_view(exposed_paths: tuple[str, ...]) -> tuple:
+    """What the run's root holds: ("dir" | "file", path, source) entries bound
+    read-only at `path`, and ("link", path, target) symbolic links. The runtime
+    (_RUNTIME_*) that exists on this machine, then each exposed path (resolved)
+    that is not inside one already there. Nothing else of the host is visible:
+    not the checkout, datasets, home directories, other users' files or /tmp."""
+    view, directories = [], []
 
-    With `private_tmp`, /tmp is one (the exposed paths under it are bound back).
-    An exposed path elsewhere needs help when some ancestor denies "others" the
-    execute (search) bit, e.g. an interpreter under /root (mode 0700).
-    """
-    groups: dict[str, list[str]] = {_PRIVATE_TMP: []} if private_tmp else {}
-    for path in exposed_paths:
-        path = os.path.realpath(path)
-        if private_tmp and path.startswith(_PRIVATE_TMP + "/"):
-            groups[_PRIVATE_TMP].append(path)
-            continue
+    def inside_one(path):
+        return any(path == directory or path.startswith(directory.rstrip("/") + "/")
+                   for directory in directories)
+
+    for path in _RUNTIME_DIRECTORIES:
+        if os.path.islink(path):
+            view.append(("link", path, os.readlink(path)))
+        elif os.path.isdir(path):
+            view.append(("dir", path, path))
+            directories.append(path)
+    for path in sorted(os.path.realpath(path) for path in exposed_paths):
+        if os.path.exists(path) and not inside_one(path):
+            view.append(("dir" if os.path.isdir(path) else "file", path, path))
+            if os.path.isdir(path):
+                directories.append(path)
+    view += [("file", path, path) for path in _RUNTIME_FILES if os.path.exists(path) and not inside_one(path)]
+    view += [("link", path, target) for path, target in _RUNTIME_LINKS]
+    return tuple(view)
+
+
+@functools.lru_cache(maxsize=None)
+def _reachable_by_others(paths: tuple[str, ...]) -> bool:
+    """Can a user with no rights of its own reach every path (each ancestor grants
+    "others" search)? Not so for an interpreter under /root (mode 0700)."""
+    for path in paths:
         ancestor = "/"
-        for part in path.strip("/").split("/")[:-1]:
+        for part in os.path.realpath(path).strip("/").split("/")[:-1]:
             ancestor = os.path.join(ancestor, part)
             try:
-                mode = os.stat(ancestor).st_mode
+                if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+                    return False
             except OSError:
                 break
-            if not mode & stat.S_IXOTH:
-                groups.setdefault(ancestor, []).append(path)
-                break
-    return tuple((hidden, tuple(paths)) for hidden, paths in sorted(groups.items()))
+    return True
 
 
 # -- the run's cgroup --------------------------------------------------------------

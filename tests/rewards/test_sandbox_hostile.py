@@ -280,9 +280,13 @@ def test_host_files_outside_the_runtime_are_invisible():
         os.chmod(path, 0o644)
         planted.append(path)
     checkout_file = os.path.join(REPOSITORY, "r1jax", "rewards", "sandbox.py")
+    # Directly, and through the roots and working directories of the run's other
+    # processes (its init's are the host's), or by climbing out of its root.
+    paths = [prefix + path for path in planted + [checkout_file]
+             for prefix in ("", "/proc/1/root", "/proc/1/cwd/../../../../../..", "/../../..")]
     program = f"""
         found = []
-        for path in {planted + [checkout_file]!r}:
+        for path in {paths!r}:
             try:
                 with open(path) as handle:
                     found.append(handle.read()[:16])
