@@ -340,8 +340,9 @@ def _checked_paths(paths: Sequence[str]) -> tuple[str, ...]:
     return tuple(paths)
 
 
-def _run_here(argv, files, stdin, limits, exposed_paths, isolation, owner_pid) -> dict:
-    """The sandboxed run itself; executes inside the launcher process."""
+def _run_here(argv, files, stdin, limits, exposed_paths, isolation, owner_pid, cgroup=True) -> dict:
+    """The sandboxed run itself; executes inside the launcher process. `cgroup=False`
+    runs it as a machine without cgroups would (the tests' way to the fallback)."""
     limits = SandboxLimits(**limits)
     capabilities = sandbox_capabilities()
     if isolation == "required" and not capabilities.isolated:
@@ -362,7 +363,7 @@ def _run_here(argv, files, stdin, limits, exposed_paths, isolation, owner_pid) -
         if uid is not None:
             for path in [workdir] + [os.path.join(workdir, name) for name in files]:
                 os.chown(path, uid, uid)
-    cgroup = _RunCgroup(_cgroup_layout(), limits) if capabilities.cgroup else None
+    cgroup = _RunCgroup(_cgroup_layout(), limits) if capabilities.cgroup and cgroup else None
     confine = _Confinement(workdir, uid, files if capabilities.namespaces else {}, limits,
                            capabilities.namespaces, capabilities.syscall_filter, view, cgroup)
     streams = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("stdin", "stdout", "stderr")]

@@ -369,6 +369,18 @@ def test_cpu_seconds_bound_the_whole_run(program):
     assert 0 < used <= limits.cpu_seconds + 0.3, result.stdout
 
 
+@needs_isolation
+def test_without_a_cgroup_cpu_seconds_still_bound_a_run_of_parallel_processes():
+    # The fallback: the supervisor sums the CPU time of its PID namespace's processes.
+    # (It misses children reaped by no one, SIGCHLD ignored: the serial case above.)
+    limits = dataclasses.replace(LIMITS, wall_seconds=20.0)
+    request = dict(argv=PYTHON, files={"main.py": textwrap.dedent(PARALLEL_SPINNERS).encode()}, stdin=b"",
+                   limits=dataclasses.asdict(limits), exposed_paths=EXPOSED, isolation="auto", cgroup=False)
+    result = sandbox_module.SandboxResult(**sandbox_module._launcher_call(request))
+    assert not result.ok and not result.timed_out, result
+    assert 0 < cpu_reported(result.stdout) <= limits.cpu_seconds + 0.3, result.stdout
+
+
 # -- 7. the API's own inputs -----------------------------------------------------------------
 
 @pytest.fixture
