@@ -2,7 +2,9 @@
 
 `run_sandboxed(argv, files=..., stdin=..., limits=...)` runs `argv` in a child
 process that is confined before it execs, and returns its exit status and
-(bounded) output. What confines it, in the order the child sets it up:
+(bounded) output. Its inputs are checked first: a limit, file, name or argument
+that could not be used whole raises ValueError naming it, before anything runs.
+What confines the program, in the order it is set up:
 
   * a new session (own process group) and an empty environment;
   * its own PID namespace, whose init is a small supervisor (a fork of the
@@ -11,13 +13,15 @@ process that is confined before it execs, and returns its exit status and
     when the supervisor ends, or dies with the process that owns the sandbox, the
     kernel kills every process left in the namespace, double-forked escapees
     included;
-  * a private mount namespace in which the whole file system is re-mounted
-    read-only (no writing or deleting anywhere), directories the sandbox user
-    may not enter are hidden behind empty tmpfs mounts (except the interpreter's
-    own, bound back read-only), /tmp is an empty tmpfs (the host's temporary
-    files and the sockets in it are out of sight), and the working directory is
-    a fresh, size-capped tmpfs inside it: nothing of a run exists on the host's
-    disk, so nothing is left behind even when its owner is SIGKILLed;
+  * a private mount namespace and a root of its own (a chroot into a small
+    tmpfs) that holds only what a program needs to run: /usr, /bin, /sbin,
+    /lib*, the exposed paths (the interpreter's prefix), the loader's cache, the
+    time zone, /dev/null and a few other devices, its own /proc, and the working
+    directory, a fresh size-capped tmpfs at /tmp/work. All read-only but the
+    working directory. The checkout, datasets, /work, /home, /srv, /opt, /var,
+    the rest of /root and the host's /tmp are not there; nothing of a run
+    exists on the host's disk, so nothing is left behind even when its owner is
+    SIGKILLed;
   * a new network namespace with no interface up: no network, not even
     localhost;
   * a new IPC namespace: System V shared memory, message queues and semaphores
@@ -26,14 +30,22 @@ process that is confined before it execs, and returns its exit status and
   * an unprivileged user id of its own (1<<30 + a per-owner slot, no groups,
     no capabilities, PR_SET_NO_NEW_PRIVS so set-uid binaries gain nothing), so
     it cannot read other processes' /proc/<pid>/environ or signal them;
-  * a seccomp filter that refuses the calls that reach past the namespaces:
-    socket(AF_UNIX) (a socket file of a host service, e.g. dbus or docker, is
-    reachable from any mount namespace; socketpair() still works), memfd_create
-    and memfd_secret (memory in no one's limit), io_uring (sockets and files
-    outside the filter's sight), and any other architecture's syscall table;
-  * resource limits (setrlimit): CPU seconds, address space, file size, open
-    files, no core dumps, no POSIX message queues or locked memory, and a
-    process count that the kernel enforces because the user is not root
+  * a memory and CPU cgroup of its own (`_RunCgroup`): memory, kernel memory
+    included (socket buffers, SysV shared memory, the tmpfs's pages, pipes),
+    capped at `memory_bytes` for the whole run with no swap, so the OOM killer
+    picks within the run, never the trainer; CPU time summed over all its
+    processes;
+  * a seccomp filter that refuses the calls that reach past the namespaces
+    (`_syscall_filter` lists them with their reasons): new user namespaces
+    (a nested one would bring an IPC namespace with default, unbounded limits),
+    socket(AF_UNIX) and datagram socketpairs (a host service's socket file is
+    reachable from any mount namespace; stream pairs still work), enlarging
+    socket buffers, kernel keyrings (a key outlives its run and is readable by
+    the next run with the same uid), memfds, io_uring, clone3 and any other
+    architecture's syscall table;
+  * resource limits (setrlimit): CPU seconds per process, address space, file
+    size, open files, no core dumps, no POSIX message queues or locked memory,
+    and a process count that the kernel enforces because the user is not root
     (RLIMIT_NPROC is ignored for root);
   * PR_SET_PDEATHSIG, so it dies with the process that started it.
 
@@ -41,26 +53,41 @@ Children are started by a small launcher process (this file run as a script,
 stdlib only), one per calling process: forking it costs a millisecond where
 forking a trainer or a worker with sympy loaded costs ten, and it is
 single-threaded (so the pre-exec setup is safe even when the caller runs JAX
-threads). Per run it forks a supervisor, the init of a new PID namespace,
-which enters the other namespaces, mounts the private file system view, starts
-the program, enforces the wall-clock limit and reports back over a pipe. Once
-the program exits or hits the wall-clock limit, the init exits and the kernel
-kills whatever the program left running (a fork bomb cannot outrun it). Output
-goes to memory files capped by the file-size limit, so a program that prints
-forever cannot fill the caller's memory.
+threads). Per run it makes the run's cgroup and forks a supervisor, the init of
+a new PID namespace, which enters the other namespaces, builds the file system
+view, starts the program, enforces the wall-clock limit and `cpu_seconds` over
+the whole run (reading the cgroup's CPU time about as often as the run could
+reach the limit, and killing every process of the namespace past it) and
+reports back over a pipe. Once the program exits or is stopped, the init exits
+and the kernel kills whatever the program left running (a fork bomb cannot
+outrun it). Output goes to memory files capped by the file-size limit, so a
+program that prints forever cannot fill the caller's memory.
 
-Where the kernel does not allow it: the namespaces and the user switch need
-root (CAP_SYS_ADMIN, CAP_SETUID), probed once per process at run time
-(`sandbox_capabilities()`), as is the seccomp filter (Linux >= 3.17, x86_64 or
-aarch64). Without them the program still runs in its own session with an empty
-environment, a fresh temporary directory (deleted afterwards) and all rlimits,
-but WITHOUT network, IPC or process isolation, file-system read-only protection,
-the syscall filter or its own user id (as a non-root user RLIMIT_NPROC then
-counts all of that user's processes); leftover processes are then killed by
-process group (or by user id, as root), and the launcher, a child subreaper,
-adopts and reaps orphans. A logged warning says so.
-`isolation="required"` turns that into an error; `isolation="off"` asks for the
-weaker mode on purpose.
+Where the kernel does not allow it, probed once per process at run time
+(`sandbox_capabilities()`), with a logged warning:
+
+  * the namespaces, the chroot and the user switch need root (CAP_SYS_ADMIN,
+    CAP_SYS_CHROOT, CAP_SETUID). Without them the program still runs in its own
+    session with an empty environment, a fresh temporary directory (deleted
+    afterwards), the rlimits and the seccomp filter, but WITHOUT network, IPC or
+    process isolation, a private file-system view (it can read what the user
+    running it can) or its own user id (as a non-root user RLIMIT_NPROC then
+    counts all of that user's processes); leftover processes are then killed by
+    process group (or by user id, as root), and the launcher, a child
+    subreaper, adopts and reaps orphans;
+  * the cgroup needs root on cgroup v1 (memory and cpuacct hierarchies), or a
+    delegated cgroup v2 subtree with the memory controller enabled for this
+    process's cgroup. Without it memory_bytes holds per process (address
+    space), SysV shared memory stays capped by the IPC namespace, socket buffers
+    keep the kernel's default size (the filter refuses enlarging them), so the
+    kernel memory a run holds is bounded by its sockets and pipes, not by
+    memory_bytes; and cpu_seconds holds over the run's PID namespace by summing
+    its processes' CPU time (children reaped by no one, SIGCHLD ignored, escape
+    that sum; RLIMIT_CPU still stops each), or per process only without one;
+  * the seccomp filter needs Linux >= 3.17 on x86_64 or aarch64, no root.
+
+`isolation="required"` turns missing namespaces, user switch or filter into an
+error; `isolation="off"` asks for rlimits only, on purpose.
 """
 from __future__ import annotations
 
@@ -220,8 +247,8 @@ def sandbox_capabilities() -> SandboxCapabilities:
         ("network, IPC, process and file-system isolation", capabilities.namespaces),
         ("its own user id", capabilities.switch_user),
         ("the syscall filter", capabilities.syscall_filter),
-        ("a cgroup (memory_bytes and cpu_seconds then hold per process, and socket buffers "
-         "count against no limit)", capabilities.cgroup)) if not available]
+        ("a cgroup (memory_bytes then holds per process and kernel memory is bounded by "
+         "counts only; cpu_seconds over the run only by polling)", capabilities.cgroup)) if not available]
     if missing:
         log.warning("sandbox isolation incomplete (%s): untrusted code runs without %s; "
                     "see r1jax.rewards.sandbox", capabilities, ", ".join(missing))
