@@ -210,7 +210,8 @@ class SandboxLimits:
 
 @dataclasses.dataclass(frozen=True)
 class SandboxResult:
-    returncode: Optional[int]  # negative: killed by that signal (SIGXCPU = CPU limit)
+    returncode: Optional[int]  # negative: killed by that signal (SIGKILL past the run's CPU limit or
+                               # its memory cgroup's, SIGXCPU past one process's CPU limit)
     stdout: bytes
     stderr: bytes
     wall_seconds: float
