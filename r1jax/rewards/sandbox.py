@@ -180,6 +180,7 @@ class _SockFprog(ctypes.Structure):
 
 _MAX_SECONDS = 7 * 24 * 3600  # a week: beyond any run, and within what poll() and rlimits take
 _MAX_COUNT = 2**62            # bytes and counts: within what rlimits and cgroups take
+_MAX_OPEN_FILES = 2**20       # the kernel's default ceiling on RLIMIT_NOFILE (fs.nr_open)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,9 +204,11 @@ class SandboxLimits:
                         or not 0 < value <= _MAX_SECONDS):  # refuses NaN and infinities too
                     raise ValueError(f"SandboxLimits.{field.name} must be a number of seconds in "
                                      f"(0, {_MAX_SECONDS}], got {value!r}")
-            elif isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_COUNT:
-                raise ValueError(f"SandboxLimits.{field.name} must be a whole number in "
-                                 f"[1, {_MAX_COUNT}], got {value!r}")
+            else:
+                most = _MAX_OPEN_FILES if field.name == "max_open_files" else _MAX_COUNT
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= most:
+                    raise ValueError(f"SandboxLimits.{field.name} must be a whole number in "
+                                     f"[1, {most}], got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,7 +403,8 @@ def _run_here(argv, files, stdin, limits, exposed_paths, isolation, owner_pid, c
         outcome = _supervised(list(argv), streams, confine)
         if not capabilities.namespaces:  # in a PID namespace the kernel has done this
             _kill_leftovers(uid, outcome.pop("pid"))
-        stdout, stderr = (os.pread(fd, limits.max_file_bytes, 0) for fd in streams[1:])
+        stdout, stderr = (os.pread(fd, min(limits.max_file_bytes, os.fstat(fd).st_size), 0)
+                          for fd in streams[1:])
     finally:
         for fd in streams:
             os.close(fd)
@@ -664,6 +668,11 @@ class _Confinement:
                             (resource.RLIMIT_MSGQUEUE, 0),  # POSIX message queues: none
                             (resource.RLIMIT_MEMLOCK, 0)):
             soft, hard = value if isinstance(value, tuple) else (value, value)
+            # Past the uid switch no limit can be raised: a larger one than the
+            # launcher's own hard limit is that hard limit (tighter, never looser).
+            ceiling = resource.getrlimit(name)[1]
+            if ceiling != resource.RLIM_INFINITY:
+                soft, hard = min(soft, ceiling), min(hard, ceiling)
             resource.setrlimit(name, (soft, hard))
 
 

@@ -394,10 +394,18 @@ def never_runs(monkeypatch):
     ("memory_bytes", 1.5), ("memory_bytes", True), ("max_processes", 2.0), ("disk_bytes", "64"),
     ("wall_seconds", float("inf")), ("cpu_seconds", float("nan")), ("wall_seconds", False),
     ("max_open_files", -1), ("max_file_bytes", 0), ("memory_bytes", 2**64), ("cpu_seconds", 1e30),
+    ("max_open_files", 2**21),
 ])
 def test_limits_are_validated_on_construction(field, value):
     with pytest.raises(ValueError, match=rf"SandboxLimits\.{field}"):
         SandboxLimits(**{field: value})
+
+
+def test_the_largest_limits_accepted_can_be_applied():
+    largest = SandboxLimits(wall_seconds=7 * 24 * 3600, cpu_seconds=7 * 24 * 3600, memory_bytes=2**62,
+                            max_processes=2**62, max_file_bytes=2**62, disk_bytes=2**62,
+                            max_open_files=2**20)
+    assert run("print('ran')", limits=largest).stdout == b"ran\n"
 
 
 @pytest.mark.parametrize("files, named", [
