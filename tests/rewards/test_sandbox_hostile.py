@@ -18,8 +18,8 @@ import textwrap
 
 import pytest
 
-from r1jax.rewards import SandboxLimits, code_execution, run_sandboxed, sandbox_capabilities
-from r1jax.rewards import sandbox as sandbox_module
+from r1jax.rewards import SandboxLimits, SandboxResult, code_execution, run_sandboxed, sandbox_capabilities
+from r1jax.rewards.sandbox import launcher, processes
 
 FULL_ISOLATION = sandbox_capabilities().isolated
 needs_isolation = pytest.mark.skipif(
@@ -177,7 +177,7 @@ def test_a_key_added_in_one_run_is_not_read_by_the_next_with_the_same_uid():
     """))
     uid, serial, error = (int(field) for field in writer.stdout.split())
     # Later runs of this owner take the uid slots in turn; go round to the writer's.
-    for _ in range(sandbox_module._UID_SLOTS_PER_PROCESS):
+    for _ in range(processes._UID_SLOTS_PER_PROCESS):
         reader = run(KEYS + textwrap.dedent("""
             serial = libc.syscall(KEYCTL, SEARCH, USER_KEYRING, b"user", b"r1jax-handoff", 0)
             found = ctypes.create_string_buffer(64)
@@ -376,7 +376,7 @@ def test_without_a_cgroup_cpu_seconds_still_bound_a_run_of_parallel_processes():
     limits = dataclasses.replace(LIMITS, wall_seconds=20.0)
     request = dict(argv=PYTHON, files={"main.py": textwrap.dedent(PARALLEL_SPINNERS).encode()}, stdin=b"",
                    limits=dataclasses.asdict(limits), exposed_paths=EXPOSED, isolation="auto", cgroup=False)
-    result = sandbox_module.SandboxResult(**sandbox_module._launcher_call(request))
+    result = SandboxResult(**launcher._launcher_call(request))
     assert not result.ok and not result.timed_out, result
     assert 0 < cpu_reported(result.stdout) <= limits.cpu_seconds + 0.3, result.stdout
 
@@ -387,7 +387,7 @@ def test_without_a_cgroup_cpu_seconds_still_bound_a_run_of_parallel_processes():
 def never_runs(monkeypatch):
     def fail(request):
         raise AssertionError("a request that should have been refused reached the launcher")
-    monkeypatch.setattr(sandbox_module, "_launcher_call", fail)
+    monkeypatch.setattr(launcher, "_launcher_call", fail)
 
 
 @pytest.mark.parametrize("field, value", [
