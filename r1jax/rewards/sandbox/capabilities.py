@@ -40,8 +40,9 @@ def sandbox_capabilities() -> SandboxCapabilities:
         ("network, IPC, process and file-system isolation", capabilities.namespaces),
         ("its own user id", capabilities.switch_user),
         ("the syscall filter", capabilities.syscall_filter),
-        ("a cgroup (memory_bytes then holds per process and kernel memory is bounded by "
-         "counts only; cpu_seconds over the run only by polling)", capabilities.cgroup)) if not available]
+        ("a cgroup (memory_bytes then holds per process, kernel memory only by counts of sockets "
+         "and pipes, cpu_seconds over the run only by summing a PID namespace's processes)",
+         capabilities.cgroup)) if not available]
     if missing:
         log.warning("sandbox isolation incomplete (%s): untrusted code runs without %s; "
                     "see r1jax.rewards.sandbox", capabilities, ", ".join(missing))
