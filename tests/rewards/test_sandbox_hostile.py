@@ -19,7 +19,7 @@ import textwrap
 import pytest
 
 from r1jax.rewards import SandboxLimits, SandboxResult, code_execution, run_sandboxed, sandbox_capabilities
-from r1jax.rewards.sandbox import launcher, processes
+from r1jax.rewards.sandbox import cgroup, launcher, processes
 
 FULL_ISOLATION = sandbox_capabilities().isolated
 needs_isolation = pytest.mark.skipif(
@@ -34,6 +34,17 @@ PYTHON = [os.path.realpath(sys.executable), "-I", "-S", "-B", "main.py"]
 EXPOSED = (os.path.dirname(os.path.realpath(sys.executable)), os.path.realpath(sys.base_prefix))
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MiB = 2**20
+
+
+@pytest.fixture(autouse=True)
+def no_run_cgroup_is_left():
+    yield
+    layout = cgroup._cgroup_layout()
+    if layout is None or launcher._launcher is None:
+        return
+    prefix = f"{cgroup._CGROUP_PREFIX}{launcher._launcher.process.pid}-"
+    left = [name for parent in {layout.memory, layout.cpu} for name in os.listdir(parent) if name.startswith(prefix)]
+    assert left == [], "a run's cgroup outlived it"
 
 
 def run(program: str, limits=LIMITS, exposed=()):
