@@ -25,7 +25,7 @@ FULL_ISOLATION = sandbox_capabilities().isolated
 needs_isolation = pytest.mark.skipif(
     not FULL_ISOLATION, reason="full sandbox isolation needs root (namespaces and a user switch)")
 needs_cgroup = pytest.mark.skipif(
-    not getattr(sandbox_capabilities(), "cgroup", False),
+    not sandbox_capabilities().cgroup,
     reason="a memory and CPU cgroup per run needs root and a writable cgroup hierarchy")
 
 LIMITS = SandboxLimits(wall_seconds=5.0, cpu_seconds=1.0, memory_bytes=128 * 2**20,
@@ -426,6 +426,7 @@ def test_the_largest_limits_accepted_can_be_applied():
     ({"x" * 256: ""}, "255"),
     ({f"f{index}": "" for index in range(5000)}, "files"),
     ({"main.py": None}, "main.py"),
+    ([("main.py", "print(1)")], "files"),
 ])
 def test_files_that_cannot_be_written_whole_are_refused(never_runs, files, named):
     with pytest.raises(ValueError, match=re.escape(named)):

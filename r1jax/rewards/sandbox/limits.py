@@ -68,6 +68,8 @@ def _checked_argv(argv: Sequence[str]) -> list[str]:
 def _checked_files(files: Mapping[str, str | bytes], disk_bytes: int) -> dict[str, bytes]:
     """The files as bytes, refusing any that could not be written whole: bad names,
     non-text content, more files or bytes than the working directory holds."""
+    if not isinstance(files, Mapping):
+        raise ValueError(f"files must map file names to contents, got {type(files).__name__}")
     if len(files) > _MAX_FILES:
         raise ValueError(f"files: at most {_MAX_FILES} files, got {len(files)}")
     checked, used = {}, 0
