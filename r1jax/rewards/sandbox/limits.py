@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Optional
 
 _MAX_SECONDS = 7 * 24 * 3600  # a week: beyond any run, and within what poll() and rlimits take
 _MAX_COUNT = 2**62            # bytes and counts: within what rlimits and cgroups take
