@@ -44,7 +44,7 @@ def run_sandboxed(
 
     files: name -> content written into the working directory first (owned by the
       sandbox user); names are plain file names, and all of them must fit in
-      `limits.disk_bytes` (at most _MAX_FILES of them).
+      `limits.disk_bytes` (at most 1024 of them).
     exposed_paths: directories the program needs to read (its interpreter's
       prefix) besides the system's programs and libraries (/usr, /lib...).
     isolation: "auto" (all this machine allows, warning if that is less than
@@ -63,6 +63,7 @@ def run_sandboxed(
                    stdin=bytes(stdin), limits=dataclasses.asdict(limits),
                    exposed_paths=_checked_paths(exposed_paths), isolation=isolation)
     return SandboxResult(**_launcher_call(request))
+
 
 def _run_here(argv, files, stdin, limits, exposed_paths, isolation, owner_pid, cgroup=True) -> dict:
     """The sandboxed run itself; executes inside the launcher process. `cgroup=False`
@@ -87,11 +88,12 @@ def _run_here(argv, files, stdin, limits, exposed_paths, isolation, owner_pid, c
         if uid is not None:
             for path in [workdir] + [os.path.join(workdir, name) for name in files]:
                 os.chown(path, uid, uid)
-    cgroup = _RunCgroup(_cgroup_layout(), limits) if capabilities.cgroup and cgroup else None
-    confine = _Confinement(workdir, uid, files if capabilities.namespaces else {}, limits,
-                           capabilities.namespaces, capabilities.syscall_filter, view, cgroup)
+    use_cgroup, cgroup = capabilities.cgroup and cgroup, None
     streams = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("stdin", "stdout", "stderr")]
     try:
+        cgroup = _RunCgroup(_cgroup_layout(), limits) if use_cgroup else None
+        confine = _Confinement(workdir, uid, files if capabilities.namespaces else {}, limits,
+                               capabilities.namespaces, capabilities.syscall_filter, view, cgroup)
         os.pwrite(streams[0], stdin, 0)
         outcome = _supervised(list(argv), streams, confine)
         if not capabilities.namespaces:  # in a PID namespace the kernel has done this
@@ -115,7 +117,7 @@ _launcher: Optional["_Launcher"] = None
 
 
 class _Launcher:
-    """This file, run as a stdlib-only script, serving run requests over pipes."""
+    """The launcher process (serve.py, a stdlib-only script), serving run requests over pipes."""
 
     def __init__(self):
         self.owner_pid = os.getpid()
