@@ -43,7 +43,8 @@ def no_run_cgroup_is_left():
     if layout is None or launcher._launcher is None:
         return
     prefix = f"{cgroup._CGROUP_PREFIX}{launcher._launcher.process.pid}-"
-    left = [name for parent in {layout.memory, layout.cpu} for name in os.listdir(parent) if name.startswith(prefix)]
+    left = [name for parent in {layout.memory, layout.cpu} for name in os.listdir(parent)
+            if name.startswith(prefix)]
     assert left == [], "a run's cgroup outlived it"
 
 
@@ -445,6 +446,7 @@ def test_bad_arguments_are_refused_before_running(never_runs):
 def test_a_file_that_fits_is_written_whole():
     limits = dataclasses.replace(LIMITS, disk_bytes=2**20)
     content = secrets.token_bytes(2**20 - 8192)
-    result = run_sandboxed(PYTHON, files={"main.py": "import hashlib; print(hashlib.sha256(open('data', 'rb').read()).hexdigest())",
-                                          "data": content}, limits=limits, exposed_paths=EXPOSED)
+    program = "import hashlib; print(hashlib.sha256(open('data', 'rb').read()).hexdigest())"
+    result = run_sandboxed(PYTHON, files={"main.py": program, "data": content}, limits=limits,
+                           exposed_paths=EXPOSED)
     assert result.stdout.decode().strip() == hashlib.sha256(content).hexdigest(), result

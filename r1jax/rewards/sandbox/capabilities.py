@@ -9,8 +9,8 @@ import signal
 
 from r1jax.rewards.sandbox.cgroup import _cgroup_layout
 from r1jax.rewards.sandbox.kernel import (_MS_NODEV, _MS_NOEXEC, _MS_NOSUID, _MS_PRIVATE, _MS_REC, _NAMESPACES,
-                        _PR_SET_NO_NEW_PRIVS, _SYS_CLONE, _libc, _libc_holding_gil,
-                        _mount_setattr_readonly)
+                                          _PR_SET_NO_NEW_PRIVS, _SYS_CLONE, _libc, _libc_holding_gil,
+                                          _mount_setattr_readonly)
 from r1jax.rewards.sandbox.seccomp import _AF_UNIX, _install_syscall_filter, _syscall_filter
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ class SandboxCapabilities:
     @property
     def isolated(self) -> bool:
         return self.namespaces and self.switch_user and self.syscall_filter
+
 
 @functools.lru_cache(maxsize=None)
 def sandbox_capabilities() -> SandboxCapabilities:
@@ -47,6 +48,7 @@ def sandbox_capabilities() -> SandboxCapabilities:
         log.warning("sandbox isolation incomplete (%s): untrusted code runs without %s; "
                     "see r1jax.rewards.sandbox", capabilities, ", ".join(missing))
     return capabilities
+
 
 def _probe(namespaces: int, syscall_filter: bool = False) -> bool:
     """Can a child enter `namespaces` (mount its view as a run's init does) and,

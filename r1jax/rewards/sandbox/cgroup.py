@@ -24,6 +24,7 @@ class _CgroupLayout:
     memory: str   # the directory a run's memory cgroup is made in
     cpu: str      # and its CPU-accounting cgroup (the same directory on cgroup v2)
 
+
 @functools.lru_cache(maxsize=None)
 def _cgroup_layout() -> Optional[_CgroupLayout]:
     """The cgroup directories this process may make a run's cgroups in, or None.
@@ -89,6 +90,7 @@ def _cgroup_layout() -> Optional[_CgroupLayout]:
         return None
     return layout
 
+
 class _RunCgroup:
     """One run's cgroup(s): memory limited to memory_bytes (kernel memory such as
     socket buffers, SysV shared memory and the tmpfs's pages included, no swap),
@@ -152,6 +154,7 @@ class _RunCgroup:
                     time.sleep(0.001)
             else:
                 log.warning("sandbox cgroup %s could not be removed", path)
+
 
 def _write_setting(directory: str, name: str, value: int, optional: bool = False):
     try:

@@ -11,7 +11,8 @@ import stat
 from typing import Mapping
 
 from r1jax.rewards.sandbox.kernel import (_MS_BIND, _MS_NODEV, _MS_NOEXEC, _MS_NOSUID, _MS_PRIVATE, _MS_REC,
-                        _PR_SET_NO_NEW_PRIVS, _PR_SET_PDEATHSIG, _check, _libc, _mount_setattr_readonly)
+                                          _PR_SET_NO_NEW_PRIVS, _PR_SET_PDEATHSIG, _check, _libc,
+                                          _mount_setattr_readonly)
 from r1jax.rewards.sandbox.processes import _count_processes_of
 from r1jax.rewards.sandbox.seccomp import _install_syscall_filter
 
@@ -140,6 +141,7 @@ class _Confinement:
                 soft, hard = min(soft, ceiling), min(hard, ceiling)
             resource.setrlimit(name, (soft, hard))
 
+
 @functools.lru_cache(maxsize=None)
 def _root_view(exposed_paths: tuple[str, ...]) -> tuple:
     """What the run's root holds: ("dir" | "file", path, source) entries bound
@@ -168,6 +170,7 @@ def _root_view(exposed_paths: tuple[str, ...]) -> tuple:
     view += [("link", path, target) for path, target in _RUNTIME_LINKS]
     return tuple(view)
 
+
 @functools.lru_cache(maxsize=None)
 def _reachable_by_others(paths: tuple[str, ...]) -> bool:
     """Can a user with no rights of its own reach every path (each ancestor grants
@@ -182,6 +185,7 @@ def _reachable_by_others(paths: tuple[str, ...]) -> bool:
             except OSError:
                 break
     return True
+
 
 def _write_files(directory: str, files: Mapping[str, bytes]):
     for name, content in files.items():

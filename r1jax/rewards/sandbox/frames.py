@@ -13,6 +13,7 @@ def _write_frame(stream, payload):
     stream.write(struct.pack("<Q", len(data)) + data)
     stream.flush()
 
+
 def _read_frame(stream):
     header = stream.read(8)
     if len(header) < 8:

@@ -121,9 +121,9 @@ class _Launcher:
 
     def __init__(self):
         self.owner_pid = os.getpid()
+        entry_point = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.py")
         self.process = subprocess.Popen(
-            [os.path.realpath(sys.executable), "-I", "-S", "-B", os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.py"),
-             str(self.owner_pid)],
+            [os.path.realpath(sys.executable), "-I", "-S", "-B", entry_point, str(self.owner_pid)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={}, close_fds=True)
         atexit.register(self.stop)
 
@@ -147,6 +147,7 @@ class _Launcher:
             for path in _glob_workdirs(self.owner_pid):
                 shutil.rmtree(path, ignore_errors=True)
 
+
 def _launcher_call(request: dict) -> dict:
     global _launcher
     with _launcher_lock:
@@ -168,6 +169,7 @@ def _launcher_call(request: dict) -> dict:
             raise _ERRORS[kind](message)
         raise RuntimeError(f"sandbox launcher: {kind}: {message}")
     return payload
+
 
 def serve(owner_pid: int):
     """Launcher main loop: one request in, one result out, until the owner goes."""

@@ -42,6 +42,7 @@ class SandboxLimits:
                     raise ValueError(f"SandboxLimits.{field.name} must be a whole number in "
                                      f"[1, {most}], got {value!r}")
 
+
 @dataclasses.dataclass(frozen=True)
 class SandboxResult:
     returncode: Optional[int]  # negative: killed by that signal (SIGKILL past the run's CPU limit or
@@ -56,6 +57,7 @@ class SandboxResult:
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
 
+
 def _checked_argv(argv: Sequence[str]) -> list[str]:
     if isinstance(argv, (str, bytes)) or not argv:
         raise ValueError(f"argv must be a non-empty list of strings, got {argv!r}")
@@ -65,6 +67,7 @@ def _checked_argv(argv: Sequence[str]) -> list[str]:
     if not os.path.isabs(argv[0]):
         raise ValueError(f"argv[0] must be an absolute path to the program, got {argv!r}")
     return list(argv)
+
 
 def _checked_files(files: Mapping[str, str | bytes], disk_bytes: int) -> dict[str, bytes]:
     """The files as bytes, refusing any that could not be written whole: bad names,
@@ -93,6 +96,7 @@ def _checked_files(files: Mapping[str, str | bytes], disk_bytes: int) -> dict[st
                              f"directory with the files before it: disk_bytes={disk_bytes}")
         checked[name] = content
     return checked
+
 
 def _checked_paths(paths: Sequence[str]) -> tuple[str, ...]:
     if isinstance(paths, (str, bytes)):

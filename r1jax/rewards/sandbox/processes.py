@@ -27,6 +27,7 @@ def _next_sandbox_uid(owner_pid: int) -> int:
     return (SANDBOX_UID_BASE + owner_pid * _UID_SLOTS_PER_PROCESS
             + next(_uid_slots) % _UID_SLOTS_PER_PROCESS)
 
+
 def reap_sandbox_processes(owner_pid: int, timeout: float = 1.0) -> int:
     """Kill every sandboxed process that process `owner_pid` started, and remove
     its sandbox directories. Returns how many processes were still around.
@@ -56,12 +57,14 @@ def reap_sandbox_processes(owner_pid: int, timeout: float = 1.0) -> int:
         shutil.rmtree(path, ignore_errors=True)
     return len(found)
 
+
 def _become_subreaper():
     """Orphans of sandboxed programs get re-parented to this process, not to init
     (which, in some containers, never reaps them: zombies would pile up and keep
     counting against the sandbox user's RLIMIT_NPROC). It also makes every live
     sandbox process reachable as a descendant of one of our children."""
     _check(_libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "become child subreaper")
+
 
 def _kill_leftovers(uid: Optional[int], process_group: int):
     """Kill and reap whatever the finished program left running.
@@ -86,6 +89,7 @@ def _kill_leftovers(uid: Optional[int], process_group: int):
                 pass
     log.warning("sandbox processes of uid %s survived 100 kill rounds", uid)
 
+
 def _children() -> list[int]:
     children = []
     for task in os.listdir("/proc/self/task"):
@@ -95,6 +99,7 @@ def _children() -> list[int]:
         except OSError:
             continue
     return children
+
 
 def _belongs_to_sandbox(pid: int, uid: Optional[int], process_group: int) -> bool:
     try:
@@ -109,6 +114,7 @@ def _belongs_to_sandbox(pid: int, uid: Optional[int], process_group: int) -> boo
         return int(fields[2]) == process_group  # pgrp; escapes via setsid are missed
     except (OSError, ValueError, IndexError):
         return False
+
 
 def _kill_sandbox_user(uid: int):
     """SIGKILL every process running as `uid`, atomically, from a child that
@@ -131,11 +137,13 @@ def _kill_sandbox_user(uid: int):
             os._exit(code)
     os.waitpid(pid, 0)
 
+
 def _kill_group(pgid: int):
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
 
 def _process_uids():
     for entry in os.listdir("/proc"):
@@ -150,8 +158,10 @@ def _process_uids():
         except OSError:
             continue
 
+
 def _count_processes_of(uid: int) -> int:
     return sum(1 for _, process_uid in _process_uids() if process_uid == uid)
+
 
 def _glob_workdirs(owner_pid: int) -> list[str]:
     prefix = f"{_WORKDIR_PREFIX}{owner_pid}-"

@@ -39,6 +39,7 @@ _X32_SYSCALL_BIT = 0x40000000  # x86_64's second syscall table (the x32 ABI)
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 
+
 def _install_syscall_filter() -> int:
     """Install the seccomp filter on this thread and its future children (it
     needs PR_SET_NO_NEW_PRIVS or root). Returns 0 or -1, as prctl does."""
@@ -46,6 +47,7 @@ def _install_syscall_filter() -> int:
     if fprog is None:
         return -1
     return _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0)
+
 
 @functools.lru_cache(maxsize=None)
 def _syscall_filter() -> Optional[_SockFprog]:
@@ -94,6 +96,7 @@ def _syscall_filter() -> Optional[_SockFprog]:
                 "enosys", (ret, errno | _ENOSYS), "eafnosupport", (ret, errno | _EAFNOSUPPORT)]
     return _assemble(program)
 
+
 def _assemble(program: list) -> _SockFprog:
     """BPF bytes from (code, k, [jump if true, jump if false]) tuples and label strings;
     a jump names a later label, or None for the next instruction."""
@@ -106,7 +109,8 @@ def _assemble(program: list) -> _SockFprog:
     instructions = [item for item in program if not isinstance(item, str)]
     code = b""
     for index, (op, k, *jumps) in enumerate(instructions):
-        offsets = [0 if target is None else labels[target] - index - 1 for target in jumps + [None] * (2 - len(jumps))]
+        targets = (jumps + [None, None])[:2]
+        offsets = [0 if target is None else labels[target] - index - 1 for target in targets]
         assert all(0 <= offset < 256 for offset in offsets), (op, k, jumps)
         code += struct.pack("<HBBI", op, offsets[0], offsets[1], k)
     return _SockFprog(len(instructions), code)  # the bytes live as long as the cached struct

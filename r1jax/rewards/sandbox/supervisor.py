@@ -67,6 +67,7 @@ def _supervised(argv: list, streams: list, confine: "_Confinement") -> dict:
         raise _ERRORS.get(kind, RuntimeError)(message if kind in _ERRORS else f"{kind}: {message}")
     return payload
 
+
 def _supervise(argv, streams, confine, lifeline: int, report_to: int):
     """The supervisor (with namespaces, their init). Never returns."""
     try:
@@ -83,6 +84,7 @@ def _supervise(argv, streams, confine, lifeline: int, report_to: int):
             _write_frame(stream, outcome)
     finally:
         os._exit(0)
+
 
 def _run_program(argv, streams, confine) -> dict:
     confine.parent_pid = os.getpid()
@@ -105,6 +107,7 @@ def _run_program(argv, streams, confine) -> dict:
     return dict(returncode=process.returncode, wall_seconds=wall_seconds, timed_out=stopped == "wall",
                 pid=process.pid)
 
+
 def _cpu_seconds_reader(confine) -> Optional[Callable[[], float]]:
     """How the supervisor reads the run's CPU time: its cgroup's count; without
     one, the sum over the processes of its PID namespace (which misses the
@@ -126,6 +129,7 @@ def _die_with_parent(lifeline: int):
     os.close(lifeline)
     if orphaned:
         os._exit(1)
+
 
 def _wait_within_limits(process: subprocess.Popen, limits: SandboxLimits,
                         cpu_seconds: Optional[Callable[[], float]]) -> Optional[str]:
@@ -166,6 +170,7 @@ def _wait_within_limits(process: subprocess.Popen, limits: SandboxLimits,
     finally:
         if pidfd is not None:
             os.close(pidfd)
+
 
 def _namespace_cpu_seconds() -> float:
     """CPU seconds used by the processes of this PID namespace, read by its init:
