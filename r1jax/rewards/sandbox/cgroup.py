@@ -34,61 +34,66 @@ def _cgroup_layout() -> Optional[_CgroupLayout]:
     controller is enabled for its children (a delegated subtree). Tried once with a
     throwaway cgroup, which also clears cgroups left by launchers that were killed.
     """
-    mounts = {}  # hierarchy (a v1 controller, or "" for v2) -> (mount root, mount point)
     try:
-        with open("/proc/self/mountinfo") as mountinfo:
-            for line in mountinfo:
-                fields = line.split()
-                separator = fields.index("-")
-                kind, options = fields[separator + 1], fields[separator + 3].split(",")
-                for controller in ("memory", "cpuacct"):
-                    if kind == "cgroup" and controller in options:
-                        mounts[controller] = fields[3], fields[4]
-                if kind == "cgroup2":
-                    mounts[""] = fields[3], fields[4]
-        with open("/proc/self/cgroup") as own:
-            memberships = [line.rstrip("\n").split(":", 2) for line in own]
-    except (OSError, ValueError):
+        with open("/proc/self/mountinfo") as mountinfo, open("/proc/self/cgroup") as own:
+            directories = _cgroup_directories(mountinfo.read(), own.read())
+    except (OSError, ValueError, IndexError):
         return None
-
-    def directory(hierarchy: str) -> Optional[str]:
-        for number, controllers, path in memberships:
-            member = hierarchy in controllers.split(",") if hierarchy else (number, controllers) == ("0", "")
-            if member and hierarchy in mounts:
-                root, mount_point = mounts[hierarchy]
-                relative = os.path.relpath(path, root)
-                return None if relative.startswith("..") else os.path.normpath(os.path.join(mount_point, relative))
-        return None
-
     layout = None
-    memory, cpu = directory("memory"), directory("cpuacct")
-    if memory and cpu and "memory" in mounts and "cpuacct" in mounts:
-        layout = _CgroupLayout(1, memory, cpu)
-    else:
-        unified = directory("")
+    if "memory" in directories and "cpuacct" in directories:
+        layout = _CgroupLayout(1, directories["memory"], directories["cpuacct"])
+    elif "" in directories:
         try:
-            with open(os.path.join(unified or "/nonexistent", "cgroup.subtree_control")) as enabled:
+            with open(os.path.join(directories[""], "cgroup.subtree_control")) as enabled:
                 if "memory" in enabled.read().split():
-                    layout = _CgroupLayout(2, unified, unified)
+                    layout = _CgroupLayout(2, directories[""], directories[""])
         except OSError:
             pass
     if layout is None:
         return None
-    for parent in {layout.memory, layout.cpu}:  # cgroups of launchers that were killed mid-run
-        for name in os.listdir(parent):
-            owner = name[len(_CGROUP_PREFIX):].split("-")[0]
-            if name.startswith(_CGROUP_PREFIX) and owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
-                try:
-                    os.rmdir(os.path.join(parent, name))
-                except OSError:
-                    pass
     try:
+        for parent in {layout.memory, layout.cpu}:  # cgroups of launchers that were killed mid-run
+            for name in os.listdir(parent):
+                owner = name[len(_CGROUP_PREFIX):].split("-")[0]
+                if name.startswith(_CGROUP_PREFIX) and owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+                    try:
+                        os.rmdir(os.path.join(parent, name))
+                    except OSError:
+                        pass
         probe = _RunCgroup(layout, SandboxLimits())
         probe.cpu_seconds()
         probe.remove()
     except (OSError, ValueError):
         return None
     return layout
+
+
+def _cgroup_directories(mountinfo: str, memberships: str) -> dict[str, str]:
+    """This process's own cgroup directory in each hierarchy mounted here: "memory"
+    and "cpuacct" (cgroup v1) and "" (cgroup v2), from the text of
+    /proc/self/mountinfo and /proc/self/cgroup. A hierarchy not mounted, or mounted
+    from below this process's cgroup (its directory is not in sight), is left out."""
+    mounts = {}  # hierarchy -> (the cgroup at the mount's root, mount point)
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        separator = fields.index("-")
+        kind, options = fields[separator + 1], fields[separator + 3].split(",")
+        for controller in ("memory", "cpuacct"):
+            if kind == "cgroup" and controller in options:
+                mounts[controller] = fields[3], fields[4]
+        if kind == "cgroup2":
+            mounts[""] = fields[3], fields[4]
+    directories = {}
+    for line in memberships.splitlines():
+        number, controllers, path = line.split(":", 2)
+        hierarchies = controllers.split(",") if controllers else ([""] if number == "0" else [])
+        for hierarchy in hierarchies:
+            if hierarchy in mounts:
+                root, mount_point = mounts[hierarchy]
+                relative = os.path.relpath(path, root)
+                if not relative.startswith(".."):
+                    directories[hierarchy] = os.path.normpath(os.path.join(mount_point, relative))
+    return directories
 
 
 class _RunCgroup:
