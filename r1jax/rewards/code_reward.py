@@ -7,7 +7,7 @@ Tests are dicts, one of:
   {"assert": "assert add(1, 2) == 3"}  the program is executed as a module, then
       the statement; the test passes if it completes without an exception.
 
-Each test is its own sandboxed process (see `sandbox.py`) with its own wall and
+Each test is its own sandboxed process (see `r1jax.rewards.sandbox`) with its own wall and
 CPU limits, so one test cannot tamper with another's verdict, and outputs are
 compared here, in the trusted process.
 
