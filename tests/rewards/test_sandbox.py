@@ -18,8 +18,10 @@ import time
 
 import pytest
 
-from r1jax.rewards import SandboxLimits, code_execution, run_sandboxed, sandbox_capabilities
+from r1jax.rewards import SandboxLimits, run_sandboxed, sandbox_capabilities
 from r1jax.rewards.sandbox import SANDBOX_UID_BASE
+from tests.support import sandbox
+from tests.support.sandbox import EXPOSED, PYTHON
 
 pytestmark = pytest.mark.skipif(
     not sandbox_capabilities().isolated,
@@ -27,22 +29,14 @@ pytestmark = pytest.mark.skipif(
 
 LIMITS = SandboxLimits(wall_seconds=2.0, cpu_seconds=1.0, memory_bytes=256 * 2**20,
                        max_processes=8, max_file_bytes=2**20, disk_bytes=8 * 2**20)
-PYTHON = [os.path.realpath(sys.executable), "-I", "-S", "-B", "main.py"]
-EXPOSED = (os.path.dirname(os.path.realpath(sys.executable)), os.path.realpath(sys.base_prefix))
-
-
-def completion(program: str) -> str:
-    return f"Here you go:\n```python\n{textwrap.dedent(program)}\n```"
 
 
 def score(program: str, expected_output: str) -> float:
-    return code_execution(completion(program), [{"input": "", "output": expected_output}],
-                          limits=LIMITS)
+    return sandbox.score(program, expected_output, LIMITS)
 
 
 def run(program: str, limits=LIMITS):
-    return run_sandboxed(PYTHON, files={"main.py": textwrap.dedent(program)}, limits=limits,
-                         exposed_paths=EXPOSED)
+    return sandbox.run(program, limits)
 
 
 def sandbox_processes(owner_pid: int | None = None) -> list[int]:

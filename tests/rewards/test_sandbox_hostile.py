@@ -12,14 +12,15 @@ import os
 import re
 import secrets
 import socket
-import sys
 import tempfile
 import textwrap
 
 import pytest
 
-from r1jax.rewards import SandboxLimits, SandboxResult, code_execution, run_sandboxed, sandbox_capabilities
+from r1jax.rewards import SandboxLimits, SandboxResult, run_sandboxed, sandbox_capabilities
 from r1jax.rewards.sandbox import cgroup, launcher, processes
+from tests.support import sandbox
+from tests.support.sandbox import EXPOSED, PYTHON
 
 FULL_ISOLATION = sandbox_capabilities().isolated
 needs_isolation = pytest.mark.skipif(
@@ -30,8 +31,6 @@ needs_cgroup = pytest.mark.skipif(
 
 LIMITS = SandboxLimits(wall_seconds=5.0, cpu_seconds=1.0, memory_bytes=128 * 2**20,
                        max_processes=8, max_file_bytes=2**20, disk_bytes=8 * 2**20)
-PYTHON = [os.path.realpath(sys.executable), "-I", "-S", "-B", "main.py"]
-EXPOSED = (os.path.dirname(os.path.realpath(sys.executable)), os.path.realpath(sys.base_prefix))
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MiB = 2**20
 
@@ -49,13 +48,11 @@ def no_run_cgroup_is_left():
 
 
 def run(program: str, limits=LIMITS, exposed=()):
-    return run_sandboxed(PYTHON, files={"main.py": textwrap.dedent(program)}, limits=limits,
-                         exposed_paths=EXPOSED + tuple(exposed))
+    return sandbox.run(program, limits, exposed)
 
 
 def score(program: str, expected_output: str, limits=LIMITS) -> float:
-    completion = f"```python\n{textwrap.dedent(program)}\n```"
-    return code_execution(completion, [{"input": "", "output": expected_output}], limits=limits)
+    return sandbox.score(program, expected_output, limits)
 
 
 # -- 1. a nested user namespace, for a fresh IPC namespace with unbounded SysV limits ------
