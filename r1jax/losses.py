@@ -421,7 +421,7 @@ def reinforce_pp_advantages(rewards: jax.Array, *, sequence_kl: jax.Array | None
                             valid: jax.Array | None = None) -> jax.Array:
   """REINFORCE++ advantages: KL-penalised returns, normalised over the whole batch.
 
-  REINFORCE++ (Hu 2025, sec. 3): the KL to the reference is folded into the reward,
+  REINFORCE++ (Hu 2025, arXiv:2501.03262): the KL to the reference is folded into the reward,
   r(s_t, a_t) = 1[a_t = EOS] r(x, y) - beta KL_t with KL_t the k1 estimate
   log pi_old(a_t|s_t) / pi_ref(a_t|s_t); with gamma = 1 the return is
   G_t = r(x, y) - beta sum_{s >= t} KL_s, and advantages are normalised with the mean
@@ -538,7 +538,7 @@ def grpo_loss(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | Non
   Where the clip binds (r above the range with A > 0, below it with A < 0) the token
   contributes no gradient: PPO drops it.
 
-  CISPO (MiniMax-M1, Chen et al. 2025, eq. 4-5) instead clips the importance weight
+  CISPO (MiniMax-M1, MiniMax 2025, arXiv:2506.13585, sec. 3.1) instead clips the importance weight
   and stops its gradient, so that every token contributes:
     ``l = -sg(clip(r, 1 - epsilon_low, 1 + epsilon_high)) A logp + beta * kl_k3(logp, ref)``,
   ``J = 1 / sum_i |o_i| sum_i sum_t sg(w) A log pi_theta``. Its gradient

@@ -1,6 +1,6 @@
 """DAPO's soft overlong punishment: a length penalty over the last tokens of the budget.
 
-DAPO (Yu et al. 2025, sec. 3.4, eq. 13), with L_max the generation budget and L_cache
+DAPO (Yu et al. 2025, arXiv:2503.14476, sec. 3.4, "Soft Overlong Punishment"), with L_max the generation budget and L_cache
 the buffer before it, for a completion of |y| tokens:
 
     R_length(y) = 0                                if |y| <= L_max - L_cache
