@@ -14,9 +14,10 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 ADVANTAGE_SCALES = ("group", "batch", "none")
+ADVANTAGE_ESTIMATORS = ("grpo", "rloo", "reinforce_pp")
 
 
 # --------------------------------------------------------------------------
@@ -289,6 +290,27 @@ def head_logprobs(hidden: jax.Array, head: jax.Array, tokens: jax.Array, *,
 # --------------------------------------------------------------------------
 
 
+def _check_rewards(rewards, valid, group_size=1):
+  """(rewards, valid) as arrays, checked as `group_advantages` documents."""
+  rewards = jnp.asarray(rewards)  # rewards are often a host-side list or numpy array
+  if not isinstance(group_size, numbers.Integral) or group_size < 1:
+    raise ValueError(f"group_size must be a positive int, got {group_size!r}.")
+  if rewards.ndim != 1:
+    raise ValueError(
+        f"rewards must be 1-D [N] (groups laid out consecutively), got shape "
+        f"{rewards.shape}; flatten [num_prompts, group_size] rewards first.")
+  if rewards.shape[0] % group_size:
+    raise ValueError(
+        f"The number of rewards ({rewards.shape[0]}) is not a multiple of "
+        f"group_size ({group_size}): every prompt needs exactly group_size "
+        "samples laid out consecutively.")
+  valid = jnp.ones(rewards.shape, bool) if valid is None else jnp.asarray(valid)
+  if valid.shape != rewards.shape:
+    raise ValueError(
+        f"valid must have the shape of rewards {rewards.shape}, got {valid.shape}.")
+  return rewards, valid.astype(bool)
+
+
 def group_advantages(rewards: jax.Array, group_size: int, *, scale: str = "group",
                      eps: float = 1e-4, valid: jax.Array | None = None) -> jax.Array:
   """GRPO advantages: each reward relative to the other samples of its prompt.
@@ -314,27 +336,10 @@ def group_advantages(rewards: jax.Array, group_size: int, *, scale: str = "group
   """
   if scale not in ADVANTAGE_SCALES:
     raise ValueError(f"Unknown scale {scale!r}; use one of {ADVANTAGE_SCALES}.")
-  rewards = jnp.asarray(rewards)  # rewards are often a host-side list or numpy array
-  if not isinstance(group_size, numbers.Integral) or group_size < 1:
-    raise ValueError(f"group_size must be a positive int, got {group_size!r}.")
-  if rewards.ndim != 1:
-    raise ValueError(
-        f"rewards must be 1-D [N] (groups laid out consecutively), got shape "
-        f"{rewards.shape}; flatten [num_prompts, group_size] rewards first.")
-  if rewards.shape[0] % group_size:
-    raise ValueError(
-        f"The number of rewards ({rewards.shape[0]}) is not a multiple of "
-        f"group_size ({group_size}): every prompt needs exactly group_size "
-        "samples laid out consecutively.")
-  if valid is None:
-    valid = jnp.ones(rewards.shape, bool)
-  valid = jnp.asarray(valid)
-  if valid.shape != rewards.shape:
-    raise ValueError(
-        f"valid must have the shape of rewards {rewards.shape}, got {valid.shape}.")
+  rewards, valid = _check_rewards(rewards, valid, group_size)
 
   dtype = jnp.promote_types(rewards.dtype, jnp.float32)
-  v = valid.astype(bool).reshape(-1, group_size)
+  v = valid.reshape(-1, group_size)
   # Rewards that could not be judged may be NaN: drop them before any sum.
   r = jnp.where(v, rewards.astype(dtype).reshape(-1, group_size), 0)
 
@@ -358,6 +363,104 @@ def group_advantages(rewards: jax.Array, group_size: int, *, scale: str = "group
   lowest = jnp.where(v, r, jnp.inf).min(axis=1, keepdims=True)
   advantages = jnp.where(highest == lowest, 0, advantages)
   return advantages.reshape(-1)
+
+
+def rloo_advantages(rewards: jax.Array, group_size: int, *,
+                    valid: jax.Array | None = None) -> jax.Array:
+  """RLOO advantages: each reward minus the mean of the OTHER samples of its prompt.
+
+  REINFORCE Leave-One-Out (Kool et al. 2019; Ahmadian et al. 2024, "Back to Basics",
+  eq. 7), with n the number of valid samples of the group:
+
+      A_i = r_i - 1/(n-1) sum_{j != i} r_j  =  n/(n-1) (r_i - mean_g(r)).
+
+  The baseline of sample i does not depend on r_i, so the estimate is unbiased; no
+  standard deviation divides it.
+
+  Args:
+    rewards: [N], consecutive groups of ``group_size`` samples of one prompt.
+    group_size: samples per prompt (G).
+    valid: optional bool [N], as in ``group_advantages``: an invalid sample gets
+      advantage 0 and is nobody's baseline.
+
+  Returns:
+    float32 [N] (float64 for float64 rewards); 0 in a group with fewer than two
+    valid samples (no other sample to compare with) or whose valid rewards are equal.
+  """
+  rewards, valid = _check_rewards(rewards, valid, group_size)
+  dtype = jnp.promote_types(rewards.dtype, jnp.float32)
+  v = valid.reshape(-1, group_size)
+  r = jnp.where(v, rewards.astype(dtype).reshape(-1, group_size), 0)  # NaN-free sums
+  count = v.sum(axis=1, keepdims=True)
+  others = (r.sum(axis=1, keepdims=True) - r) / jnp.maximum(count - 1, 1)
+  advantages = jnp.where(v & (count > 1), r - others, 0)
+  highest = jnp.where(v, r, -jnp.inf).max(axis=1, keepdims=True)
+  lowest = jnp.where(v, r, jnp.inf).min(axis=1, keepdims=True)
+  return jnp.where(highest == lowest, 0, advantages).reshape(-1)  # exact 0, no rounding residue
+
+
+def sequence_kl(logps: jax.Array, ref_logps: jax.Array, completion_mask: jax.Array) -> jax.Array:
+  """[B]: ``sum_t M_{i,t} kl_k1(logp_{i,t}, ref_{i,t})``, the k1 KL of each whole sequence.
+
+  Args:
+    logps, ref_logps: [B, T] log-probs of the sampled tokens under the sampling
+      policy and the reference; completion_mask: bool or 0/1 [B, T].
+
+  Padding may hold garbage log-probs: it is zeroed before the sum.
+  """
+  if logps.shape != ref_logps.shape or logps.shape != completion_mask.shape or logps.ndim != 2:
+    raise ValueError(f"logps, ref_logps and completion_mask must all be [B, T], got {logps.shape}, "
+                     f"{ref_logps.shape} and {completion_mask.shape}.")
+  dtype = jnp.promote_types(logps.dtype, jnp.float32)
+  per_token = kl_k1(logps.astype(dtype), ref_logps.astype(dtype))
+  return jnp.where(completion_mask.astype(bool), per_token, 0).sum(axis=-1)
+
+
+def reinforce_pp_advantages(rewards: jax.Array, *, sequence_kl: jax.Array | None = None,
+                            beta: float = 0.0, eps: float = 1e-4,
+                            valid: jax.Array | None = None) -> jax.Array:
+  """REINFORCE++ advantages: KL-penalised returns, normalised over the whole batch.
+
+  REINFORCE++ (Hu 2025, arXiv:2501.03262): the KL to the reference is folded into the reward,
+  r(s_t, a_t) = 1[a_t = EOS] r(x, y) - beta KL_t with KL_t the k1 estimate
+  log pi_old(a_t|s_t) / pi_ref(a_t|s_t); with gamma = 1 the return is
+  G_t = r(x, y) - beta sum_{s >= t} KL_s, and advantages are normalised with the mean
+  and std of the global batch (no per-prompt baseline, no critic):
+
+      R_i = r_i - beta * KL_i,      A_i = (R_i - mean_batch(R)) / (std_batch(R) + eps).
+
+  Here the return is taken per sequence (the return of its first token, KL_i the
+  whole sequence's k1 sum, see ``sequence_kl``) and so is the normalisation; the
+  paper's per-token returns would give later tokens a smaller KL share.
+
+  Args:
+    rewards: [N] one reward per completion (any grouping).
+    sequence_kl: [N] ``sum_t kl_k1(old, ref)`` of each completion; None with beta 0.
+    beta: KL coefficient in the return, a Python number (the loss then has no KL term).
+    eps: added to the batch std (population, ddof=0, over valid samples).
+    valid: optional bool [N]: invalid samples get 0 and stay out of mean and std.
+
+  Returns:
+    float32 [N] (float64 for float64 rewards); all 0 when every valid return is equal.
+  """
+  rewards, valid = _check_rewards(rewards, valid)
+  dtype = jnp.promote_types(rewards.dtype, jnp.float32)
+  returns = rewards.astype(dtype)
+  if beta != 0:
+    if sequence_kl is None:
+      raise ValueError(f"beta={beta} folds the KL into the returns: pass sequence_kl [N] "
+                       "(r1jax.losses.sequence_kl), or beta=0.")
+    sequence_kl = jnp.asarray(sequence_kl)
+    if sequence_kl.shape != rewards.shape:
+      raise ValueError(f"sequence_kl must have the shape of rewards {rewards.shape}, got {sequence_kl.shape}.")
+    returns = returns - beta * sequence_kl.astype(dtype)
+  returns = jnp.where(valid, returns, 0)
+  count = jnp.maximum(valid.sum(), 1)
+  centred = jnp.where(valid, returns - returns.sum() / count, 0)
+  std = jnp.sqrt((centred ** 2).sum() / count)
+  highest = jnp.where(valid, returns, -jnp.inf).max()
+  lowest = jnp.where(valid, returns, jnp.inf).min()
+  return jnp.where(highest == lowest, 0, centred / (std + eps))
 
 
 def kl_k1(logps: jax.Array, ref_logps: jax.Array) -> jax.Array:
@@ -398,7 +501,7 @@ def grpo_loss(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | Non
               importance_sampling_level: str = "token",
               num_global_tokens: jax.Array | int | None = None,
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Clipped GRPO surrogate with a k3 KL penalty (Shao et al. 2024, DeepSeekMath).
+  """Clipped GRPO surrogate with a k3 KL penalty (Shao et al. 2024, DeepSeekMath), or CISPO.
 
   Args:
     logps: [B, T] log-probs of the completion tokens under the policy being
@@ -410,18 +513,21 @@ def grpo_loss(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | Non
     completion_mask: bool or 0/1 [B, T], True on completion tokens.
     epsilon_low, epsilon_high: clip range ``[1 - epsilon_low, 1 + epsilon_high]``;
       ``epsilon_high`` defaults to ``epsilon_low`` (DAPO raises it, e.g. 0.28).
+      For ``"cispo"`` they are eps_low^IS, eps_high^IS of the weight's clip, and
+      ``epsilon_low >= 1`` means no lower bound (MiniMax-M1 sets it large).
     beta: KL coefficient, a Python number; at 0 the KL term is not computed.
     loss_type: how per-token losses l_{i,t} are aggregated (M = mask):
       ``"grpo"``:    mean_i [ sum_t M l / sum_t M ]  (each sequence weighs the same);
       ``"bnpo"``:    sum M l / sum M  over this batch;
       ``"dr_grpo"``: sum M l / (B * max_completion_length)  (Dr. GRPO, no length bias);
-      ``"dapo"``:    sum M l / num_global_tokens.
+      ``"dapo"``:    sum M l / num_global_tokens;
+      ``"cispo"``:   the CISPO per-token term below, summed like ``"dapo"``.
     max_completion_length: required by ``"dr_grpo"``, ignored by the others.
     importance_sampling_level: ``"token"`` uses the ratio
       ``r_{i,t} = exp(logp_{i,t} - old_{i,t})``; ``"sequence"`` (GSPO) uses
       ``s_i = exp(mean_t M (logp - old))`` for every token of sequence i, with
       gradients through the mean: ``grad s_i = s_i * mean_t grad logp_{i,t}``.
-    num_global_tokens: for ``"dapo"``, the number of completion tokens of the
+    num_global_tokens: for ``"dapo"`` and ``"cispo"``, the number of completion tokens of the
       whole optimizer step, over all microbatches and devices. The loss is then
       this microbatch's share of the global token mean: SUM (not average) the
       losses/gradients over microbatches and devices. None: this batch's count.
@@ -429,9 +535,19 @@ def grpo_loss(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | Non
 
   Per token, with ratio r and A = advantages[i]:
     ``l = -min(r A, clip(r, 1 - epsilon_low, 1 + epsilon_high) A) + beta * kl_k3(logp, ref)``.
+  Where the clip binds (r above the range with A > 0, below it with A < 0) the token
+  contributes no gradient: PPO drops it.
+
+  CISPO (MiniMax-M1, MiniMax 2025, arXiv:2506.13585, sec. 3.1) instead clips the importance weight
+  and stops its gradient, so that every token contributes:
+    ``l = -sg(clip(r, 1 - epsilon_low, 1 + epsilon_high)) A logp + beta * kl_k3(logp, ref)``,
+  ``J = 1 / sum_i |o_i| sum_i sum_t sg(w) A log pi_theta``. Its gradient
+  ``-clip(r) A grad logp`` equals the PPO form's ``-r A grad logp`` wherever r is
+  inside the range; outside it CISPO keeps ``-(1 +- eps) A grad logp`` where PPO has 0
+  (or, for r outside on the side the min does not pick, the unclipped ``-r A``).
 
   On the first optimisation step on fresh samples (mu = 1, so old_logps == logps)
-  with beta = 0, the loss VALUE is ~0: every ratio is 1, so it is minus the mean
+  with beta = 0, the loss VALUE of the PPO forms is ~0 (CISPO's is ``-A logp``): every ratio is 1, so it is minus the mean
   advantage, which is 0 since advantages are centred per group. The GRADIENT is
   not 0: d ratio / d logp = ratio = 1, so it is the policy gradient
   ``-A * grad logp`` (suitably averaged). A zero loss is therefore expected and
@@ -441,7 +557,8 @@ def grpo_loss(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | Non
     ``(loss, metrics)``: a scalar loss and a dict of scalar float32 metrics
     (no gradient): ``kl`` (mean k3 KL over completion tokens, only when
     beta != 0); ``clip_fraction/low`` (r < 1 - epsilon_low with A < 0),
-    ``clip_fraction/high`` (r > 1 + epsilon_high with A > 0) and
+    ``clip_fraction/high`` (r > 1 + epsilon_high with A > 0) (for CISPO: the
+    weights clipped, whatever the sign of A) and
     ``clip_fraction/region`` (either), as fractions of completion tokens; and
     ``ratio/mean``, ``ratio/min``, ``ratio/max`` over completion tokens. An
     all-masked row contributes 0 everywhere; with no completion token at all
@@ -477,10 +594,11 @@ def grpo_loss(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | Non
         f"got {max_completion_length!r}.")
   if epsilon_high is None:
     epsilon_high = epsilon_low
-  if not (0 <= epsilon_low < 1 and epsilon_high >= 0):
+  if not (0 <= epsilon_low and (epsilon_low < 1 or loss_type == "cispo") and epsilon_high >= 0):
     raise ValueError(
         f"The clip range [1 - epsilon_low, 1 + epsilon_high] needs 0 <= epsilon_low < 1 "
-        f"and epsilon_high >= 0, got epsilon_low={epsilon_low}, epsilon_high={epsilon_high}.")
+        f"(any epsilon_low >= 0 for cispo) and epsilon_high >= 0, got epsilon_low={epsilon_low}, "
+        f"epsilon_high={epsilon_high}.")
 
   dtype = jnp.promote_types(logps.dtype, jnp.float32)
   is_completion = completion_mask.astype(bool)
@@ -495,7 +613,11 @@ def grpo_loss(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | Non
 
   adv = advantages.astype(dtype)[:, None]
   clipped_ratio = jnp.clip(ratio, 1 - epsilon_low, 1 + epsilon_high)
-  per_token = -jnp.minimum(ratio * adv, clipped_ratio * adv)
+  if loss_type == "cispo":
+    weight = jax.lax.stop_gradient(clipped_ratio)
+    per_token = -weight * adv * jnp.where(is_completion, logps, 0)
+  else:
+    per_token = -jnp.minimum(ratio * adv, clipped_ratio * adv)
   metrics = {}
   if beta != 0:
     kl = kl_k3(jnp.where(is_completion, logps, 0),
@@ -510,12 +632,15 @@ def grpo_loss(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | Non
     loss = masked_sum / jnp.maximum(weights.sum(), 1)
   elif loss_type == "dr_grpo":
     loss = masked_sum / (logps.shape[0] * max_completion_length)
-  else:
+  else:  # dapo, cispo
     tokens = weights.sum() if num_global_tokens is None else num_global_tokens
     loss = masked_sum / jnp.maximum(tokens, 1)
 
-  clipped_low = (ratio < 1 - epsilon_low) & (adv < 0)
-  clipped_high = (ratio > 1 + epsilon_high) & (adv > 0)
+  clipped_low = ratio < 1 - epsilon_low
+  clipped_high = ratio > 1 + epsilon_high
+  if loss_type != "cispo":  # the PPO forms clip only where the min picks the clipped term
+    clipped_low &= adv < 0
+    clipped_high &= adv > 0
   any_token = is_completion.any()
   metrics.update({
       "clip_fraction/low": _masked_mean(clipped_low, weights),

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from r1jax.losses import (entropy, grpo_loss, group_advantages, head_logprobs, kl_k1,
-                          kl_k2, kl_k3, sft_loss, token_logprobs)
+                          kl_k2, kl_k3, reinforce_pp_advantages, rloo_advantages, sequence_kl,
+                          sft_loss, token_logprobs)
 
 TOL = dict(rtol=1e-5, atol=1e-5)
-LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
+LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo", "cispo"]
 LEVELS = ["token", "sequence"]
 
 
@@ -50,6 +51,30 @@ def np_group_advantages(rewards, group_size, scale, eps, valid):
   return out
 
 
+def np_rloo(rewards, group_size, valid):
+  """A_i = r_i - mean of the other valid rewards of the group, by an explicit loop."""
+  rewards = np.asarray(rewards, np.float64)
+  valid = np.ones(len(rewards), bool) if valid is None else np.asarray(valid)
+  out = np.zeros(len(rewards))
+  for start in range(0, len(rewards), group_size):
+    idx = [i for i in range(start, start + group_size) if valid[i]]
+    for i in idx:
+      others = [rewards[j] for j in idx if j != i]
+      if others:
+        out[i] = rewards[i] - np.mean(others)
+  return out
+
+
+def np_reinforce_pp(rewards, kl, beta, eps, valid):
+  """(R - mean R) / (std R + eps) over the valid rows, R = r - beta * KL."""
+  returns = np.asarray(rewards, np.float64) - beta * np.asarray(kl, np.float64)
+  valid = np.ones(len(returns), bool) if valid is None else np.asarray(valid)
+  out = np.zeros(len(returns))
+  if valid.any():
+    out[valid] = (returns[valid] - returns[valid].mean()) / (returns[valid].std() + eps)
+  return out
+
+
 def np_grpo(logps, old, ref, adv, mask, *, eps_low, eps_high, beta, loss_type,
             max_len, level, num_global_tokens=None):
   """Row by row, touching only completion tokens, in float64."""
@@ -64,7 +89,10 @@ def np_grpo(logps, old, ref, adv, mask, *, eps_low, eps_high, beta, loss_type,
     if level == "sequence" and tok.any():
       log_ratio = np.full(tok.sum(), log_ratio.mean())
     ratio = np.exp(log_ratio)
-    loss = -np.minimum(ratio * adv[i], np.clip(ratio, 1 - eps_low, 1 + eps_high) * adv[i])
+    if loss_type == "cispo":  # the clipped weight is a constant: sg() is a no-op on values
+      loss = -np.clip(ratio, 1 - eps_low, 1 + eps_high) * adv[i] * logps[i, tok]
+    else:
+      loss = -np.minimum(ratio * adv[i], np.clip(ratio, 1 - eps_low, 1 + eps_high) * adv[i])
     if beta:
       d = ref[i, tok] - logps[i, tok]
       kl = np.exp(d) - d - 1
@@ -72,8 +100,9 @@ def np_grpo(logps, old, ref, adv, mask, *, eps_low, eps_high, beta, loss_type,
       kls.extend(kl)
     rows.append(loss)
     ratios.extend(ratio)
-    low.extend((ratio < 1 - eps_low) & (adv[i] < 0))
-    high.extend((ratio > 1 + eps_high) & (adv[i] > 0))
+    any_sign = loss_type == "cispo"  # CISPO clips the weight whatever the sign of A
+    low.extend((ratio < 1 - eps_low) & (any_sign or adv[i] < 0))
+    high.extend((ratio > 1 + eps_high) & (any_sign or adv[i] > 0))
   total = sum(r.sum() for r in rows)
   num_tokens = mask.sum()
   if loss_type == "grpo":
@@ -343,6 +372,91 @@ def test_group_advantages_bad_input():
     group_advantages(jnp.zeros((2, 4)), 4)
 
 
+@pytest.mark.parametrize("use_valid", [False, True])
+def test_rloo_advantages_match_numpy(use_valid):
+  rewards = REWARDS if use_valid else np.nan_to_num(REWARDS, nan=3.0)
+  valid = VALID if use_valid else None
+  got = jax.jit(functools.partial(rloo_advantages, group_size=5))(jnp.asarray(rewards), valid=valid)
+  assert got.shape == (25,) and got.dtype == jnp.float32
+  want = np_rloo(rewards, 5, valid)
+  np.testing.assert_allclose(got, want, **TOL)
+  assert np.abs(want).max() > 0.5
+  assert np.all(np.asarray(got[:5]) == 0)  # equal rewards: exactly 0
+  if use_valid:
+    assert np.all(np.asarray(got)[~VALID] == 0)
+
+
+def test_rloo_is_the_rescaled_group_mean_baseline():
+  # A_i = G/(G-1) (r_i - mean): Dr. GRPO's advantages times G/(G-1).
+  rewards = np.random.default_rng(3).normal(size=12).astype(np.float32)
+  got = jax.jit(functools.partial(rloo_advantages, group_size=4))(rewards)
+  centred = group_advantages(rewards, 4, scale="none")
+  np.testing.assert_allclose(got, 4 / 3 * np.asarray(centred), **TOL)
+
+
+def test_rloo_advantages_hand_example():
+  # Group 1: r = (1, 0, 0, 1); the others of sample 0 average (0 + 0 + 1) / 3 = 1/3,
+  # so A_0 = 1 - 1/3 = 2/3, and A_1 = 0 - (1 + 0 + 1) / 3 = -2/3.
+  # Group 2: r = (3, 1, NaN, 2) with the NaN invalid: A = 3 - 1.5, 1 - 2.5, 0, 2 - 2.
+  got = jax.jit(functools.partial(rloo_advantages, group_size=4))(
+      jnp.array([1.0, 0.0, 0.0, 1.0, 3.0, 1.0, np.nan, 2.0]),
+      valid=jnp.array([1, 1, 1, 1, 1, 1, 0, 1], bool))
+  np.testing.assert_allclose(got, [2 / 3, -2 / 3, -2 / 3, 2 / 3, 1.5, -1.5, 0.0, 0.0], **TOL)
+  # A single valid sample has no other to compare with.
+  got = rloo_advantages(jnp.array([5.0, 1.0]), 2, valid=jnp.array([True, False]))
+  np.testing.assert_array_equal(got, [0.0, 0.0])
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+@pytest.mark.parametrize("use_valid", [False, True])
+def test_reinforce_pp_advantages_match_numpy(beta, use_valid):
+  rewards = REWARDS if use_valid else np.nan_to_num(REWARDS, nan=3.0)
+  valid = VALID if use_valid else None
+  kl = np.random.default_rng(4).uniform(0, 2, 25).astype(np.float32)
+  got = jax.jit(functools.partial(reinforce_pp_advantages, beta=beta, eps=1e-4))(
+      jnp.asarray(rewards), sequence_kl=kl, valid=valid)
+  assert got.shape == (25,) and got.dtype == jnp.float32
+  want = np_reinforce_pp(rewards, kl, beta, 1e-4, valid)
+  np.testing.assert_allclose(got, want, **TOL)
+  # normalised over the whole batch, not per group: the first group's equal
+  # rewards (0.12, below the batch mean) get advantages too
+  assert np.abs(np.asarray(got)[:5]).max() > 0.1
+  if use_valid:
+    assert np.all(np.asarray(got)[~VALID] == 0)
+
+
+def test_reinforce_pp_advantages_hand_example():
+  # r = (1, 0, 0, 1), KL = (0, 1, 0, 0), beta = 0.5: R = (1, -0.5, 0, 1), mean 0.375,
+  # R - mean = (0.625, -0.875, -0.375, 0.625), variance 1.6875 / 4 = 0.421875, std 0.6495191.
+  got = reinforce_pp_advantages(jnp.array([1.0, 0.0, 0.0, 1.0]), sequence_kl=jnp.array([0.0, 1.0, 0.0, 0.0]),
+                                beta=0.5, eps=0.0)
+  np.testing.assert_allclose(got, np.array([0.625, -0.875, -0.375, 0.625]) / np.sqrt(0.421875), **TOL)
+  # Equal returns carry no signal: exactly 0.
+  np.testing.assert_array_equal(reinforce_pp_advantages(jnp.full(4, 0.7)), np.zeros(4))
+
+
+def test_sequence_kl_matches_numpy():
+  logps, _, ref, _, mask = policy_batch()  # garbage on padding must not leak into the sums
+  got = jax.jit(sequence_kl)(logps, ref, mask)
+  want = [np.sum(logps[i, mask[i]].astype(np.float64) - ref[i, mask[i]]) for i in range(len(logps))]
+  np.testing.assert_allclose(got, want, **TOL)
+
+
+def test_new_advantage_estimators_bad_input():
+  with pytest.raises(ValueError, match="not a multiple of group_size"):
+    rloo_advantages(jnp.zeros(10), 4)
+  with pytest.raises(ValueError, match="valid must have the shape"):
+    rloo_advantages(jnp.zeros(8), 4, valid=jnp.ones(4, bool))
+  with pytest.raises(ValueError, match="pass sequence_kl"):
+    reinforce_pp_advantages(jnp.zeros(8), beta=0.1)
+  with pytest.raises(ValueError, match="sequence_kl must have the shape"):
+    reinforce_pp_advantages(jnp.zeros(8), sequence_kl=jnp.zeros(4), beta=0.1)
+  with pytest.raises(ValueError, match="1-D"):
+    reinforce_pp_advantages(jnp.zeros((2, 4)))
+  with pytest.raises(ValueError, match=r"must all be \[B, T\]"):
+    sequence_kl(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.ones((2, 4)))
+
+
 # ---------------------------------------------------------------- KL
 
 
@@ -412,7 +526,7 @@ def test_dapo_num_global_tokens_splits_over_microbatches():
   np.testing.assert_allclose(jnp.concatenate([first[1], second[1]]), full_grad, **TOL)
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", [t for t in LOSS_TYPES if t != "cispo"])  # cispo: sg() by design
 @pytest.mark.parametrize("level", LEVELS)
 def test_grpo_loss_gradient_matches_finite_differences(loss_type, level):
   with jax.enable_x64(True):
@@ -454,6 +568,61 @@ def test_first_step_loss_is_zero_but_gradient_is_policy_gradient(level):
   want = np.where(mask, -np.asarray(adv)[:, None] / (6 * lengths), 0)
   np.testing.assert_allclose(grad, want, **TOL)
   assert np.abs(want).max() > 0.05
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_cispo_gradient_is_the_clipped_weight_times_the_policy_gradient(level):
+  # d/dlogp of -sg(w) A logp / N is -w A / N: the weight gets no gradient (finite
+  # differences of the value would also move w) and every completion token has one.
+  logps, old, ref, adv, mask = policy_batch(seed=1)
+  options = loss_options("cispo", level, 0.0, 0.28)
+  grad = jax.jit(jax.grad(lambda x: grpo_loss(x, old, None, adv, mask, **options)[0]))(logps)
+  log_ratio = np.where(mask, logps.astype(np.float64) - old, 0)
+  if level == "sequence":
+    log_ratio = np.broadcast_to((log_ratio.sum(1) / np.maximum(mask.sum(1), 1))[:, None], mask.shape)
+  weight = np.clip(np.exp(log_ratio), 0.8, 1.28)
+  want = np.where(mask, -weight * adv[:, None].astype(np.float64) / mask.sum(), 0)
+  np.testing.assert_allclose(grad, want, **TOL)
+  assert np.all(np.asarray(grad)[mask] != 0)  # no token dropped
+
+
+def test_cispo_gradient_differs_from_grpo_exactly_where_the_clip_binds():
+  # Same aggregation (dapo: token sum / token count), beta = 0. Inside the clip range
+  # both gradients are -r A / N; outside it CISPO keeps -clip(r) A / N, where the PPO
+  # form has 0 (clipped term picked by the min) or -r A / N (unclipped term picked).
+  logps, old, _, adv, mask = policy_batch()
+  grad = {loss_type: np.asarray(jax.jit(jax.grad(lambda x, t=loss_type: grpo_loss(
+      x, old, None, adv, mask, beta=0.0, epsilon_high=0.28, loss_type=t)[0]))(logps))
+      for loss_type in ("dapo", "cispo")}
+  ratio = np.exp(logps.astype(np.float64) - old)
+  binds = mask & ((ratio < 0.8) | (ratio > 1.28))
+  assert binds.sum() >= 4 and (mask & ~binds).sum() >= 4
+  differs = ~np.isclose(grad["dapo"], grad["cispo"], rtol=1e-6, atol=1e-9)
+  np.testing.assert_array_equal(differs, binds)
+  np.testing.assert_allclose(grad["cispo"][binds], -(np.clip(ratio, 0.8, 1.28) * adv[:, None])[binds] / mask.sum(),
+                             **TOL)
+
+
+def test_cispo_epsilon_low_above_one_means_no_lower_bound():
+  logps, old, _, adv, mask = policy_batch()
+  loss, metrics = grpo_loss(logps, old, None, adv, mask, beta=0.0, loss_type="cispo",
+                            epsilon_low=5.0, epsilon_high=0.28)
+  want, _ = np_grpo(logps, old, None, adv, mask, eps_low=np.inf, eps_high=0.28, beta=0,
+                    loss_type="cispo", max_len=7, level="token")
+  np.testing.assert_allclose(loss, want, **TOL)
+  assert float(metrics["clip_fraction/low"]) == 0 and float(metrics["clip_fraction/high"]) > 0
+  with pytest.raises(ValueError, match="clip range"):
+    grpo_loss(logps, old, None, adv, mask, beta=0.0, loss_type="dapo", epsilon_low=5.0)
+
+
+def test_cispo_hand_example():
+  # One sequence, A = 2, tokens with logp = log 0.5 and ratios 1.5 (clipped to 1.28),
+  # 1.0 and 0.5 (clipped to 0.8):  loss = -(1.28 + 1.0 + 0.8) * 2 * log(0.5) / 3.
+  logps = np.full((1, 3), np.log(0.5), np.float32)
+  old = logps - np.log(np.array([[1.5, 1.0, 0.5]], np.float32))
+  loss, _ = grpo_loss(logps, old, None, np.array([2.0], np.float32), np.ones((1, 3), bool),
+                      beta=0.0, loss_type="cispo", epsilon_low=0.2, epsilon_high=0.28)
+  np.testing.assert_allclose(loss, -(1.28 + 1.0 + 0.8) * 2 * np.log(0.5) / 3, **TOL)
 
 
 def test_beta_zero_does_not_compute_the_kl():

@@ -5,7 +5,8 @@ One GRPO step, as in the paper:
      current (= old) policy;
   2. score every completion on the host with the rule-based rewards (in worker
      processes, overlapped with the device computing reference log-probs);
-  3. advantages = (r - group mean) / (group std + eps), per prompt's group;
+  3. advantages = (r - group mean) / (group std + eps), per prompt's group (or another
+     `advantage_estimator`: RLOO, REINFORCE++);
   4. `num_iterations` (mu) passes over the rollout, each split into `num_minibatches`
      optimizer updates of the clipped GRPO loss with beta * KL(k3) to the reference.
 
@@ -28,10 +29,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from r1jax.data.kinds import is_general
-from r1jax.losses import ADVANTAGE_SCALES, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, group_advantages
+from r1jax.losses import (ADVANTAGE_ESTIMATORS, ADVANTAGE_SCALES, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES,
+                          group_advantages, reinforce_pp_advantages, rloo_advantages, sequence_kl)
 from r1jax.rewards import RewardEvaluator, RewardResult
-from r1jax.distributed import allgather_objects
-from r1jax.sharding import make_global_batch, reshard
+from r1jax.rewards.overlong import OVERLONG_REWARD, soft_overlong_punishment
+from r1jax.distributed import allgather_objects, local_rows
+from r1jax.sharding import batch_sharding, make_global_batch, reshard
 from r1jax.tasks import get_task
 from r1jax.tokenizers import Tokenizer
 from r1jax.train.objectives import grpo_objective
@@ -57,9 +60,16 @@ class GRPOSettings:
     beta: float = 0.04  # beta: weight of D_KL(pi_theta || pi_ref), the k3 estimator (0: no reference)
     epsilon_low: float = 0.2  # eps: the ratio is clipped below at 1 - eps
     epsilon_high: float | None = None  # above at 1 + eps_high (DAPO's clip-higher); None: eps
-    loss_type: str = "grpo"  # how token terms are averaged: grpo (1/G sum_i 1/|o_i| sum_t), bnpo, dr_grpo, dapo
+    # how token terms are averaged: grpo (1/G sum_i 1/|o_i| sum_t), bnpo, dr_grpo, dapo; or cispo (MiniMax-M1:
+    # sg(clip(rho, 1 - eps, 1 + eps_high)) A log pi per token, every token contributing, averaged as dapo)
+    loss_type: str = "grpo"
     importance_sampling_level: str = "token"  # rho per token (GRPO) or per sequence (GSPO)
-    advantage_scale: str = "group"  # A_i's divisor: the group's std (paper), the batch's, or none (Dr. GRPO)
+    # A_i: grpo (the z-score above), rloo (r_i - mean of the other G - 1), reinforce_pp (REINFORCE++:
+    # r_i - beta KL_i normalised over the batch; beta then weighs the KL in the reward, not in the loss)
+    advantage_estimator: str = "grpo"
+    advantage_scale: str = "group"  # grpo's divisor: the group's std (paper), the batch's, or none (Dr. GRPO)
+    overlong_buffer: int = 0  # DAPO's L_cache: R_length falls from 0 to -1 over the last this many tokens; 0: off
+    mask_truncated: bool = False  # DAPO's overlong filtering: completions cut at max_new_tokens leave the loss
     num_iterations: int = 1  # mu: optimizer passes over each rollout (pi_old fixed during them)
     num_minibatches: int = 1  # updates per pass: the rollout's rows split into this many
     template: str = "r1_zero"  # a text template, a named chat template, or "chat" (r1jax.rollout)
@@ -68,9 +78,15 @@ class GRPOSettings:
     def __post_init__(self):
         check_template(self.template, self.system_prompt)
         for name, known in (("loss_type", LOSS_TYPES), ("importance_sampling_level", IMPORTANCE_SAMPLING_LEVELS),
-                            ("advantage_scale", ADVANTAGE_SCALES)):
+                            ("advantage_scale", ADVANTAGE_SCALES), ("advantage_estimator", ADVANTAGE_ESTIMATORS)):
             if getattr(self, name) not in known:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {known}")
+        if self.advantage_estimator != "grpo" and self.advantage_scale != "group":
+            raise ValueError(f"advantage_scale={self.advantage_scale!r} scales the grpo estimator only; "
+                             f"advantage_estimator={self.advantage_estimator!r} has its own (leave it 'group')")
+        if not 0 <= self.overlong_buffer <= self.max_new_tokens:
+            raise ValueError(f"overlong_buffer={self.overlong_buffer}: DAPO's L_cache lies in [0, max_new_tokens="
+                             f"{self.max_new_tokens}] (0: no overlong penalty)")
         if self.num_generations < 2:
             raise ValueError(f"num_generations={self.num_generations}: GRPO compares completions within a group, "
                              "so every advantage would be 0; use 2 or more")
@@ -125,12 +141,17 @@ class GRPO:
         self.model_reward = model_reward
         self._ref_params = None
         self._logprobs_fn = None
+        self._sequence_kl = jax.jit(sequence_kl, out_shardings=batch_sharding(mesh))
 
     def objective(self):
         s = self.settings
-        return grpo_objective(beta=s.beta, epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high,
+        return grpo_objective(beta=self._loss_beta(), epsilon_low=s.epsilon_low, epsilon_high=s.epsilon_high,
                               loss_type=s.loss_type, max_completion_length=s.max_new_tokens,
                               importance_sampling_level=s.importance_sampling_level)
+
+    def _loss_beta(self) -> float:
+        """beta of the loss's KL term: REINFORCE++ folds the KL into the reward instead."""
+        return 0.0 if self.settings.advantage_estimator == "reinforce_pp" else self.settings.beta
 
     def _rows_per_group(self) -> int:
         """G: a group's completions share its prompt, which the forward passes then run once;
@@ -161,24 +182,40 @@ class GRPO:
         # later updates of this rollout see a moved policy: keep the sampling one's log-probs,
         # the sampler's own when they are the policy's (temperature 1, no top-p), else a forward
         keep_old = s.num_iterations > 1 or s.num_minibatches > 1
+        # REINFORCE++ puts beta KL(pi_old || pi_ref) of each completion into its reward
+        kl_in_reward = s.advantage_estimator == "reinforce_pp" and s.beta != 0
+        need_old = keep_old or kl_in_reward
         sampler_is_policy = s.temperature == 1 and s.top_p == 1
+        truncated = self._truncated(out)
         # the update runs on the columns the longest completion needs, not on max_new_tokens
-        batch = training_batch(trim_to_longest(out), self.mesh, old_logps=keep_old and sampler_is_policy,
+        batch = training_batch(trim_to_longest(out), self.mesh, old_logps=need_old and sampler_is_policy,
                                rows_per_group=self._rows_per_group())
         # ...while the device computes the log-probs the loss compares against
+        ref_logps = None
         if s.beta != 0:
-            batch = batch.replace(ref_logps=self._logprobs_fn(self._ref_params, batch.tokens, batch.attention_mask,
-                                                            completion_columns=batch.completion_columns))
-        if keep_old and not sampler_is_policy:
+            ref_logps = self._logprobs_fn(self._ref_params, batch.tokens, batch.attention_mask,
+                                          completion_columns=batch.completion_columns)
+        if need_old and not sampler_is_policy:
             batch = batch.replace(old_logps=self._logprobs_fn(state.params, batch.tokens, batch.attention_mask,
                                                             completion_columns=batch.completion_columns))
+        kl = np.zeros(len(out.lengths), np.float32)
+        if kl_in_reward:
+            kl = local_rows(self._sequence_kl(batch.old_logps, ref_logps, batch.completion_mask))
+        batch = batch.replace(ref_logps=ref_logps if self._loss_beta() != 0 else None,
+                              old_logps=batch.old_logps if keep_old else None)
         result = rewards_result()
-        every = _gather_rows(result, out.lengths)
+        every = _gather_rows(result, out.lengths, truncated, kl)
+        if s.overlong_buffer:
+            every = _add_overlong_punishment(every, max_length=s.max_new_tokens, buffer=s.overlong_buffer)
         # advantages from the rewards of every process's rows (N floats): exact for every
-        # scale, "batch" included; each process keeps its own rows, whole groups
-        advantages = np.asarray(group_advantages(np.nan_to_num(every.total), s.num_generations,
-                                                 scale=s.advantage_scale, valid=every.valid))
+        # estimator and scale, "batch" included; each process keeps its own rows, whole groups
+        advantages = np.asarray(self._advantages(every))
         batch = batch.replace(advantages=make_global_batch(advantages[every.mine], self.mesh))
+        if s.mask_truncated:
+            # DAPO's overlong filtering: a cut-off completion keeps its reward in its group's
+            # statistics (it is what the policy drew) but none of its tokens enters the loss
+            kept = make_global_batch((~truncated).astype(np.int32), self.mesh)
+            batch = batch.replace(completion_mask=batch.completion_mask * kept[:, None])
         batches = [batch_slice for _ in range(s.num_iterations)
                    for batch_slice in _minibatches(batch, s.num_minibatches)]
         # waiting here costs nothing (the update needs the log-probs next) and times the phase
@@ -186,11 +223,33 @@ class GRPO:
         timings = {"time/sampling": sampled - started, "time/scoring": time.perf_counter() - sampled}
         return batches, {**self._metrics(every), **timings}
 
-    def _metrics(self, every: RewardResult) -> dict[str, float]:
+    def _truncated(self, out) -> np.ndarray:
+        """bool [rows of this process]: the completion drew max_new_tokens tokens, the last not a stop
+        token, so it was cut off (DAPO's truncated samples)."""
+        full = out.lengths >= self.settings.max_new_tokens
+        if not full.any():  # no row reached the budget: skip the copy of the tokens
+            return full
+        last = local_rows(out.samples.tokens)[:, -1]
+        return full & ~np.isin(last, sorted(self.tokenizer.stop_ids))
+
+    def _advantages(self, every: _EveryRow):
+        """A [all rows] by the settings' `advantage_estimator` (`r1jax.losses`)."""
+        s = self.settings
+        rewards = np.nan_to_num(every.total)  # invalid rows are NaN: `valid` leaves them out
+        if s.advantage_estimator == "rloo":
+            return rloo_advantages(rewards, s.num_generations, valid=every.valid)
+        if s.advantage_estimator == "reinforce_pp":
+            return reinforce_pp_advantages(rewards, sequence_kl=every.kl, beta=s.beta, valid=every.valid)
+        return group_advantages(rewards, s.num_generations, scale=s.advantage_scale, valid=every.valid)
+
+    def _metrics(self, every: _EveryRow) -> dict[str, float]:
         """The step's reward metrics over the rows of every process."""
         metrics = {"reward": float(np.nanmean(every.total)) if every.valid.any() else 0.0,
                    "response_length": float(every.lengths.mean()),
+                   "truncated_fraction": float(every.truncated.mean()),
                    "valid_fraction": float(every.valid.mean())}
+        if self.settings.advantage_estimator == "reinforce_pp" and self.settings.beta != 0:
+            metrics["kl"] = float(every.kl.mean())  # k1 KL(pi_old || pi_ref) per completion, in its reward
         for name, values in every.per_function.items():
             metrics[f"reward/{name}"] = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
         if self.task.accuracy_reward in every.per_function:
@@ -267,21 +326,32 @@ class _EveryRow(NamedTuple):
     total: np.ndarray  # [all rows] of every process, in process (= global row) order
     valid: np.ndarray
     per_function: dict[str, np.ndarray]
-    lengths: np.ndarray
+    lengths: np.ndarray  # completion tokens
+    truncated: np.ndarray  # bool: cut off at max_new_tokens
+    kl: np.ndarray  # k1 KL(pi_old || pi_ref) of each completion where REINFORCE++ needs it, else 0
     counts: dict[str, float]  # failure and timeout counts, summed over processes
     mine: slice  # this process's rows
 
 
-def _gather_rows(result: RewardResult, lengths: np.ndarray) -> _EveryRow:
-    """The per-row rewards and lengths of every process, on every process."""
+def _gather_rows(result: RewardResult, lengths: np.ndarray, truncated: np.ndarray, kl: np.ndarray) -> _EveryRow:
+    """The per-row rewards, lengths, truncations and KLs of every process, on every process."""
     counts = {k: v for k, v in result.metrics.items() if k.endswith(("failures", "timeouts"))}
-    parts = allgather_objects((result.total, result.valid, result.per_function, lengths, counts))
+    parts = allgather_objects((result.total, result.valid, result.per_function, lengths, truncated, kl, counts))
     start = sum(len(part[0]) for part in parts[:jax.process_index()])
-    return _EveryRow(total=np.concatenate([p[0] for p in parts]), valid=np.concatenate([p[1] for p in parts]),
+    column = lambda i: np.concatenate([p[i] for p in parts])
+    return _EveryRow(total=column(0), valid=column(1),
                      per_function={name: np.concatenate([p[2][name] for p in parts]) for name in result.per_function},
-                     lengths=np.concatenate([p[3] for p in parts]),
-                     counts={k: float(sum(p[4][k] for p in parts)) for k in counts},
+                     lengths=column(3), truncated=column(4), kl=column(5),
+                     counts={k: float(sum(p[6][k] for p in parts)) for k in counts},
                      mine=slice(start, start + len(result.total)))
+
+
+def _add_overlong_punishment(every: _EveryRow, *, max_length: int, buffer: int) -> _EveryRow:
+    """DAPO's soft overlong punishment (`r1jax.rewards.overlong`) added to every row's total, with weight 1,
+    and logged as the reward `overlong`. An invalid row's total stays NaN."""
+    penalty = soft_overlong_punishment(every.lengths, max_length=max_length, buffer=buffer).astype(np.float32)
+    return every._replace(total=every.total + penalty,
+                          per_function={**every.per_function, OVERLONG_REWARD: penalty})
 
 
 def _minibatches(batch: RolloutBatch, num_minibatches: int) -> list[RolloutBatch]:

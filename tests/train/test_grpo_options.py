@@ -90,6 +90,7 @@ def reference(batch, **options) -> float:
     ("loss_type", "dr_grpo"),
     ("loss_type", "dapo"),
     ("importance_sampling_level", "sequence"),
+    ("loss_type", "cispo"),
 ])
 def test_a_loss_option_changes_the_loss_as_the_primitive_does(model, batch, option, value):
     default = loss_of(model, batch)
@@ -244,3 +245,116 @@ def test_every_settings_field_is_a_config_field():
     import experiments.grpo_smollm2 as smollm2
     fields = {f.name for f in dataclasses.fields(GRPOSettings)}
     assert fields <= set(smollm2.get_config().grpo.keys())
+
+
+# ---- issue 23: overlong shaping and filtering, advantage estimators, CISPO ---------------------------
+
+from r1jax.losses import reinforce_pp_advantages, rloo_advantages  # noqa: E402
+from r1jax.rewards.overlong import soft_overlong_punishment  # noqa: E402
+
+REWARDS = np.arange(8, dtype=np.float32) ** 1.5  # FakeRewards'
+LENGTHS = np.array([6, 2, 5, 3, 6, 1, 4, 6])  # of max_new_tokens = 6: rows 0, 4 and 7 drew the whole budget
+
+
+@pytest.fixture
+def ragged(captured, monkeypatch):
+    """The fake rollout with the completion lengths `LENGTHS`: each row that stopped early ends with the
+    stop token (2), and so does row 7, which stopped exactly at the budget; rows 0 and 4 were cut off."""
+    fake = grpo_module.rollout
+
+    def ragged_rollout(*args, **kwargs):
+        out = fake(*args, **kwargs)
+        width = out.samples.tokens.shape[1]
+        lengths = np.minimum(LENGTHS, width)
+        tokens = np.where(np.arange(width) < lengths[:, None], 5, 0)
+        tokens[np.arange(8), lengths - 1] = 2
+        tokens[[0, 4], lengths[[0, 4]] - 1] = 7  # no stop token: truncated
+        mask = (np.arange(width) < lengths[:, None]).astype(np.int32)
+        samples = out.samples._replace(tokens=jnp.asarray(tokens, jnp.int32), mask=jnp.asarray(mask),
+                                       lengths=jnp.asarray(lengths))
+        return Rollout(samples, out.completions, lengths)
+
+    monkeypatch.setattr(grpo_module, "rollout", ragged_rollout)
+    return captured
+
+
+def batches_and_metrics(model, **options):
+    grpo = stage(**options)
+    grpo.rewards = FakeRewards()
+    state = train_state_from_model(model, optax.identity(), make_mesh({"data": -1}))
+    grpo.set_reference(state)
+    return grpo.make_batches(state, EXAMPLES, jax.random.key(0))
+
+
+def test_overlong_buffer_adds_dapos_length_penalty_to_the_rewards(model, ragged):
+    """L_cache = 4 of L_max = 6: lengths 6, 2, 5, 3, 6, 1, 4, 6 cost -1, 0, -0.75, -0.25, -1, 0, -0.5, -1."""
+    (batch,), metrics = batches_and_metrics(model, overlong_buffer=4)
+    penalty = np.array([-1, 0, -0.75, -0.25, -1, 0, -0.5, -1])
+    np.testing.assert_allclose(soft_overlong_punishment(LENGTHS, max_length=6, buffer=4), penalty)
+    np.testing.assert_allclose(batch.advantages, group_advantages(REWARDS + penalty, 4), rtol=1e-6)
+    assert metrics["reward/overlong"] == pytest.approx(penalty.mean())
+    assert metrics["reward"] == pytest.approx((REWARDS + penalty).mean())
+    (default,), default_metrics = batches_and_metrics(model)
+    assert "reward/overlong" not in default_metrics
+    assert not np.allclose(batch.advantages, default.advantages, atol=1e-3)
+
+
+def test_mask_truncated_takes_cut_off_completions_out_of_the_loss(model, ragged):
+    """Rows 0 and 4 drew the whole budget without a stop token: no token of theirs enters the loss;
+    row 7 stopped exactly at the budget and stays. Advantages keep every row in the statistics."""
+    (batch,), metrics = batches_and_metrics(model, mask_truncated=True)
+    (default,), default_metrics = batches_and_metrics(model)
+    np.testing.assert_array_equal(default.completion_mask.sum(axis=1), LENGTHS)
+    np.testing.assert_array_equal(batch.completion_mask.sum(axis=1), np.where([1, 0, 0, 0, 1, 0, 0, 0], 0, LENGTHS))
+    np.testing.assert_array_equal(batch.advantages, default.advantages)
+    assert metrics["truncated_fraction"] == default_metrics["truncated_fraction"] == 2 / 8
+    # and the step computes another loss: -mean_i A_i over the rows left (mu = 1, ratio 1)
+    tokens = lambda b: int(b.completion_mask.sum())
+    loss = lambda b: float(stage().objective()(model, b, None, tokens_per_microbatch=tokens(b))[0])
+    assert loss(default) == pytest.approx(0, abs=1e-5)
+    kept = np.array([0, 1, 1, 1, 0, 1, 1, 1], bool)
+    np.testing.assert_allclose(loss(batch), -np.asarray(batch.advantages)[kept].sum() / 8, rtol=1e-5)
+
+
+def test_rloo_estimator_gives_the_leave_one_out_advantages(model, captured):
+    batches, _ = make_batches(model, captured, advantage_estimator="rloo")
+    np.testing.assert_allclose(batches[0].advantages, rloo_advantages(REWARDS, 4), rtol=1e-6)
+    default, _ = make_batches(model, captured)
+    assert not np.allclose(batches[0].advantages, default[0].advantages, atol=1e-3)
+
+
+def test_reinforce_pp_estimator_folds_the_kl_into_batch_normalised_returns(model, ragged):
+    """beta = 0.3 weighs the k1 KL(pi_old || pi_ref) of each completion in its return; the loss has no
+    KL term (the batch carries no reference log-probs). pi_old's log-probs here are the fake sampler's
+    (0: temperature 1, so the sampler is the policy), pi_ref the model's; completions of different
+    lengths have different KLs."""
+    (batch,), metrics = batches_and_metrics(model, advantage_estimator="reinforce_pp", beta=0.3)
+    ref = sequence_logprobs(model(batch.tokens, attention_mask=batch.attention_mask), batch.tokens)
+    kl = np.asarray((batch.completion_mask * (0 - ref)).sum(axis=1))
+    assert kl.min() > 1  # a random model: each token costs about log(32)
+    np.testing.assert_allclose(batch.advantages, reinforce_pp_advantages(REWARDS, sequence_kl=kl, beta=0.3),
+                               rtol=1e-4, atol=1e-5)
+    assert metrics["kl"] == pytest.approx(kl.mean(), rel=1e-4)
+    assert batch.ref_logps is None and batch.old_logps is None
+    (no_kl,), _ = batches_and_metrics(model, advantage_estimator="reinforce_pp")
+    np.testing.assert_allclose(no_kl.advantages, reinforce_pp_advantages(REWARDS), rtol=1e-6)
+    assert not np.allclose(batch.advantages, no_kl.advantages, atol=1e-3)
+    # the loss's beta is 0: the same loss as without any KL
+    tokens = int(batch.completion_mask.sum())
+    with_kl = stage(advantage_estimator="reinforce_pp", beta=0.3).objective()(
+        model, batch, None, tokens_per_microbatch=tokens)
+    without = stage(advantage_estimator="reinforce_pp").objective()(model, batch, None, tokens_per_microbatch=tokens)
+    assert float(with_kl[0]) == float(without[0]) and "kl" not in with_kl[1]
+
+
+def test_new_options_are_config_fields_and_bad_values_fail_naming_the_field():
+    import experiments.grpo_smollm2 as smollm2
+    section = smollm2.get_config().grpo
+    assert section.overlong_buffer == 0 and section.mask_truncated is False
+    assert section.advantage_estimator == "grpo"
+    with pytest.raises(ValueError, match="advantage_estimator='ppo'; choose one of"):
+        grpo_training({**BASE, "advantage_estimator": "ppo"}, where="grpo")
+    with pytest.raises(ValueError, match="advantage_scale='none' scales the grpo estimator only"):
+        grpo_training({**BASE, "advantage_estimator": "rloo", "advantage_scale": "none"}, where="grpo")
+    with pytest.raises(ValueError, match="overlong_buffer=7"):
+        grpo_training({**BASE, "overlong_buffer": 7}, where="grpo")
