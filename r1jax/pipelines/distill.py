@@ -9,6 +9,7 @@
 
 The config (see `experiments/distill_qwen2_5_1_5b.py`):
   init, tokenizer, model   the student checkpoint, its tokenizer ("" = beside it), ModelConfig overrides
+                           (`settings.MODEL_OVERRIDES`: dtypes and how it computes, not its sizes)
   teacher                  init (checkpoint), tokenizer, and the sampling of the traces: num_samples,
                            max_new_tokens, temperature, top_p, max_prompts (0 = all), keep
                            ("correct": rejection sampling; "all": every sample, for smoke runs on
@@ -32,8 +33,8 @@ from functools import partial
 
 from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
-from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_mesh, check_workdir, config_section,
-                                     make_workdir, settings_from, training_from)
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_mesh, check_model_overrides, check_workdir,
+                                     config_section, make_workdir, settings_from, training_from)
 from r1jax.pipelines.stages import Stage, evaluation_stage, given, rejection_stage, run_stages, sft_stage
 from r1jax.rollout import PromptRenderer, check_template
 from r1jax.sharding import make_mesh
@@ -85,6 +86,7 @@ def distill(config) -> dict:
     with config_section("template"):
         check_template(config.template, config.system_prompt)
     mesh_section = check_mesh(config.mesh)
+    model_overrides = check_model_overrides(config.model)
     make_workdir(workdir)  # before the task's data is prepared in it
     started = time.perf_counter()
     data_dir = pathlib.Path(config.data_dir) if config.data_dir else workdir / "data"
@@ -100,14 +102,14 @@ def distill(config) -> dict:
 
     keep_all = {} if teacher.keep == "correct" else dict(  # every sample counts as finished and correct
         keep_unfinished=True, correct_fn=_accept, repetition_threshold=0.999)  # only duplicates are dropped
-    evaluation = partial(evaluation_stage, model_overrides=dict(config.model), renderer=student_renderer,
+    evaluation = partial(evaluation_stage, model_overrides=model_overrides, renderer=student_renderer,
                          examples=eval_examples, task=task, settings=eval_settings,
                          max_new_tokens=teacher.max_new_tokens, mesh=mesh, seed=config.seed + 1)
     recipe = [
         given("teacher", teacher.init), given("student", init),
         # the teacher samples under the same dtype policy as the student trains (remat does not apply)
         Stage("traces", partial(
-            rejection_stage, renderer=teacher_renderer, examples=train, mesh=mesh, model_overrides=dict(config.model),
+            rejection_stage, renderer=teacher_renderer, examples=train, mesh=mesh, model_overrides=model_overrides,
             task=task, num_samples=teacher.num_samples, max_new_tokens=teacher.max_new_tokens,
             max_prompt_length=teacher.max_prompt_length, temperature=teacher.temperature, top_p=teacher.top_p,
             seed=config.seed, provenance={"teacher": str(teacher.init), "keep": teacher.keep}, **keep_all),
@@ -117,7 +119,7 @@ def distill(config) -> dict:
         Stage("sft", partial(
             _sft_stage, task=task, renderer=student_renderer, tokenizer=student_tokenizer, loop=loop,
             optimizer=optimizer, batches=batches, mesh=mesh, seed=config.seed, name="distill",
-            model_overrides=dict(config.model)),
+            model_overrides=model_overrides),
             inputs=("student", "traces")),
         Stage("final_eval", partial(evaluation, names=("student_distilled",)), inputs=("sft",), output="evals",
               finished=None),

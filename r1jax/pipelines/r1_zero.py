@@ -9,7 +9,8 @@
 The config (see `experiments/grpo_smollm2.py`):
   init           the starting checkpoint: an HF directory or a .gguf file
   tokenizer      its tokenizer ("" = the one beside `init`)
-  model          `ModelConfig` overrides: the dtype policy (dtype, param_dtype) and remat
+  model          `ModelConfig` overrides: the dtype policy (dtype, param_dtype) and how it computes
+                 (remat, attention, attention_block, head_chunk_size); its sizes are the checkpoint's
   task           {"name": <registered task>, **its options}; data_dir ("" = workdir/data)
   grpo           `GRPOSettings` fields (template, system_prompt, loss options ...), the loop's
                  (`LoopSettings`: steps, save_every, num_microbatches, ...) and the optimizer's
@@ -38,8 +39,9 @@ import ml_collections
 from r1jax.distributed import is_primary
 from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
-from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_count, check_mesh, check_rewards,
-                                     check_workdir, config_section, grpo_training, make_workdir, settings_from)
+from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_count, check_mesh, check_model_overrides,
+                                     check_rewards, check_workdir, config_section, grpo_training, make_workdir,
+                                     settings_from)
 from r1jax.pipelines.stages import (Stage, check_model, check_pretrain, corpus_style, evaluate_model,
                                     evaluation_stage, given, grpo_stage, pretraining, run_stages, stand_in_data)
 from r1jax.rollout import PromptRenderer
@@ -60,7 +62,7 @@ class RunSettings:
             raise ConfigError(f"config.init={config.init!r}: name the starting checkpoint, an existing Hugging Face "
                               "model directory or .gguf file (--config.init=PATH)")
         self.tokenizer_path = pathlib.Path(config.tokenizer) if config.tokenizer else self.init
-        self.model_overrides = dict(config.model)
+        self.model_overrides = check_model_overrides(config.model)
         with config_section("task"):
             self.task = task_from_config(config.task)
         self.data_dir = pathlib.Path(config.data_dir) if config.data_dir else self.workdir / "data"

@@ -21,6 +21,8 @@ from typing import Any, Mapping, Sequence
 from ml_collections.config_dict import placeholder
 
 from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P
+from r1jax.models import ModelConfig
+from r1jax.models.config import RUNTIME_FIELDS
 from r1jax.rewards import get_reward, list_rewards
 from r1jax.train.grpo import GRPOSettings
 from r1jax.train.loop import LoopSettings
@@ -288,6 +290,31 @@ def check_workdir(workdir) -> pathlib.Path:
         raise ConfigError(f"config.workdir={workdir!r}: name the run's directory (--config.workdir=PATH); an empty "
                           "one would write into the current directory")
     return pathlib.Path(workdir)
+
+
+# what a run may change of a pretrained checkpoint's ModelConfig: how it computes, not what it is
+MODEL_OVERRIDES = ("dtype", "param_dtype", *RUNTIME_FIELDS)
+
+
+def check_model_overrides(section: Mapping[str, Any], where: str = "model") -> dict[str, Any]:
+    """The `ModelConfig` overrides of a run from a pretrained checkpoint, checked before any work.
+
+    The checkpoint's sizes come from its own config.json or GGUF header: a section that sets one
+    (`num_layers`, `hidden_size`, ...) would build a model its weights do not fit, so only
+    `MODEL_OVERRIDES` are accepted, each checked as `ModelConfig` checks it (a dtype typo, an unknown
+    remat policy, a block size of 0).
+    """
+    overrides = dict(section)
+    for field in overrides:
+        if field not in MODEL_OVERRIDES:
+            raise ConfigError(f"config.{where}.{field}: a pretrained checkpoint's sizes come from its own config; "
+                              f"the {where} section may set {', '.join(MODEL_OVERRIDES)}")
+    try:  # a one-of-everything model: only the overrides can make it invalid
+        ModelConfig(vocab_size=1, hidden_size=2, intermediate_size=1, num_layers=1, num_heads=1, num_kv_heads=1,
+                    **overrides)
+    except (TypeError, ValueError) as error:  # jnp.dtype raises TypeError for an unknown dtype
+        raise ConfigError(f"config.{where}: {error}") from None
+    return overrides
 
 
 def check_mesh(mesh: Mapping[str, int], where: str = "mesh") -> dict[str, int]:

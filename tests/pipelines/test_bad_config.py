@@ -206,6 +206,12 @@ def test_an_empty_workdir_is_refused_instead_of_writing_into_the_current_directo
     ("r1_zero_tiny", "task.train_size", 0, r"config.task: train_size=0: use a whole number >= 1"),
     ("r1_zero_tiny", "task.max_value", 0, r"config.task: max_value=0: use a whole number >= 1"),
     ("r1_pipeline_tiny", "task.num_operations", -1, r"config.task: num_operations=-1"),
+    # a pretrained checkpoint's overrides: how the model computes, each checked, never its sizes
+    ("grpo_smollm2", "model.dtype", "float33", r"config.model: .*float33"),
+    ("grpo_smollm2", "model.attention", "flash", r"config.model: attention='flash'; choose one of"),
+    ("distill", "model.attention_block", 0, r"config.model: attention_block=0; expected a positive integer"),
+    ("grpo_smollm2", "model.num_layers", 2, r"config.model.num_layers: a pretrained checkpoint's sizes come from"),
+    ("distill", "model.hidden_size", 64, r"config.model.hidden_size: a pretrained checkpoint's sizes come from"),
 ])
 def test_a_setting_that_cannot_run_is_one_line_before_anything_is_written(workdir, name, field, value, message):
     _refused(name, workdir, message, **{field: value})
