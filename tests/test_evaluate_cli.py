@@ -91,7 +91,7 @@ def test_pass_at_k_values_are_the_powers_of_two():
 def test_task_parsing_names_the_choices():
     assert [tuple(spec) for spec in parse_task_specs("arithmetic:test, gsm8k:test[:50]")] == [
         (get_task("arithmetic"), "test", "arithmetic:test"), (get_task("gsm8k"), "test[:50]", "gsm8k:test[:50]")]
-    with pytest.raises(ValueError, match="unknown task 'gsm9k'.*arithmetic, countdown, general, gsm8k, math"):
+    with pytest.raises(ValueError, match="unknown task 'gsm9k'.*arithmetic, countdown, general, gsm8k, humaneval, math, mbpp"):
         parse_task_specs("gsm9k:test")
     with pytest.raises(ValueError, match="names no split.*arithmetic:test"):
         parse_task_specs(["arithmetic"])
