@@ -5,7 +5,9 @@ Tests are dicts, one of:
       equal the expected one, up to trailing whitespace on each line and
       leading/trailing blank lines;
   {"assert": "assert add(1, 2) == 3"}  the program is executed as a module, then
-      the statement; the test passes if it completes without an exception.
+      the statement; the test passes if it completes without an exception. What
+      they print is discarded, as OpenAI's HumanEval harness does; the test file
+      is read and deleted before the program runs.
 
 Each test is its own sandboxed process (see `r1jax.rewards.sandbox`) with its own wall and
 CPU limits, so one test cannot tamper with another's verdict, and outputs are
@@ -73,6 +75,9 @@ def _harness():
     with open("test.py") as source:
         test = source.read()
     os.unlink("test.py")  # the program cannot read the expected values off the disk
+    # what the program and the test print is swallowed, as OpenAI's harness does: a chatty (or
+    # recursive, printing) solution is judged on its asserts, not on the size of its output
+    sys.stdout = sys.stderr = open(os.devnull, "w")
     namespace = {"__name__": "solution"}
     with open("main.py") as source:
         exec(compile(source.read(), "main.py", "exec"), namespace)
