@@ -317,4 +317,5 @@ class PythonFunctionsTask(FunctionTask):
         name = split.partition("[")[0].strip()
         if name not in sizes:
             raise ValueError(f"no split {name!r}; the splits are ['test', 'train']")
-        return select_split(split, {name: list(generate(name, sizes[name], self.seed, self.num_tests))})
+        problems = generate(name, sizes[name], self.seed, self.num_tests)  # cached: hand out copies
+        return select_split(split, {name: [dict(problem) for problem in problems]})
