@@ -102,14 +102,16 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
       "    return steps\n", lambda rng: (rng.randint(1, 200),)),
     _B("run_length", ("run_length", "run_length_encode", "compress_runs"), "(text: str) -> list[tuple[str, int]]",
       "Return the run-length encoding of `text`: a (character, count) pair for each run of equal characters.",
-      "    runs = []\n    for c in text:\n        if runs and runs[-1][0] == c:\n            runs[-1] = (c, runs[-1][1] + 1)\n"
+      "    runs = []\n    for c in text:\n        if runs and runs[-1][0] == c:\n"
+      "            runs[-1] = (c, runs[-1][1] + 1)\n"
       "        else:\n            runs.append((c, 1))\n    return runs\n",
       lambda rng: (_chars(rng, "aab c", 10),)),
     _B("capitalize_words", ("capitalize_words", "title_words", "capitalise"), "(text: str) -> str",
       "Return `text` with the first character of each space-separated word upper-cased and the rest lower-cased.",
       "    return ' '.join(w[:1].upper() + w[1:].lower() for w in text.split(' '))\n",
       lambda rng: (_text(rng),)),
-    _B("pairwise_differences", ("pairwise_differences", "deltas", "step_differences"), "(numbers: list[int]) -> list[int]",
+    _B("pairwise_differences", ("pairwise_differences", "deltas", "step_differences"),
+      "(numbers: list[int]) -> list[int]",
       "Return the differences of neighbours in `numbers`: numbers[i + 1] - numbers[i] for each i.",
       "    return [b - a for a, b in zip(numbers, numbers[1:])]\n", lambda rng: (_ints(rng),)),
     _B("count_above_mean", ("count_above_mean", "above_average", "num_above_mean"), "(numbers: list[int]) -> int",
@@ -171,7 +173,8 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
       "    result = 0\n    for x in numbers:\n        a, b = result, x\n        while b:\n            a, b = b, a % b\n"
       "        result = a\n    return result\n", lambda rng: ([rng.choice((2, 3, 6)) * rng.randint(1, 12)
                                                             for _ in range(rng.randint(0, 5))],)),
-    _B("count_pairs_with_sum", ("count_pairs_with_sum", "pairs_summing_to", "two_sum_count"), "(numbers: list[int]) -> int",
+    _B("count_pairs_with_sum", ("count_pairs_with_sum", "pairs_summing_to", "two_sum_count"),
+      "(numbers: list[int]) -> int",
       "Return the number of index pairs i < j with numbers[i] + numbers[j] == {k}.",
       "    return sum(1 for i in range(len(numbers)) for j in range(i + 1, len(numbers))\n"
       "               if numbers[i] + numbers[j] == {k})\n", lambda rng: (_ints(rng, -5, 10),),
@@ -201,7 +204,8 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
       "    return ''.join(c for c in text if c.lower() != {letter!r})\n", lambda rng: (_text(rng),),
       lambda rng: {"letter": rng.choice("aeorty")}),
     _B("reverse_digits", ("reverse_digits", "digits_backwards", "mirror_number"), "(n: int) -> int",
-      "Return the integer whose decimal digits are those of `n` (which is >= 0) in reverse order; leading zeros vanish.",
+      "Return the integer whose decimal digits are those of `n` (which is >= 0) in reverse order; "
+      "leading zeros vanish.",
       "    return int(str(n)[::-1])\n", lambda rng: (rng.randint(0, 10 ** rng.randint(1, 7)),)),
     _B("triangular_numbers", ("triangular_numbers", "triangle_sequence", "first_triangulars"), "(n: int) -> list[int]",
       "Return the first `n` triangular numbers, 1, 3, 6, 10, ... (the k-th is 1 + 2 + ... + k).",
