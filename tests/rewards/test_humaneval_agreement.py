@@ -240,6 +240,12 @@ HOSTILE = {
         while True:
             print("x" * 4096)
         """,
+    "floods_the_output_fd": """
+        import os
+        chunk = b"x" * 2**16
+        written = sum(os.write(fd, chunk) for _ in range(2**9) for fd in (1, 2))  # 64 MiB, past the cap
+        ok = written > 2**25
+        """,
     "exits_early": """
         import sys
         sys.exit(0)
