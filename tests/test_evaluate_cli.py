@@ -189,10 +189,10 @@ def test_a_recipe_made_task_config_is_read_from_its_data_dir(tmp_path):
 
 CODE_PROBLEMS = [
     {"task_id": "t/0", "entry_point": "double", "canonical_solution": "    return 2 * x\n",
-     "prompt": 'def double(x: int) -> int:\n    """Twice x."""\n',
+     "code_prompt": 'def double(x: int) -> int:\n    """Twice x."""\n',
      "test": "def check(candidate):\n    assert candidate(3) == 6\n"},
     {"task_id": "t/1", "entry_point": "negate", "canonical_solution": "    return -x\n",
-     "prompt": 'def negate(x: int) -> int:\n    """Minus x."""\n',
+     "code_prompt": 'def negate(x: int) -> int:\n    """Minus x."""\n',
      "test": "def check(candidate):\n    assert candidate(3) == -3\n"},
 ]
 # per problem, four completions: a body, a fenced chat answer, and wrong ones

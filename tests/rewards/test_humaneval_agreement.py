@@ -47,7 +47,8 @@ def openai_passes(pool, problem, completion) -> concurrent.futures.Future:
 
 
 def ours_passes(problem, completion) -> bool:
-    verdict = get_reward("code_function")(completion, **problem)
+    verdict = get_reward("code_function")(completion, code_prompt=problem["prompt"], test=problem["test"],
+                                          entry_point=problem["entry_point"])
     assert verdict in (0.0, 1.0)
     return verdict == 1.0
 

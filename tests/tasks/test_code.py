@@ -6,7 +6,7 @@ from r1jax.tasks import get_task
 from r1jax.tasks.code import select_split
 
 PROBLEM = {"task_id": "t/0", "entry_point": "double", "canonical_solution": "    return 2 * x\n",
-           "prompt": 'def double(x: int) -> int:\n    """Twice x.\n    >>> double(2)\n    4\n    """\n',
+           "code_prompt": 'def double(x: int) -> int:\n    """Twice x.\n    >>> double(2)\n    4\n    """\n',
            "test": "def check(candidate):\n    assert candidate(3) == 6\n    assert candidate(-1) == -2\n"}
 
 
@@ -24,8 +24,8 @@ def test_instruct_and_complete_prompts_through_text_and_chat_templates():
     instruct, complete = get_task("humaneval"), get_task("humaneval", config="complete")
     asked = instruct.question(PROBLEM)
     assert asked.startswith("Complete the following Python function.")
-    assert asked.endswith("```python\n" + PROBLEM["prompt"] + "```")
-    assert PromptRenderer(None, "plain")(complete.question(PROBLEM)) == PROBLEM["prompt"].strip()
+    assert asked.endswith("```python\n" + PROBLEM["code_prompt"] + "```")
+    assert PromptRenderer(None, "plain")(complete.question(PROBLEM)) == PROBLEM["code_prompt"].strip()
     r1_zero = PromptRenderer(None, "r1_zero")(asked)
     assert "User: Complete the following" in r1_zero and r1_zero.endswith('    """\n```. Assistant:')
     chat = PromptRenderer(ChatTokenizer(), "plain_chat")(asked)
@@ -58,3 +58,24 @@ def test_select_split_names_what_is_wrong():
         select_split("train", {"test": []})
     with pytest.raises(ValueError, match="cannot read the split 'test\\[1\\]'"):
         select_split("test[1]", {"test": []})
+
+
+def test_the_pipelines_prompt_field_does_not_clash_with_the_code_prompt():
+    """Rejection-sampling records and the reward evaluator's `prompts=` keep the rendered prompt text under
+    `prompt`; a function problem's code lives under `code_prompt`, so both survive and score alike."""
+    from r1jax.data.rejection import filter_samples
+    from r1jax.rewards import RewardEvaluator, get_reward, sandbox_capabilities
+
+    if not sandbox_capabilities().isolated:
+        pytest.skip("sandboxed runs need root")
+    task = get_task("humaneval")
+    rendered = PromptRenderer(None, "r1_zero")(task.question(PROBLEM))
+    right = "<think>twice</think> <answer>```python\ndef double(x):\n    return x * 2\n```</answer>"
+    wrong = "<think>once</think> <answer>```python\ndef double(x):\n    return x\n```</answer>"
+    records, dropped = filter_samples([PROBLEM], [rendered], [(right, 20, True), (wrong, 20, True)], first_index=0,
+                                      num_samples=2, correct_fn=get_reward(task.accuracy_reward), max_new_tokens=64)
+    assert dropped == {"incorrect": 1} and len(records) == 1
+    assert records[0]["prompt"] == rendered and records[0]["code_prompt"] == PROBLEM["code_prompt"]
+    with RewardEvaluator({task.accuracy_reward: 1.0}, num_workers=0) as rewards:
+        result = rewards.evaluate([right, wrong], [PROBLEM, PROBLEM], prompts=[rendered, rendered])
+    assert list(result.total) == [1.0, 0.0]

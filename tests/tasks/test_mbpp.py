@@ -38,7 +38,7 @@ def test_the_original_file_splits_by_task_id(tmp_path):
     assert [p["entry_point"] for p in test] == ["remove_Occ", "area"]
     assert [p["task_id"] for p in task.load("prompt")] == ["MBPP/2"]
     assert task.load("prompt")[0]["entry_point"] == "similar_elements"
-    assert test[1]["prompt"] == "import math\n"
+    assert test[1]["code_prompt"] == "import math\n"
     assert test[0]["test"] == ("def check(candidate):\n" + "".join(f"    {t}\n" for t in ROWS[1]["test_list"]))
     assert task.question(test[0]) == (
         "Write a python function to remove first and last occurrence of a given character. Your code should pass "

@@ -14,7 +14,7 @@ needs_sandbox = pytest.mark.skipif(not sandbox_capabilities().isolated,
 def run(problem, body):
     """Runs a body against the problem's check in this process (our own reference code only)."""
     namespace = {}
-    exec(problem["prompt"] + body + "\n" + problem["test"] + f"\ncheck({problem['entry_point']})",  # noqa: S102
+    exec(problem["code_prompt"] + body + "\n" + problem["test"] + f"\ncheck({problem['entry_point']})",  # noqa: S102
          namespace)
 
 
@@ -38,9 +38,9 @@ def test_a_problem_by_hand():
     rotate = next(b for b in BEHAVIOURS if b.key == "rotate_left")
     problem = make_problem(rotate, random.Random(3), num_tests=4, task_id="x")
     k = int(problem["canonical_solution"].split("k = ")[1].split(" %")[0])
-    assert f"rotated left by {k} positions" in problem["prompt"]
-    assert problem["prompt"].startswith(f"def {problem['entry_point']}(items: list[int]) -> list[int]:\n")
-    assert problem["prompt"].count(">>> ") == 2 and problem["test"].count("assert candidate(") == 4
+    assert f"rotated left by {k} positions" in problem["code_prompt"]
+    assert problem["code_prompt"].startswith(f"def {problem['entry_point']}(items: list[int]) -> list[int]:\n")
+    assert problem["code_prompt"].count(">>> ") == 2 and problem["test"].count("assert candidate(") == 4
     for line in problem["test"].splitlines()[1:]:  # the hidden values are the rotation's
         items, expected = eval(line.split("candidate(")[1].split(") == ")[0]), eval(line.split(" == ")[1])  # noqa: S307
         assert expected == (items[k % len(items):] + items[:k % len(items)] if items else [])
