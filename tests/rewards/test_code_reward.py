@@ -2,6 +2,7 @@
 import pytest
 
 from r1jax.rewards import SandboxLimits, code_execution, extract_program, get_reward, sandbox_capabilities
+from r1jax.rewards.code_reward import check_tests, function_program
 
 needs_sandbox = pytest.mark.skipif(not sandbox_capabilities().isolated,
                                    reason="sandboxed runs need root (namespaces and a user switch)")
@@ -86,3 +87,49 @@ def test_malformed_tests_are_explained(tests, message):
 def test_unknown_language_is_explained():
     with pytest.raises(ValueError, match="unsupported language 'cobol'"):
         code_execution(ADD, IO_TESTS, language="cobol")
+
+
+# ---- function problems (HumanEval's form) ----------------------------------------------------
+
+SQUARE = {"code_prompt": 'from typing import List\n\n\ndef squares(xs: List[int]) -> List[int]:\n    """Square each."""\n',
+          "entry_point": "squares",
+          "test": "def check(candidate):\n    n = 3\n    assert candidate([]) == []\n"
+                  "    assert candidate([n]) == [9]\n    assert candidate([1, -2]) == [1, 4]\n"}
+
+
+def test_function_program_continues_the_prompt_or_runs_a_fenced_program_after_it():
+    prompt, name = SQUARE["code_prompt"], "squares"
+    body = "    return [x * x for x in xs]\n"
+    assert function_program(body, prompt, name) == prompt + body  # OpenAI's form: the body continues the prompt
+    whole = "def squares(xs):\n    return [x * x for x in xs]\n"
+    assert function_program(f"Sure:\n```python\n{whole}```\n", prompt, name) == prompt + "\n" + whole
+    # fenced code that does not define the function is a body; a __future__ import runs alone
+    assert function_program(f"```python\n{body}```", prompt, name) == prompt + body
+    future = "from __future__ import annotations\n" + whole
+    assert function_program(f"```python\n{future}```", prompt, name) == future
+
+
+def test_check_tests_split_per_top_level_assert():
+    whole, = check_tests(SQUARE["test"], "squares")
+    assert whole == {"assert": SQUARE["test"] + "\ncheck(squares)\n"}
+    split = check_tests(SQUARE["test"], "squares", per_assert=True)
+    assert len(split) == 3
+    assert all("n = 3" in t["assert"] and t["assert"].count("assert candidate") == 1 for t in split)
+    assert "candidate([n]) == [9]" in split[1]["assert"]
+    loop = "def check(candidate):\n    for x in range(3):\n        assert candidate([x]) == [x * x]\n"
+    assert len(check_tests(loop, "squares", per_assert=True)) == 1  # no top-level assert: one test
+    with pytest.raises(ValueError, match="no top-level check"):
+        check_tests("assert True\n", "squares", per_assert=True)
+
+
+@needs_sandbox
+def test_function_rewards_by_hand():
+    all_or_nothing, fraction = get_reward("code_function"), get_reward("code_function_fraction")
+    right = "    return [x * x for x in xs]\n"
+    wrong_on_negatives = "    return [x * abs(x) for x in xs]\n"  # passes 2 of 3 asserts
+    assert all_or_nothing(right, **SQUARE) == fraction(right, **SQUARE) == 1.0
+    assert all_or_nothing(wrong_on_negatives, **SQUARE) == 0.0
+    assert fraction(wrong_on_negatives, **SQUARE) == pytest.approx(2 / 3)
+    chat = "```python\ndef squares(xs):\n    return [x ** 2 for x in xs]\n```"
+    assert all_or_nothing(chat, **SQUARE) == 1.0
+    assert all_or_nothing("I cannot do that.", **SQUARE) == fraction("", **SQUARE) == 0.0
