@@ -15,6 +15,8 @@ them. Importing this package registers every built-in reward by name:
   language            share of chain-of-thought words in the target language
   code                fraction of `tests` passed by the sandboxed program
   code_all_or_nothing 1.0 only if every test passes
+  code_function       1.0 if the function passes every assert of its `check` (HumanEval's verdict)
+  code_function_fraction  share of `check`'s top-level asserts passed, each run on its own
   cosine_length       cosine length shaping keyed on math accuracy
   repetition_penalty  n-gram repetition penalty
 """
