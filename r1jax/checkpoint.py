@@ -16,7 +16,7 @@ Typical loop:
         for step in range(step + 1, total_steps + 1):
             state, metrics = train_step(state, ...)
             ckpt.save(step, state, {"data_position": ...})
-            if preemption.should_stop(step):
+            if preemption.should_stop():
                 ckpt.save(step, state, {...}, force=True)   # blocks until on disk
                 break
     ckpt.close()
@@ -414,18 +414,45 @@ class _KeepIntactAndDamaged:
         return [info.step in kept for info in checkpoints]
 
 
+# A SIGTERM that no `preemption_requested()` call has acted on yet (one process). It outlives the
+# `Preemption` that caught it: a notice that comes during a run's last save stops the next stage.
+_notice_pending = False
+# How often this process has asked `preemption_requested` (several processes): the step id of JAX's
+# sync point, counted over the whole process so that it keeps growing from one training run to the
+# next (a run's own step restarts at 0, and would never reach a sync point set in the previous run).
+_sync_calls = 0
+
+
+def preemption_requested() -> bool:
+    """True, once, at the first call after a preemption notice (SIGTERM): save and stop there.
+
+    One process: a SIGTERM caught while a `Preemption` was installed. Several processes: JAX's
+    coordination service watches SIGTERM on every host and agrees on a call that every process
+    reaches (`multihost_utils.reached_preemption_sync_point`), so every process must make the
+    same calls: at each training step (`Preemption.should_stop`) and between stages.
+    """
+    global _notice_pending, _sync_calls
+    if jax.process_count() == 1:
+        noticed, _notice_pending = _notice_pending, False
+        return noticed
+    _sync_calls += 1
+    try:
+        return multihost_utils.reached_preemption_sync_point(_sync_calls)
+    except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)
+        return False
+
+
 class Preemption:
     """Turns SIGTERM (a scheduler's preemption notice) into a flag the loop polls.
 
     Use as a context manager (the previous handler comes back on exit) or call
-    `install()`. The loop calls `should_stop(step)` after each step and, when True,
-    saves with `force=True` and leaves the loop; the process then exits normally.
+    `install()`. The loop calls `should_stop()` after each step and, when True, saves with
+    `force=True` and leaves the loop; the caller then reports the run as stopped (the
+    command-line entry exits with status 143, 128 + SIGTERM: "not done, relaunch").
 
-    Single process: the Python handler sets `preempted`. Multi-process: JAX's
-    coordination service already watches SIGTERM and agrees on a step that every host
-    reaches (`multihost_utils.reached_preemption_sync_point`), so no Python handler is
-    installed (it would replace JAX's) and `should_stop` asks JAX; every process must
-    then call `should_stop` at every step.
+    Single process: the Python handler records the notice. Multi-process: JAX's coordination
+    service already watches SIGTERM (see `preemption_requested`), so no Python handler is
+    installed (it would replace JAX's); every process must then call `should_stop` at every step.
     """
 
     def __init__(self):
@@ -442,13 +469,9 @@ class Preemption:
             signal.signal(signal.SIGTERM, self._previous_handler)
             self._previous_handler = None
 
-    def should_stop(self, step: int) -> bool:
-        if jax.process_count() == 1:
-            return self.preempted
-        try:
-            self.preempted = self.preempted or multihost_utils.reached_preemption_sync_point(int(step))
-        except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)
-            pass
+    def should_stop(self) -> bool:
+        """Whether a preemption notice came (and, several processes, every process is here): stays True."""
+        self.preempted = self.preempted or preemption_requested()
         return self.preempted
 
     def __enter__(self) -> Preemption:
@@ -458,7 +481,8 @@ class Preemption:
         self.uninstall()
 
     def _on_sigterm(self, signum, frame):
-        self.preempted = True
+        global _notice_pending
+        _notice_pending = True
 
 
 def install_sigterm_handler() -> Preemption:

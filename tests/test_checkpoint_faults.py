@@ -1,6 +1,6 @@
-"""What a run does when its checkpoints cannot be written: a full disk, a symbolic link loop.
-Each ends with one line saying what to do and an exit status a scheduler can read, and the
-relaunch resumes.
+"""What a run does when its checkpoints cannot be written or it is told to stop: a full disk,
+a symbolic link loop, a preemption notice (SIGTERM) during or after a save. Each ends with one
+line saying what to do and an exit status a scheduler can read, and the relaunch resumes.
 
 The full disk is real: a small tmpfs that the saves fill (root only; skipped elsewhere). The
 command-line cases run `cli.run` on a small pipeline of Checkpointer saves in a subprocess.
@@ -8,6 +8,7 @@ command-line cases run `cli.run` on a small pipeline of Checkpointer saves in a 
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax.checkpoint import CheckpointDirectoryError, Checkpointer, CheckpointWriteError, check_directory, is_disk_full
+from r1jax.checkpoint import (CheckpointDirectoryError, Checkpointer, CheckpointWriteError, Preemption,
+                              check_directory, is_disk_full, preemption_requested)
+from r1jax.pipelines.stages import Stage, run_stages
 from tests.support import ROOT
 
 SIGNATURE = {"config": {"hidden_size": 8}}
@@ -158,7 +161,32 @@ def test_a_workdir_under_a_loop_is_refused_and_one_not_made_yet_is_fine(tmp_path
     check_directory(tmp_path / "run")
 
 
-# ---------------------------------------------------------------- the command line
+# ---------------------------------------------------------------- preemption
+
+
+def test_a_sigterm_during_a_stage_s_last_save_stops_the_run_before_the_next_stage(tmp_path):
+    """The loop asks `should_stop` before its last save: a notice during that save is acted on
+    between stages (before this, the run went on to the end and exited 0)."""
+    ran = []
+
+    def first(output):
+        with Preemption() as preemption:
+            assert not preemption.should_stop()
+            if not ran:
+                os.kill(os.getpid(), signal.SIGTERM)  # during the final save, after the last check
+                time.sleep(0.05)  # Python runs the handler between bytecodes of the main thread
+        ran.append("first")
+        return "first done"
+
+    def second(output, first_result):
+        ran.append("second")
+        return "second done"
+
+    stages = [Stage("first", first, finished=None), Stage("second", second, inputs=("first",), finished=None)]
+    run = run_stages(tmp_path, stages)
+    assert ran == ["first"] and run.stopped == "second" and run.results == {"first": "first done"}
+    assert not preemption_requested()  # acted on once: a relaunch in this process is not stopped
+    assert run_stages(tmp_path, stages).stopped is None and ran == ["first", "first", "second"]
 
 
 # The command line: `cli.run` on a pipeline of two stages in `workdir`: "train", a loop of
@@ -177,7 +205,7 @@ def train(output, *, config):
                                         sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))})
         start = restored[0] if restored else 0
         for step in range(start + 1, config.steps + 1):
-            stop = preemption.should_stop(step)
+            stop = preemption.should_stop()
             if step == config.sigterm_at:
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(0.05)  # Python runs the handler between bytecodes of the main thread
@@ -204,6 +232,30 @@ def _command(workdir, *flags):
                             env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)))
     print(f"{flags}: exit {result.returncode} in {time.perf_counter() - started:.1f}s")
     return result
+
+
+def test_a_sigterm_during_a_save_exits_143_with_one_line_and_the_relaunch_finishes(tmp_path):
+    stopped = _command(tmp_path / "run", "--config.sigterm_at=3")  # stops after the next step, saved
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("preempted (SIGTERM): the run stopped at stage train"), stopped.stderr[-3000:]
+    assert "relaunch the same command to resume" in last and str(tmp_path / "run") in last
+    assert "{" not in stopped.stdout  # no summary: the run is not done
+    assert max(int(step) for step in os.listdir(tmp_path / "run" / "train" / "checkpoints")) == 4
+    finished = _command(tmp_path / "run")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert '"resumed_from": 4' in finished.stdout
+
+
+def test_a_sigterm_during_a_stage_s_final_save_exits_143_before_the_next_stage(tmp_path):
+    """Before, the notice was lost: the run went on to the end and exited 0."""
+    stopped = _command(tmp_path / "run", "--config.sigterm_at=5")  # the last step: no check comes after it
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("preempted (SIGTERM): the run stopped at stage report"), stopped.stderr[-3000:]
+    assert "{" not in stopped.stdout
+    finished = _command(tmp_path / "run")
+    assert finished.returncode == 0 and '"resumed_from": 0' in finished.stdout, finished.stderr[-3000:]
 
 
 def test_the_command_reports_a_full_disk_in_one_line_exits_1_and_resumes_once_there_is_room(small_disk):

@@ -4,8 +4,9 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import signal
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import ml_collections
 from absl import app, flags
@@ -27,6 +28,9 @@ USER_ERRORS = (ConfigError, CheckpointError, IncompatibleCheckpointError, Damage
 # The exit statuses of a command, as a scheduler reads them (0: the run finished, its summary printed).
 FAILED = 1  # e.g. the disk filled up: `error: <what to fix>`; once fixed, the same command resumes
 BAD_INPUT = 2  # a USER_ERRORS refusal, nothing changed on disk
+# SIGTERM stopped the run (its progress is checkpointed): 128 + SIGTERM, the status of a process
+# that the signal killed, which is what a SIGTERM outside a training loop ends with too.
+PREEMPTED = 128 + signal.SIGTERM
 
 Shrink = Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
 
@@ -65,7 +69,8 @@ def run(pipeline: Callable[..., dict], config: ml_collections.ConfigDict, runloc
     working), a bad starting checkpoint, a workdir whose checkpoints cannot be resumed or that
     holds a symbolic link loop ends the command with `error: ...` and exit status 2, without a
     traceback. A disk that fills up ends it with `error: ...` naming the directory and exit
-    status 1.
+    status 1. A preempted run (SIGTERM; `pipeline` returns `{"stopped": <stage>}`) says so in
+    one line and exits with status 143 (128 + SIGTERM): not done; the same command resumes it.
 
     Several hosts: run the same command on every host. `--coordinator_address=HOST:PORT
     --num_processes=N --process_id=I` join them (needed off a cluster, e.g. several processes
@@ -109,6 +114,11 @@ def run(pipeline: Callable[..., dict], config: ml_collections.ConfigDict, runloc
                 "then relaunch the same command to resume")
             print(f"error: {message}", file=sys.stderr)
             sys.exit(FAILED)
+        stopped = result.get("stopped") if isinstance(result, Mapping) else None
+        if stopped:
+            print(f"preempted (SIGTERM): the run stopped at stage {stopped}, its progress saved in {workdir}; "
+                  f"relaunch the same command to resume (exit status {PREEMPTED}: not done)", file=sys.stderr)
+            sys.exit(PREEMPTED)
         if distributed.is_primary():
             print(json.dumps(result, indent=2))
 

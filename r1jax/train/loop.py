@@ -133,12 +133,12 @@ def run_training(settings: LoopSettings, *, workdir: str | pathlib.Path, model: 
                 metrics_logger.log(done, row)
             if row.get("skipped_steps", 0) > 0 and row.get("skipped", 0):
                 log.warning("%s step %d: non-finite loss or gradient, update skipped", name, done)
-            stop = preemption.should_stop(done)
+            stop = preemption.should_stop()
             saved = checkpointer.save(done, state, {"data": data.state()}, force=stop or done == settings.steps)
             if stop:
                 # not saved: the step's directory holds a damaged checkpoint (the Checkpointer said so)
                 log.warning("%s: preempted (SIGTERM) at step %d; %s, exiting", name, done,
-                            "checkpoint saved" if saved else "NO checkpoint of this step")
+                            f"checkpoint saved in {checkpointer.directory}" if saved else "NO checkpoint of this step")
                 break
     try:
         if is_primary():  # the one writer of metrics
