@@ -16,7 +16,7 @@ Typical loop:
         for step in range(step + 1, total_steps + 1):
             state, metrics = train_step(state, ...)
             ckpt.save(step, state, {"data_position": ...})
-            if preemption.should_stop():
+            if preemption.should_stop(step):
                 ckpt.save(step, state, {...}, force=True)   # blocks until on disk
                 break
     ckpt.close()
@@ -309,12 +309,11 @@ class Checkpointer:
             if not is_disk_full(error):
                 raise
             steps = sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
-            resumes = f"it resumes from step {steps[-1]}, the newest complete checkpoint there" if steps else \
-                "no checkpoint is complete yet, so it starts over"
+            resumes = (f"it resumes from step {steps[-1]}, the newest complete checkpoint there (the earlier "
+                       "ones are intact)") if steps else "it starts over, no checkpoint being complete yet"
             raise CheckpointWriteError(
-                f"{self.directory}: no space left on its device for a checkpoint (earlier checkpoints are "
-                f"intact); free space there (or give the run more quota), then relaunch the same command: "
-                f"{resumes}") from error
+                f"{self.directory}: no space left on its device for a checkpoint; free space there (or give the "
+                f"run more quota), then relaunch the same command: {resumes}") from error
 
     def _try_restore(self, step: int, abstract_train_state: Any) -> tuple[dict, str | None]:
         """({"host": ..., "state": ...}, None), or ({}, why not) naming the damaged item.
@@ -417,27 +416,28 @@ class _KeepIntactAndDamaged:
 # A SIGTERM that no `preemption_requested()` call has acted on yet (one process). It outlives the
 # `Preemption` that caught it: a notice that comes during a run's last save stops the next stage.
 _notice_pending = False
-# How often this process has asked `preemption_requested` (several processes): the step id of JAX's
-# sync point, counted over the whole process so that it keeps growing from one training run to the
-# next (a run's own step restarts at 0, and would never reach a sync point set in the previous run).
-_sync_calls = 0
+# The last step asked about (several processes): between training runs the runner asks at the
+# step after it, where a notice that came during the last save has set JAX's sync point.
+_last_step = 0
 
 
-def preemption_requested() -> bool:
+def preemption_requested(step: int | None = None) -> bool:
     """True, once, at the first call after a preemption notice (SIGTERM): save and stop there.
 
     One process: a SIGTERM caught while a `Preemption` was installed. Several processes: JAX's
-    coordination service watches SIGTERM on every host and agrees on a call that every process
-    reaches (`multihost_utils.reached_preemption_sync_point`), so every process must make the
-    same calls: at each training step (`Preemption.should_stop`) and between stages.
+    coordination service watches SIGTERM on every host and agrees on a step that every process
+    reaches (`multihost_utils.reached_preemption_sync_point`: the step after the furthest one
+    any process had asked about), so every process must ask at the same points: `step`, each
+    training step (Orbax's saves ask about the step they save, in the same count); None, between
+    stages: the step after the last one asked about.
     """
-    global _notice_pending, _sync_calls
+    global _notice_pending, _last_step
     if jax.process_count() == 1:
         noticed, _notice_pending = _notice_pending, False
         return noticed
-    _sync_calls += 1
+    _last_step = _last_step + 1 if step is None else int(step)
     try:
-        return multihost_utils.reached_preemption_sync_point(_sync_calls)
+        return multihost_utils.reached_preemption_sync_point(_last_step)
     except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)
         return False
 
@@ -446,8 +446,8 @@ class Preemption:
     """Turns SIGTERM (a scheduler's preemption notice) into a flag the loop polls.
 
     Use as a context manager (the previous handler comes back on exit) or call
-    `install()`. The loop calls `should_stop()` after each step and, when True, saves with
-    `force=True` and leaves the loop; the caller then reports the run as stopped (the
+    `install()`. The loop calls `should_stop(step)` after each step and, when True, saves
+    with `force=True` and leaves the loop; the caller then reports the run as stopped (the
     command-line entry exits with status 143, 128 + SIGTERM: "not done, relaunch").
 
     Single process: the Python handler records the notice. Multi-process: JAX's coordination
@@ -469,9 +469,9 @@ class Preemption:
             signal.signal(signal.SIGTERM, self._previous_handler)
             self._previous_handler = None
 
-    def should_stop(self) -> bool:
-        """Whether a preemption notice came (and, several processes, every process is here): stays True."""
-        self.preempted = self.preempted or preemption_requested()
+    def should_stop(self, step: int) -> bool:
+        """Whether a preemption notice came (and, several processes, every process is at `step`): stays True."""
+        self.preempted = self.preempted or preemption_requested(step)
         return self.preempted
 
     def __enter__(self) -> Preemption:

@@ -138,12 +138,12 @@ def test_model_signature_from_config_and_params():
 def test_preemption_flag_from_sigterm():
     previous = signal.getsignal(signal.SIGTERM)
     with Preemption() as preemption:
-        assert not preemption.should_stop()
+        assert not preemption.should_stop(1)
         os.kill(os.getpid(), signal.SIGTERM)
         deadline = time.time() + 5
-        while not preemption.should_stop() and time.time() < deadline:
+        while not preemption.should_stop(2) and time.time() < deadline:
             time.sleep(0.01)  # Python runs signal handlers between bytecodes of the main thread
-        assert preemption.preempted and preemption.should_stop()  # it stays stopped
+        assert preemption.preempted and preemption.should_stop(3)  # it stays stopped
     assert signal.getsignal(signal.SIGTERM) is previous
     handler = install_sigterm_handler()
     try:
@@ -202,7 +202,7 @@ def test_sigterm_mid_run_leaves_checkpoint_at_current_step(tmp_path):
                 time.sleep(0.02)
                 print("step", step, flush=True)
                 ckpt.save(step, state, {{"step": step}})
-                if preemption.should_stop():
+                if preemption.should_stop(step):
                     ckpt.save(step, state, {{"step": step}}, force=True)
                     print("saved", step, flush=True)
                     break

@@ -171,7 +171,7 @@ def test_a_sigterm_during_a_stage_s_last_save_stops_the_run_before_the_next_stag
 
     def first(output):
         with Preemption() as preemption:
-            assert not preemption.should_stop()
+            assert not preemption.should_stop(1)
             if not ran:
                 os.kill(os.getpid(), signal.SIGTERM)  # during the final save, after the last check
                 time.sleep(0.05)  # Python runs the handler between bytecodes of the main thread
@@ -205,7 +205,7 @@ def train(output, *, config):
                                         sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))})
         start = restored[0] if restored else 0
         for step in range(start + 1, config.steps + 1):
-            stop = preemption.should_stop()
+            stop = preemption.should_stop(step)
             if step == config.sigterm_at:
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(0.05)  # Python runs the handler between bytecodes of the main thread

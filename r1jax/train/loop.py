@@ -133,7 +133,7 @@ def run_training(settings: LoopSettings, *, workdir: str | pathlib.Path, model: 
                 metrics_logger.log(done, row)
             if row.get("skipped_steps", 0) > 0 and row.get("skipped", 0):
                 log.warning("%s step %d: non-finite loss or gradient, update skipped", name, done)
-            stop = preemption.should_stop()
+            stop = preemption.should_stop(done)
             saved = checkpointer.save(done, state, {"data": data.state()}, force=stop or done == settings.steps)
             if stop:
                 # not saved: the step's directory holds a damaged checkpoint (the Checkpointer said so)
