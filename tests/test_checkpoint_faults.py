@@ -183,10 +183,13 @@ def test_a_sigterm_during_a_stage_s_last_save_stops_the_run_before_the_next_stag
         return "second done"
 
     stages = [Stage("first", first, finished=None), Stage("second", second, inputs=("first",), finished=None)]
-    run = run_stages(tmp_path, stages)
-    assert ran == ["first"] and run.stopped == "second" and run.results == {"first": "first done"}
-    assert not preemption_requested()  # acted on once: a relaunch in this process is not stopped
-    assert run_stages(tmp_path, stages).stopped is None and ran == ["first", "first", "second"]
+    try:
+        run = run_stages(tmp_path, stages)
+        assert ran == ["first"] and run.stopped == "second" and run.results == {"first": "first done"}
+        assert not preemption_requested()  # acted on once: a relaunch in this process is not stopped
+        assert run_stages(tmp_path, stages).stopped is None and ran == ["first", "first", "second"]
+    finally:
+        preemption_requested()  # a failure leaves no notice pending for the tests after it
 
 
 # The command line: `cli.run` on a pipeline of two stages in `workdir`: "train", a loop of
