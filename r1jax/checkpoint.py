@@ -37,13 +37,22 @@ and when training reaches that step number again the save is skipped with a warn
 rather than overwriting it (so a run that ends exactly there keeps its final state in
 memory only). Delete the directory, once inspected, to end all this.
 
+A disk (or quota) that fills up during a save raises `CheckpointWriteError`, one line naming
+the directory: the save is left as an uncommitted `<step>.orbax-checkpoint-tmp` (deleted
+when the next `Checkpointer` opens the directory) and the earlier steps are intact, so a
+relaunch after making room resumes from the newest of them. A directory that is, or holds,
+a symbolic link loop or a link to nothing is refused up front (`CheckpointDirectoryError`,
+`check_directory`), before Orbax writes anything.
+
 Multi-host: every process constructs the `Checkpointer` and calls `save` and
 `restore_latest` with the same arguments; Orbax writes each process's shards and lets
 the primary process write JSON and rename the directory.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -73,6 +82,66 @@ class DamagedCheckpointError(RuntimeError):
     """The workdir holds checkpoints, but none of them restores (each is damaged on disk)."""
 
 
+class CheckpointDirectoryError(RuntimeError):
+    """A workdir or checkpoint directory that cannot hold checkpoints: it is, or holds, a symbolic
+    link loop or a link to nothing. Found before anything is written."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written because its disk (or quota) is full; earlier ones are intact."""
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, is "no space left on device" (or "quota
+    exceeded"): an `OSError` with that errno, or TensorStore's error (a `ValueError` whose
+    message carries the OS error code, e.g. `RESOURCE_EXHAUSTED: ... [os_error_code='28']`;
+    RESOURCE_EXHAUSTED alone also means out of device memory)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return True
+        if any(f"[os_error_code='{code}']" in str(error) for code in _NO_SPACE):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def check_directory(path: str | os.PathLike) -> None:
+    """Refuse (`CheckpointDirectoryError`, naming the path) a directory that is, or holds, a symbolic
+    link that loops or leads nowhere; a `path` that does not exist yet is fine.
+
+    Through such a link nothing can be read or saved: Orbax would fail in the middle of a run
+    with a long traceback (or `mkdir` with "File exists"), after earlier stages did their work.
+    """
+    path = os.path.abspath(os.fspath(path))
+    _check_link(path)
+    if not os.path.isdir(path):
+        return
+    for parent, directories, files in os.walk(path):  # links are listed, not followed
+        for name in directories + files:
+            entry = os.path.join(parent, name)
+            if os.path.islink(entry):
+                _check_link(entry)
+
+
+def _check_link(path: str) -> None:
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise CheckpointDirectoryError(
+                f"{path}: a symbolic link loop ({error.strerror}); point the link at a real directory or "
+                "remove it, or choose another workdir") from None
+        if error.errno == errno.ENOENT and os.path.islink(path):
+            raise CheckpointDirectoryError(
+                f"{path}: a symbolic link to {os.readlink(path)!r}, which does not exist; create its target "
+                "or remove the link, or choose another workdir") from None
+
+
 def model_signature(config: Any, params: Any = None, *, ignore: tuple[str, ...] = ()) -> dict:
     """A JSON dict identifying a model: its config fields and, if given, its param shapes.
 
@@ -100,9 +169,11 @@ def model_signature(config: Any, params: Any = None, *, ignore: tuple[str, ...] 
 class Checkpointer:
     """Saves every `save_every` steps into `workdir/checkpoints`, keeping the last `keep`.
 
-    Construction refuses (with `IncompatibleCheckpointError`, touching nothing) a
-    workdir whose latest checkpoint was written by a model with another signature.
-    Steps recorded as damaged (see the module docstring) are kept on top of `keep`.
+    Construction refuses (touching nothing) a workdir whose latest checkpoint was written by
+    a model with another signature (`IncompatibleCheckpointError`), and a checkpoint directory
+    that is or holds a symbolic link loop or a link to nothing (`CheckpointDirectoryError`).
+    Steps recorded as damaged (see the module docstring) are kept on top of `keep`. A save
+    that finds the disk full raises `CheckpointWriteError`.
     """
 
     def __init__(self, workdir: str | os.PathLike, *, save_every: int, keep: int = 3,
@@ -113,6 +184,7 @@ class Checkpointer:
         self.workdir = os.path.abspath(os.fspath(workdir))
         self.directory = os.path.join(self.workdir, CHECKPOINT_SUBDIR)
         self.model_signature = _as_json(model_signature, "model_signature")
+        check_directory(self.directory)
         # Check before the writable manager exists: it deletes stale tmp directories. Process 0's
         # view decides for all (another process may look after the writable manager made the directory).
         if primary_value(os.path.isdir(self.directory)):
@@ -167,14 +239,16 @@ class Checkpointer:
                 self._manager.wait_until_finished()
             return False
         # Our rule above is the only one: Orbax's own policy would also save the first
-        # step it sees, whatever save_every says.
-        saved = self._manager.save(step, force=True, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(train_state),
-            host=ocp.args.JsonSave(_as_json(host_state, "host_state")),
-            signature=ocp.args.JsonSave(self.model_signature),
-        ))
-        if force:
-            self._manager.wait_until_finished()
+        # step it sees, whatever save_every says. It first waits for the previous (async)
+        # save, which is where that one's failure comes out.
+        with self._disk_full_named():
+            saved = self._manager.save(step, force=True, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(train_state),
+                host=ocp.args.JsonSave(_as_json(host_state, "host_state")),
+                signature=ocp.args.JsonSave(self.model_signature),
+            ))
+            if force:
+                self._manager.wait_until_finished()
         return saved
 
     def restore_latest(self, abstract_train_state: Any) -> tuple[int, Any, dict] | None:
@@ -186,7 +260,7 @@ class Checkpointer:
         Newer checkpoints that fail to restore are skipped with a warning each and
         recorded as damaged; if every one fails, `DamagedCheckpointError` lists them.
         """
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.reload()
         skipped = {}
         for step in sorted(self._manager.all_steps(), reverse=True):
@@ -209,18 +283,37 @@ class Checkpointer:
 
     def wait(self):
         """Blocks until every pending save is on disk."""
-        self._manager.wait_until_finished()
+        with self._disk_full_named():
+            self._manager.wait_until_finished()
 
     def close(self):
-        """Waits for pending saves and deletions, then releases Orbax's threads."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for pending saves and deletions, then releases Orbax's threads (also when a save failed)."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, *exc_info):
         self.close()
+
+    @contextlib.contextmanager
+    def _disk_full_named(self):
+        """Turns a save that failed for want of space (Orbax's error: a 40-line TensorStore spec
+        under a traceback from its background thread) into `CheckpointWriteError`, one line."""
+        try:
+            yield
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            steps = sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
+            resumes = (f"it resumes from step {steps[-1]}, the newest complete checkpoint there (the earlier "
+                       "ones are intact)") if steps else "it starts over, no checkpoint being complete yet"
+            raise CheckpointWriteError(
+                f"{self.directory}: no space left on its device for a checkpoint; free space there (or give the "
+                f"run more quota), then relaunch the same command: {resumes}") from error
 
     def _try_restore(self, step: int, abstract_train_state: Any) -> tuple[dict, str | None]:
         """({"host": ..., "state": ...}, None), or ({}, why not) naming the damaged item.
@@ -320,18 +413,46 @@ class _KeepIntactAndDamaged:
         return [info.step in kept for info in checkpoints]
 
 
+# A SIGTERM that no `preemption_requested()` call has acted on yet (one process). It outlives the
+# `Preemption` that caught it: a notice that comes during a run's last save stops the next stage.
+_notice_pending = False
+# The last step asked about (several processes): between training runs the runner asks at the
+# step after it, where a notice that came during the last save has set JAX's sync point.
+_last_step = 0
+
+
+def preemption_requested(step: int | None = None) -> bool:
+    """True, once, at the first call after a preemption notice (SIGTERM): save and stop there.
+
+    One process: a SIGTERM caught while a `Preemption` was installed. Several processes: JAX's
+    coordination service watches SIGTERM on every host and agrees on a step that every process
+    reaches (`multihost_utils.reached_preemption_sync_point`: the step after the furthest one
+    any process had asked about), so every process must ask at the same points: `step`, each
+    training step (Orbax's saves ask about the step they save, in the same count); None, between
+    stages: the step after the last one asked about.
+    """
+    global _notice_pending, _last_step
+    if jax.process_count() == 1:
+        noticed, _notice_pending = _notice_pending, False
+        return noticed
+    _last_step = _last_step + 1 if step is None else int(step)
+    try:
+        return multihost_utils.reached_preemption_sync_point(_last_step)
+    except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)
+        return False
+
+
 class Preemption:
     """Turns SIGTERM (a scheduler's preemption notice) into a flag the loop polls.
 
     Use as a context manager (the previous handler comes back on exit) or call
-    `install()`. The loop calls `should_stop(step)` after each step and, when True,
-    saves with `force=True` and leaves the loop; the process then exits normally.
+    `install()`. The loop calls `should_stop(step)` after each step and, when True, saves
+    with `force=True` and leaves the loop; the caller then reports the run as stopped (the
+    command-line entry exits with status 143, 128 + SIGTERM: "not done, relaunch").
 
-    Single process: the Python handler sets `preempted`. Multi-process: JAX's
-    coordination service already watches SIGTERM and agrees on a step that every host
-    reaches (`multihost_utils.reached_preemption_sync_point`), so no Python handler is
-    installed (it would replace JAX's) and `should_stop` asks JAX; every process must
-    then call `should_stop` at every step.
+    Single process: the Python handler records the notice. Multi-process: JAX's coordination
+    service already watches SIGTERM (see `preemption_requested`), so no Python handler is
+    installed (it would replace JAX's); every process must then call `should_stop` at every step.
     """
 
     def __init__(self):
@@ -349,12 +470,8 @@ class Preemption:
             self._previous_handler = None
 
     def should_stop(self, step: int) -> bool:
-        if jax.process_count() == 1:
-            return self.preempted
-        try:
-            self.preempted = self.preempted or multihost_utils.reached_preemption_sync_point(int(step))
-        except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)
-            pass
+        """Whether a preemption notice came (and, several processes, every process is at `step`): stays True."""
+        self.preempted = self.preempted or preemption_requested(step)
         return self.preempted
 
     def __enter__(self) -> Preemption:
@@ -364,7 +481,8 @@ class Preemption:
         self.uninstall()
 
     def _on_sigterm(self, signum, frame):
-        self.preempted = True
+        global _notice_pending
+        _notice_pending = True
 
 
 def install_sigterm_handler() -> Preemption:

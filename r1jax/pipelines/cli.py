@@ -4,8 +4,9 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import signal
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import ml_collections
 from absl import app, flags
@@ -13,14 +14,23 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from r1jax import distributed
-from r1jax.checkpoint import DamagedCheckpointError, IncompatibleCheckpointError
+from r1jax.checkpoint import (CheckpointDirectoryError, CheckpointWriteError, DamagedCheckpointError,
+                              IncompatibleCheckpointError, check_directory, is_disk_full)
 from r1jax.data.rejection import OutputDirError
 from r1jax.models.weights import CheckpointError
 from r1jax.pipelines.settings import ConfigError
 
 # Errors in what the user gave (a config, a checkpoint to start from or resume, a workdir
 # holding another run's data), found with nothing changed on disk: shown as `error: <message>`.
-USER_ERRORS = (ConfigError, CheckpointError, IncompatibleCheckpointError, DamagedCheckpointError, OutputDirError)
+USER_ERRORS = (ConfigError, CheckpointError, IncompatibleCheckpointError, DamagedCheckpointError, OutputDirError,
+               CheckpointDirectoryError)
+
+# The exit statuses of a command, as a scheduler reads them (0: the run finished, its summary printed).
+FAILED = 1  # e.g. the disk filled up: `error: <what to fix>`; once fixed, the same command resumes
+BAD_INPUT = 2  # a USER_ERRORS refusal, nothing changed on disk
+# SIGTERM stopped the run (its progress is checkpointed): 128 + SIGTERM, the status of a process
+# that the signal killed, which is what a SIGTERM outside a training loop ends with too.
+PREEMPTED = 128 + signal.SIGTERM
 
 Shrink = Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]
 
@@ -53,11 +63,14 @@ def unknown_override(config: ml_collections.ConfigDict, argv: Sequence[str]) -> 
 
 def run(pipeline: Callable[..., dict], config: ml_collections.ConfigDict, runlocal: Shrink | None = None) -> None:
     """Parse `--config.<field>=<value>` overrides of `config` (an unknown field is an error that
-    names it), run `pipeline(config)` and print what it returns as JSON.
+    names it), run `pipeline(config)` and print what it returns as JSON (exit status 0).
 
     A bad config (an unknown field, a `ConfigError` that the pipeline raises before it starts
-    working), a bad starting checkpoint or a workdir whose checkpoints cannot be resumed ends
-    the command with `error: ...` and exit status 2, without a traceback.
+    working), a bad starting checkpoint, a workdir whose checkpoints cannot be resumed or that
+    holds a symbolic link loop ends the command with `error: ...` and exit status 2, without a
+    traceback. A disk that fills up ends it with `error: ...` naming the directory and exit
+    status 1. A preempted run (SIGTERM; `pipeline` returns `{"stopped": <stage>}`) says so in
+    one line and exits with status 143 (128 + SIGTERM): not done; the same command resumes it.
 
     Several hosts: run the same command on every host. `--coordinator_address=HOST:PORT
     --num_processes=N --process_id=I` join them (needed off a cluster, e.g. several processes
@@ -84,11 +97,28 @@ def run(pipeline: Callable[..., dict], config: ml_collections.ConfigDict, runloc
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.<field>=<value>")
         join()
+        workdir = config_flag.value.get("workdir")
         try:
+            if workdir:  # before anything is written in it (the recipe refuses an empty one)
+                check_directory(workdir)
             result = pipeline(config_flag.value)
         except USER_ERRORS as error:  # the message says what to change; a traceback would bury it
             print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(BAD_INPUT)
+        except Exception as error:  # a full disk, during a checkpoint save or any other write
+            if not is_disk_full(error):
+                raise
+            # a CheckpointWriteError says where, and from which step the relaunch resumes
+            message = str(error) if isinstance(error, CheckpointWriteError) else (
+                f"{getattr(error, 'filename', None) or workdir}: no space left on its device; free space there, "
+                "then relaunch the same command to resume")
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(FAILED)
+        stopped = result.get("stopped") if isinstance(result, Mapping) else None
+        if stopped:
+            print(f"preempted (SIGTERM): the run stopped at stage {stopped}, its progress saved in {workdir}; "
+                  f"relaunch the same command to resume (exit status {PREEMPTED}: not done)", file=sys.stderr)
+            sys.exit(PREEMPTED)
         if distributed.is_primary():
             print(json.dumps(result, indent=2))
 
@@ -116,6 +146,13 @@ def launch_flags() -> Callable[[], None]:
         except ValueError as error:
             raise app.UsageError(str(error)) from None
         absl_logging.set_verbosity(absl_logging.ERROR)
+        logging.getLogger("absl").addFilter(_reported_disk_full)
         logging.getLogger("r1jax").setLevel(logging.INFO if distributed.is_primary() else logging.WARNING)
 
     return join
+
+
+def _reported_disk_full(record: logging.LogRecord) -> bool:
+    """A logging filter: Orbax logs a save that failed for want of space, with its traceback, from
+    each of its threads before the save raises; `run` reports it once, in one line."""
+    return not (record.exc_info and is_disk_full(record.exc_info[1]))

@@ -138,7 +138,7 @@ def run_training(settings: LoopSettings, *, workdir: str | pathlib.Path, model: 
             if stop:
                 # not saved: the step's directory holds a damaged checkpoint (the Checkpointer said so)
                 log.warning("%s: preempted (SIGTERM) at step %d; %s, exiting", name, done,
-                            "checkpoint saved" if saved else "NO checkpoint of this step")
+                            f"checkpoint saved in {checkpointer.directory}" if saved else "NO checkpoint of this step")
                 break
     try:
         if is_primary():  # the one writer of metrics

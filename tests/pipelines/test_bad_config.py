@@ -291,6 +291,28 @@ def test_the_command_line_shows_a_refusal_as_one_line(tmp_path):
     assert "config.workdir=" in line and "cannot be created" in line
 
 
+def test_the_command_line_refuses_a_workdir_holding_a_symlink_loop_in_one_line(tmp_path):
+    """Before, the run generated its data and tokenizer, then stopped in the pretraining stage with
+    a FileExistsError traceback from Orbax's mkdir (issue 22, item 12)."""
+    workdir = tmp_path / "run"
+    (workdir / "base").mkdir(parents=True)
+    (workdir / "notes.txt").write_text("mine")
+    (workdir / "base" / "checkpoints").symlink_to("checkpoints")  # a link to itself
+    before = {str(p): (p.is_symlink(), p.readlink() if p.is_symlink() else p.stat().st_mtime_ns)
+              for p in sorted(tmp_path.rglob("*"))}
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "experiments.r1_zero_tiny", f"--config.workdir={workdir}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    print(f"refused in {time.perf_counter() - started:.1f}s")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {workdir / 'base' / 'checkpoints'}: a symbolic link loop (Too many levels of symbolic links); "
+        "point the link at a real directory or remove it, or choose another workdir"], result.stderr[-3000:]
+    after = {str(p): (p.is_symlink(), p.readlink() if p.is_symlink() else p.stat().st_mtime_ns)
+             for p in sorted(tmp_path.rglob("*"))}
+    assert after == before
+
+
 # ---- the R1 recipe's sampling sections: cold_start (ColdStartSettings) and rejection (RejectionSettings)
 
 @pytest.mark.parametrize("field,value,message", [

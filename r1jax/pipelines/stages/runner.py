@@ -8,7 +8,8 @@ A recipe is an ordered table of `Stage`s. Each stage makes one place of the work
 - runs the others in order, each resuming from its own checkpoints (`run_training`,
   rejection sampling's chunks) when a killed run left some,
 - stops at the first stage that reports `STOPPED` (SIGTERM: its checkpoint holds its
-  progress) and says which one, so that the same command resumes there.
+  progress), or before the next stage when the notice came after a stage's last step (during
+  its final save), and says which one, so that the same command resumes there.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pathlib
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+from r1jax.checkpoint import preemption_requested
 from r1jax.models import ModelConfig
 from r1jax.pipelines.stages.export import exported
 
@@ -61,8 +63,9 @@ class Stage:
 
 
 def given(name: str, path) -> Stage:
-    """A stage whose result is the existing `path` (e.g. a checkpoint to start from); it makes nothing."""
-    return Stage(name, lambda output: pathlib.Path(path), output=".", finished=None)
+    """A stage whose result is the existing `path` (e.g. a checkpoint to start from); it makes nothing
+    (it is always finished, so that a preemption notice stops a run before a stage that works)."""
+    return Stage(name, lambda output: pathlib.Path(path), output=".", finished=lambda output: pathlib.Path(path))
 
 
 class Run(NamedTuple):
@@ -74,7 +77,8 @@ class Run(NamedTuple):
 
 def run_stages(workdir, stages: Sequence[Stage], given: Mapping[str, Any] | None = None) -> Run:
     """Run the `stages` in order in `workdir`, skipping those whose result is there; stop at the first
-    that is stopped. `given`: results that no stage makes (e.g. a starting checkpoint).
+    that is stopped, or before a stage when a preemption notice is pending (`preemption_requested`).
+    `given`: results that no stage makes (e.g. a starting checkpoint).
 
     The table is checked before any stage runs: each name once, each input made earlier.
     """
@@ -88,6 +92,9 @@ def run_stages(workdir, stages: Sequence[Stage], given: Mapping[str, Any] | None
         if result is not None:
             log.info("stage %s: done (%s)", stage.name, output)
         else:
+            if preemption_requested():  # e.g. a SIGTERM during the last save of the stage before
+                log.warning("preempted (SIGTERM) before stage %s; rerun the same command to resume", stage.name)
+                return Run(results, stopped=stage.name)
             log.info("stage %s (%.0fs)", stage.name, time.perf_counter() - started)
             result = stage.run(output, *(results[name] for name in stage.inputs))
             if result is STOPPED:
