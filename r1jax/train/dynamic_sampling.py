@@ -22,7 +22,7 @@ from r1jax.rollout import RolloutBatch
 
 
 def informative_groups(total: np.ndarray, valid: np.ndarray, group_size: int) -> np.ndarray:
-    """bool [N / G]: the group's valid rewards differ (at least two valid, not all equal).
+    """bool [N / G]: the group's valid rewards differ (so at least two are valid).
 
     With the accuracy reward alone this is DAPO's 0 < accuracy < 1; in general it is "the group's
     advantages are not all 0". NaN (invalid) rewards are left out, as the advantages leave them out.
@@ -31,7 +31,7 @@ def informative_groups(total: np.ndarray, valid: np.ndarray, group_size: int) ->
     valid = np.asarray(valid, bool).reshape(-1, group_size)
     high = np.where(valid, total, -np.inf).max(axis=1)
     low = np.where(valid, total, np.inf).min(axis=1)
-    return (valid.sum(axis=1) >= 2) & (high > low)
+    return high > low
 
 
 @dataclasses.dataclass(frozen=True)
