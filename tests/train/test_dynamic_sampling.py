@@ -1,7 +1,8 @@
 """DAPO's dynamic sampling under static shapes (`grpo.dynamic_sampling`, `r1jax.train.dynamic_sampling`).
 
 Rewards are faked per example (`mixed`: the group's rewards differ, else they are all equal), so
-that which groups a step keeps, carries and masks is known by hand.
+that which groups a step keeps, carries and masks is known by hand. Two processes run in fresh
+Python processes (tests/support/multiprocess_dynamic_sampling.py, launched by tests/support/launch.py).
 """
 import json
 
@@ -13,52 +14,20 @@ import pytest
 
 from r1jax.batching import pad_left
 from r1jax.pipelines.settings import grpo_training
-from r1jax.rewards import RewardResult
 from r1jax.rollout import Rollout
 from r1jax.sampling import SampleOutput
 from r1jax.sharding import make_mesh
 from r1jax.train import grpo as grpo_module
 from r1jax.train.dynamic_sampling import informative_groups
 from r1jax.train.grpo import GRPO
-from r1jax.train.loop import LoopSettings, run_training
+from r1jax.train.loop import run_training
 from r1jax.train.state import train_state_from_model
 from r1jax.train.step import make_train_step
+from tests.support.launch import launch, wait
+from tests.support.multiprocess_dynamic_sampling import VOCAB, FakeRewards, FakeTokenizer, examples
 from tests.support.tiny import fixed_model, tiny_config
 
-VOCAB = 32
 BASE = dict(steps=3, learning_rate=1e-2, num_generations=2, prompts_per_step=2, max_new_tokens=8, beta=0.0)
-
-
-class FakeTokenizer:
-    """Just what GRPO's renderer, rollout and decoding read: a word is one token."""
-
-    bos_id, eos_id, pad_id, vocab_size, chat_template = 1, 2, 0, VOCAB, None
-    stop_ids = frozenset({2})
-
-    def encode(self, text, add_bos=False):
-        return ([1] if add_bos else []) + [3 + len(word) % 20 for word in text.split()]
-
-    def decode(self, ids):
-        return " ".join(str(i) for i in ids)
-
-
-class FakeRewards:
-    """A `mixed` example's group gets rewards 0, 1, ... (its rows differ); any other group all 1s.
-    `distinct`: every row its own reward (every group informative)."""
-
-    names = ("arithmetic",)
-
-    def __init__(self, distinct=False):
-        self.distinct = distinct
-
-    def submit(self, completions, examples):
-        rows = np.arange(len(completions))
-        if self.distinct:
-            total = rows.astype(np.float32) ** 1.5
-        else:
-            total = np.array([row % 2 if ex["mixed"] else 1 for row, ex in zip(rows, examples)], np.float32)
-        result = RewardResult({"arithmetic": total}, total, np.ones(len(total), bool), {}, [])
-        return type("Pending", (), {"result": lambda self: result})()
 
 
 def stage(rewards, **options) -> GRPO:
@@ -71,13 +40,6 @@ def stage_and_loop(rewards, **options):
     grpo = GRPO(settings, tokenizer=FakeTokenizer(), rewards=rewards, task="arithmetic",
                 mesh=make_mesh({"data": -1}))
     return grpo, loop, optimizer
-
-
-def examples(flags, words=None):
-    """Arithmetic examples; example i's expression has `words[i]` words (default 3): its prompt length."""
-    words = words or [3] * len(flags)
-    return [{"expression": " ".join(["1"] + ["+ 1"] * ((n - 1) // 2)), "answer": "1", "mixed": bool(flag), "id": i}
-            for i, (flag, n) in enumerate(zip(flags, words))]
 
 
 def test_informative_groups_are_those_whose_valid_rewards_differ():
@@ -257,3 +219,28 @@ def test_the_loop_trains_full_carried_and_masked_steps_without_compiling_again(t
     dynamic = [{k.split("/")[1]: row[k] for k in row if k.startswith("dynamic/")} for row in rows]
     assert [(d["rounds"], d["groups_sampled"], d["groups_kept"], d["groups_carried"], d["groups_masked"])
             for d in dynamic] == [(1, 3, 3, 1, 0), (2, 6, 1, 0, 0), (2, 6, 0, 0, 2)]
+
+
+# ---- two processes: a global decision, each process its own whole groups ------------------------------
+
+def test_on_two_processes_each_trains_its_own_whole_groups_and_they_decide_together(tmp_path):
+    """P = 2 groups, one per process; 4 prompts a round, process 0 samples the first 2, process 1 the last 2
+    (flags in `multiprocess_dynamic_sampling.FLAGS`). Step 1: process 0 keeps both of its groups (trains the
+    first, carries the second), process 1 none, so both sample a second round, where process 1 finds one.
+    Step 2: process 0 trains its carried group; process 1 finds none in two rounds and masks its share.
+    Both log the same counts (summed over processes); a one-process run would train the first two groups."""
+    wait(launch("tests.support.multiprocess_dynamic_sampling", ["--out", str(tmp_path)], processes=2, devices=1,
+                log_dir=tmp_path, name="two_processes"), timeout=600)
+    first, second = (json.loads((tmp_path / f"process_{i}.json").read_text()) for i in (0, 1))
+    length = first["length"]  # of the prompt at each data position
+    assert [s["prompt_lengths"] for s in first["steps"]] == [[length[0]], [length[1]]]
+    assert second["steps"][0]["prompt_lengths"] == [length[7]]
+    assert [s["masked"] for s in first["steps"]] == [[False], [False]]
+    assert [s["masked"] for s in second["steps"]] == [[False], [True]]
+    assert first["steps"][0]["all_advantages_nonzero"] and second["steps"][0]["all_advantages_nonzero"]
+    assert all(s["rows"] == 4 and s["local_rows"] == 2 for s in first["steps"] + second["steps"])
+    for step in range(2):
+        assert first["steps"][step]["dynamic"] == second["steps"][step]["dynamic"]
+    assert [(d["dynamic/rounds"], d["dynamic/groups_kept"], d["dynamic/groups_carried"], d["dynamic/groups_masked"],
+             d["dynamic/groups_from_last_step"]) for d in (s["dynamic"] for s in first["steps"])] == [
+        (2, 3, 1, 0, 0), (2, 0, 0, 1, 1)]
