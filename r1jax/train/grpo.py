@@ -49,6 +49,7 @@ from r1jax.train.step import make_logprobs_fn
 
 log = logging.getLogger(__name__)
 
+
 @dataclasses.dataclass(frozen=True)
 class GRPOSettings:
     """One GRPO stage, in the symbols of the paper's objective (R1 eq. 1-3, DeepSeekMath eq. 3):
