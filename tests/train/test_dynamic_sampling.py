@@ -80,13 +80,13 @@ def test_when_no_group_is_filtered_it_is_plain_grpo_bit_for_bit():
     options = dict(num_iterations=2, beta=0.04, mask_truncated=True, advantage_scale="batch", prompts_per_step=4,
                    max_new_tokens=12)
     data = examples([1, 1, 1, 1], words=[3, 9, 5, 7])
-    results, step = [], None
+    results = []
     for dynamic in (False, True):
         grpo = stage(FakeRewards(distinct=True), dynamic_sampling=dynamic, **options)
         state = train_state_from_model(new_model(), optax.adam(1e-2), grpo.mesh)
         grpo.set_reference(state)
         batches, metrics = grpo.make_batches(state, data, jax.random.key(3))
-        step = step or make_train_step(grpo.objective(), state, grpo.mesh)  # one compilation serves both
+        step = make_train_step(grpo.objective(), state, grpo.mesh)  # per state: its graphdef is static
         for i, batch in enumerate(batches):
             state, _ = step(state, batch, jax.random.key(i))
         results.append((batches, metrics, jax.device_get(state.params)))
