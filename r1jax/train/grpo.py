@@ -21,6 +21,8 @@ completions, so the two scales never mix inside a group.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import time
 from typing import Callable, Mapping, NamedTuple, Sequence
 
@@ -28,6 +30,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from r1jax.batching import padded_width, round_up
+from r1jax.data import PromptIterator
 from r1jax.data.kinds import is_general
 from r1jax.losses import (ADVANTAGE_ESTIMATORS, ADVANTAGE_SCALES, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES,
                           group_advantages, reinforce_pp_advantages, rloo_advantages, sequence_kl)
@@ -37,10 +41,13 @@ from r1jax.distributed import allgather_objects, local_rows
 from r1jax.sharding import batch_sharding, make_global_batch, reshard
 from r1jax.tasks import get_task
 from r1jax.tokenizers import Tokenizer
+from r1jax.train.dynamic_sampling import Groups, assemble, informative_groups
 from r1jax.train.objectives import grpo_objective
 from r1jax.rollout import PromptRenderer, RolloutBatch, check_template, rollout, training_batch, trim_to_longest
 from r1jax.train.state import TrainState, copy_params
 from r1jax.train.step import make_logprobs_fn
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +77,11 @@ class GRPOSettings:
     advantage_scale: str = "group"  # grpo's divisor: the group's std (paper), the batch's, or none (Dr. GRPO)
     overlong_buffer: int = 0  # DAPO's L_cache: R_length falls from 0 to -1 over the last this many tokens; 0: off
     mask_truncated: bool = False  # DAPO's overlong filtering: completions cut at max_new_tokens leave the loss
+    # DAPO's dynamic sampling: train on prompts_per_step groups whose rewards differ (`GRPO` doc), sampling
+    # ceil(oversample x prompts_per_step) prompts a round and up to dynamic_sampling_rounds rounds a step
+    dynamic_sampling: bool = False
+    oversample: float = 1.0  # prompts sampled per prompt trained (>= 1), with dynamic_sampling
+    dynamic_sampling_rounds: int = 3  # rollouts a step may take before it trains on what it has, the rest masked
     num_iterations: int = 1  # mu: optimizer passes over each rollout (pi_old fixed during them)
     num_minibatches: int = 1  # updates per pass: the rollout's rows split into this many
     template: str = "r1_zero"  # a text template, a named chat template, or "chat" (r1jax.rollout)
@@ -99,6 +111,16 @@ class GRPOSettings:
             raise ValueError(f"num_minibatches={self.num_minibatches} does not divide the rollout's "
                              f"prompts_per_step x num_generations = {self.prompts_per_step * self.num_generations} "
                              "rows; choose a divisor")
+        if not self.oversample >= 1 or self.dynamic_sampling_rounds < 1:
+            raise ValueError(f"need oversample >= 1 and dynamic_sampling_rounds >= 1; got oversample={self.oversample}, "
+                             f"dynamic_sampling_rounds={self.dynamic_sampling_rounds}")
+        if self.oversample != 1 and not self.dynamic_sampling:
+            raise ValueError(f"oversample={self.oversample} samples prompts for dynamic sampling: set "
+                             "dynamic_sampling=True (or leave oversample 1)")
+        if self.dynamic_sampling and self.advantage_estimator == "reinforce_pp":
+            raise ValueError("dynamic_sampling keeps the groups whose rewards differ, the ones whose grpo or rloo "
+                             "advantages are not 0; reinforce_pp's advantages hold a KL term and are normalised "
+                             "over the batch: use advantage_estimator='grpo' or 'rloo'")
         if self.beta < 0 or self.epsilon_low < 0 or not 0 < self.top_p <= 1 or self.temperature < 0:
             raise ValueError(f"need beta >= 0, epsilon_low >= 0, 0 < top_p <= 1 and temperature >= 0; got "
                              f"beta={self.beta}, epsilon_low={self.epsilon_low}, top_p={self.top_p}, "
@@ -127,6 +149,35 @@ class GRPO:
     on their host): sampling runs on the global mesh, each process decodes and scores its
     own rows in its own reward workers, and then the per-row rewards (a few floats a row)
     are gathered, so that advantages and metrics are exactly those of one process.
+
+    Dynamic sampling (DAPO sec. 3.2, `dynamic_sampling=True`), under static shapes:
+      - a round samples `prompts_per_round` = ceil(oversample x prompts_per_step) prompts: the
+        first round the examples the loop hands (make the data with `prompt_iterator`), a further
+        one the next batch of that iterator, with the step's rng folded with the round;
+      - a group is kept when its valid rewards differ (`informative_groups`: its advantages are
+        not all 0); a step trains on exactly `prompts_per_step` groups: last step's surplus first,
+        then this step's kept groups in rollout order; a step that lacks some samples another
+        round, up to `dynamic_sampling_rounds`, then fills the rest with masked copies of a group
+        (no loss, no statistic) and logs a warning: the batch never changes shape;
+      - the batch is laid out as plain GRPO's, its widths `padded_width` of its longest prompt and
+        completion, so it compiles no shape that plain GRPO could not (`dynamic_sampling.assemble`);
+      - surplus kept groups wait for the next step, at most one step's share (the rest is dropped),
+        so a carried group is one step old. Its ratio's old log-probs are the sampler's where the
+        batch keeps them (num_iterations or num_minibatches > 1, temperature 1, top_p 1); otherwise
+        (mu = 1, or another temperature) it is trained as if the current policy had sampled it;
+      - the carry lives in this object, not in the checkpoint: a resumed run starts with none;
+      - several processes: each trains `prompts_per_step / process_count` groups of its own rows,
+        from its own carry and kept groups; the rewards of every row are gathered, so every
+        process sees every group, and a round is sampled while any process lacks groups (the
+        rollout is one computation on the global mesh). A process short after the last round
+        masks its missing groups, whatever the others have. Which groups are trained therefore
+        depends on how the prompts fall on the processes: a run on two processes equals one on
+        one process where no group is filtered (then each trains its own rollout rows, as
+        plain GRPO), not in general.
+    Logged: `dynamic/rounds`, `dynamic/groups_sampled`, `dynamic/groups_kept` (informative, of those
+    sampled this step), `dynamic/groups_from_last_step`, `dynamic/groups_carried` (to the next),
+    `dynamic/groups_dropped` and `dynamic/groups_masked`, summed over processes; the reward
+    metrics are those of every row sampled, as plain GRPO's.
     """
 
     def __init__(self, settings: GRPOSettings, *, tokenizer: Tokenizer, rewards: RewardEvaluator,
@@ -142,6 +193,8 @@ class GRPO:
         self._ref_params = None
         self._logprobs_fn = None
         self._sequence_kl = jax.jit(sequence_kl, out_shardings=batch_sharding(mesh))
+        self._data: PromptIterator | None = None  # where dynamic sampling draws further rounds' prompts
+        self._carry: Groups | None = None  # dynamic sampling's surplus groups, trained first next step
 
     def objective(self):
         s = self.settings
@@ -169,13 +222,11 @@ class GRPO:
         s = self.settings
         if self._logprobs_fn is None:
             raise RuntimeError("call set_reference(initial_state) before the first GRPO step")
+        if s.dynamic_sampling:
+            return self._dynamic_batches(state, examples, rng)
         texts = self._prompt_texts(examples)
         started = time.perf_counter()
-        params = state.params if self.sampler_mesh is self.mesh else reshard(state.params, self.sampler_mesh)
-        out = rollout(state.graphdef, params, self.tokenizer, self.renderer.encode_all(texts), rng,
-                      repeat=s.num_generations,
-                      max_prompt_length=s.max_prompt_length, max_new_tokens=s.max_new_tokens,
-                      temperature=s.temperature, top_p=s.top_p, mesh=self.sampler_mesh)
+        out = self._rollout(state, texts, rng)
         sampled = time.perf_counter()  # the rollout returns decoded text: sampling has finished
         grouped_examples = [ex for ex in examples for _ in range(s.num_generations)]
         rewards_result = self._start_rewards(texts, out.completions, grouped_examples)  # host work starts now...
@@ -222,6 +273,143 @@ class GRPO:
         jax.block_until_ready(batch)
         timings = {"time/sampling": sampled - started, "time/scoring": time.perf_counter() - sampled}
         return batches, {**self._metrics(every), **timings}
+
+    def _rollout(self, state: TrainState, texts: list[str], rng):
+        s = self.settings
+        params = state.params if self.sampler_mesh is self.mesh else reshard(state.params, self.sampler_mesh)
+        return rollout(state.graphdef, params, self.tokenizer, self.renderer.encode_all(texts), rng,
+                       repeat=s.num_generations,
+                       max_prompt_length=s.max_prompt_length, max_new_tokens=s.max_new_tokens,
+                       temperature=s.temperature, top_p=s.top_p, mesh=self.sampler_mesh)
+
+    @property
+    def prompts_per_round(self) -> int:
+        """Prompts one rollout samples, over every process: `prompts_per_step`, or with dynamic sampling
+        ceil(oversample x prompts_per_step) rounded up to a multiple of the process count."""
+        s = self.settings
+        if not s.dynamic_sampling:
+            return s.prompts_per_step
+        return round_up(math.ceil(round(s.oversample * s.prompts_per_step, 6)), jax.process_count())
+
+    def prompt_iterator(self, source: Sequence[dict], *, seed: int) -> PromptIterator:
+        """The stage's data: batches of `prompts_per_round` prompts of `source`. With dynamic sampling,
+        a step's further rounds draw their prompts from it too, so its position (saved with each
+        checkpoint) counts every prompt sampled."""
+        self._data = PromptIterator(source, batch_size=self.prompts_per_round, seed=seed)
+        return self._data
+
+    def _dynamic_batches(self, state: TrainState, examples: Sequence[dict], rng):
+        """DAPO's dynamic sampling (class doc): the step's batches from rounds of rollouts, whole
+        informative groups, the same shapes as plain GRPO's."""
+        s = self.settings
+        if s.prompts_per_step % jax.process_count():
+            raise ValueError(f"dynamic sampling trains prompts_per_step={s.prompts_per_step} groups, an equal share "
+                             f"on each of the {jax.process_count()} processes: use a multiple of the process count")
+        quota = s.prompts_per_step // jax.process_count()  # the groups this process trains on
+        keep_old = s.num_iterations > 1 or s.num_minibatches > 1
+        sampler_is_policy = s.temperature == 1 and s.top_p == 1
+        timings = {"time/sampling": 0.0, "time/scoring": 0.0}
+        pool, self._carry = self._carry, None  # last step's surplus goes first
+        carried_in = 0 if pool is None else len(pool)
+        rounds: list[_EveryRow] = []
+        while True:
+            if rounds:
+                examples = self._more_prompts()
+            round_rng = jax.random.fold_in(rng, len(rounds)) if rounds else rng  # round 1 samples as plain GRPO
+            groups, every = self._sample_round(state, examples, round_rng, timings,
+                                               keep_logprobs=keep_old and sampler_is_policy)
+            rounds.append(every)
+            informative = informative_groups(every.total, every.valid, s.num_generations)
+            mine = informative[every.mine.start // s.num_generations:every.mine.stop // s.num_generations]
+            kept = groups.take(np.flatnonzero(mine))
+            pool = kept if pool is None else pool + kept
+            # every process samples as many rounds: a rollout is one computation on the global mesh
+            missing = max(allgather_objects(quota - len(pool)))
+            if missing <= 0 or len(rounds) == s.dynamic_sampling_rounds:
+                break
+        train = pool.take(np.arange(min(quota, len(pool))))
+        surplus = len(pool) - len(train)
+        # the surplus waits one step at most (the next step takes it first); beyond one step's share it is dropped
+        carry = pool.take(np.arange(len(train), len(train) + min(surplus, quota)))
+        self._carry = carry if len(carry) else None
+        masked = quota - len(train)
+        if masked:  # too few after the last round: masked copies keep the shape
+            train = train + (train if len(train) else groups).masked(masked)
+        extent = (max(len(p) for p in train.prompts), int(train.masks.sum(axis=2).max()), len(carry),
+                  surplus - len(carry), masked)
+        extents = allgather_objects(extent)
+        prompt_width = min(padded_width(max(e[0] for e in extents)), s.max_prompt_length)
+        width = min(padded_width(max(max(e[1] for e in extents), 1)), s.max_new_tokens)
+        batch = make_global_batch(assemble(train, pad_id=self.tokenizer.pad_id, prompt_width=prompt_width,
+                                           width=width, rows_per_group=self._rows_per_group()), self.mesh)
+        ref_logps = None
+        if s.beta != 0:
+            ref_logps = self._logprobs_fn(self._ref_params, batch.tokens, batch.attention_mask,
+                                          completion_columns=batch.completion_columns)
+        if keep_old and not sampler_is_policy:
+            batch = batch.replace(old_logps=self._logprobs_fn(state.params, batch.tokens, batch.attention_mask,
+                                                            completion_columns=batch.completion_columns))
+        batch = batch.replace(ref_logps=ref_logps if self._loss_beta() != 0 else None,
+                              old_logps=batch.old_logps if keep_old else None)
+        # advantages per group of the trained rows: those computed per round for a group scale, and a
+        # "batch" scale over the batch trained (masked groups are invalid: in no statistic)
+        parts = allgather_objects((train.total.reshape(-1), train.valid.reshape(-1)))
+        start = sum(len(part[0]) for part in parts[:jax.process_index()])
+        trained = _EveryRow(total=np.concatenate([p[0] for p in parts]), valid=np.concatenate([p[1] for p in parts]),
+                            per_function={}, lengths=None, truncated=None, kl=None, counts={},
+                            mine=slice(start, start + train.total.size))
+        advantages = np.asarray(self._advantages(trained))
+        batch = batch.replace(advantages=make_global_batch(advantages[trained.mine], self.mesh))
+        if s.mask_truncated:
+            kept_rows = make_global_batch((~train.truncated.reshape(-1)).astype(np.int32), self.mesh)
+            batch = batch.replace(completion_mask=batch.completion_mask * kept_rows[:, None])
+        batches = [batch_slice for _ in range(s.num_iterations)
+                   for batch_slice in _minibatches(batch, s.num_minibatches)]
+        jax.block_until_ready(batch)
+        sampled = sum(len(every.total) for every in rounds) // s.num_generations
+        dynamic = {"dynamic/rounds": len(rounds), "dynamic/groups_sampled": sampled,
+                   "dynamic/groups_kept": sum(int(informative_groups(every.total, every.valid, s.num_generations).sum())
+                                              for every in rounds),
+                   "dynamic/groups_carried": sum(e[2] for e in extents),
+                   "dynamic/groups_dropped": sum(e[3] for e in extents),
+                   "dynamic/groups_masked": sum(e[4] for e in extents),
+                   "dynamic/groups_from_last_step": sum(allgather_objects(carried_in))}
+        if dynamic["dynamic/groups_masked"]:
+            log.warning("dynamic sampling: %d of %d groups still missing after %d rounds; they are masked this step",
+                        dynamic["dynamic/groups_masked"], s.prompts_per_step, len(rounds))
+        # the reward metrics are those of every row sampled, as plain GRPO's: what the policy drew
+        return batches, {**self._metrics(_join_rows(rounds)), **dynamic, **timings}
+
+    def _more_prompts(self) -> list[dict]:
+        if self._data is None:
+            raise RuntimeError("dynamic sampling needs another round of prompts but GRPO has no data to draw them "
+                               "from: make the stage's data with GRPO.prompt_iterator(...) (or set "
+                               "dynamic_sampling_rounds=1)")
+        return next(self._data)
+
+    def _sample_round(self, state: TrainState, examples: Sequence[dict], rng, timings: dict[str, float], *,
+                      keep_logprobs: bool) -> tuple[Groups, _EveryRow]:
+        """One rollout of `examples`, scored: this process's groups on the host, and every process's rewards."""
+        s = self.settings
+        texts = self._prompt_texts(examples)
+        started = time.perf_counter()
+        out = self._rollout(state, texts, rng)
+        sampled = time.perf_counter()
+        grouped_examples = [ex for ex in examples for _ in range(s.num_generations)]
+        result = self._start_rewards(texts, out.completions, grouped_examples)()
+        truncated = self._truncated(out)
+        every = _gather_rows(result, out.lengths, truncated, np.zeros(len(out.lengths), np.float32))
+        if s.overlong_buffer:
+            every = _add_overlong_punishment(every, max_length=s.max_new_tokens, buffer=s.overlong_buffer)
+        samples = out.samples
+        groups = Groups.from_rows(local_rows(samples.prompt_tokens), local_rows(samples.prompt_mask),
+                                  local_rows(samples.tokens), local_rows(samples.mask),
+                                  local_rows(samples.logprobs) if keep_logprobs else None,
+                                  every.total[every.mine], every.valid[every.mine], truncated,
+                                  group_size=s.num_generations)
+        timings["time/sampling"] += sampled - started
+        timings["time/scoring"] += time.perf_counter() - sampled
+        return groups, every
 
     def _truncated(self, out) -> np.ndarray:
         """bool [rows of this process]: the completion drew max_new_tokens tokens, the last not a stop
@@ -344,6 +532,18 @@ def _gather_rows(result: RewardResult, lengths: np.ndarray, truncated: np.ndarra
                      lengths=column(3), truncated=column(4), kl=column(5),
                      counts={k: float(sum(p[6][k] for p in parts)) for k in counts},
                      mine=slice(start, start + len(result.total)))
+
+
+def _join_rows(rounds: Sequence[_EveryRow]) -> _EveryRow:
+    """The rows of several rollouts as one (for the metrics; `mine` is left out)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    column = lambda name: np.concatenate([getattr(every, name) for every in rounds])
+    return _EveryRow(total=column("total"), valid=column("valid"),
+                     per_function={name: np.concatenate([every.per_function[name] for every in rounds])
+                                   for name in rounds[0].per_function},
+                     lengths=column("lengths"), truncated=column("truncated"), kl=column("kl"),
+                     counts={k: sum(every.counts[k] for every in rounds) for k in rounds[0].counts}, mine=slice(0))
 
 
 def _add_overlong_punishment(every: _EveryRow, *, max_length: int, buffer: int) -> _EveryRow:

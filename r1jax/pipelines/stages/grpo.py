@@ -7,7 +7,6 @@ from typing import Callable, Mapping, Sequence
 import optax
 from jax.sharding import Mesh
 
-from r1jax.data import PromptIterator
 from r1jax.models import from_pretrained
 from r1jax.pipelines.stages.export import export_model
 from r1jax.pipelines.stages.runner import STOPPED
@@ -43,7 +42,7 @@ def grpo_stage(output: pathlib.Path, init: pathlib.Path, model_reward=None, *, t
         stage.set_reference(train_state_from_model(model, optax.identity(), mesh))
         result = run_training(
             loop, workdir=output, model=model, optimizer=optimizer.optimizer(loop.steps),
-            loss_fn=stage.objective(), data=PromptIterator(train, batch_size=settings.prompts_per_step, seed=seed),
+            loss_fn=stage.objective(), data=stage.prompt_iterator(train, seed=seed),
             make_batches=stage.make_batches, mesh=mesh, evaluate=evaluate, name=output.name, seed=seed)
     if not result.completed:
         return STOPPED
