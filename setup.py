@@ -11,7 +11,7 @@ EXTRAS = {
     "cuda": ["jax[cuda13]>=0.7"],  # NVIDIA GPUs, CUDA 13 wheels (for CUDA 12 drivers: pip install "jax[cuda12]")
 }
 EXTRAS["test"] = sorted(set(
-    EXTRAS["hf"] + ["pytest>=8", "pytest-xdist>=3.6", TORCH, "transformers>=4.46", "accelerate",
+    EXTRAS["hf"] + ["pytest>=8", "pytest-xdist>=3.6", TORCH, "transformers>=4.46", "accelerate", "peft",
                     "nbclient", "nbformat", "ipykernel"]))  # the last three execute the notebooks
 EXTRAS["bench"] = sorted(set(EXTRAS["test"]))
 EXTRAS["all"] = sorted(set(sum((v for k, v in EXTRAS.items() if k not in ("tpu", "cuda")), [])))

@@ -114,3 +114,33 @@ def test_adapters_are_differentiable_alone(tiny_config, tiny_model):
     grads = jax.grad(loss)(adapters)
     for _, g in nnx.to_flat_state(grads):
         assert np.abs(np.asarray(g[...])).max() > 0
+
+
+def test_exports_load_in_peft_and_transformers_with_equal_logits(hf_checkpoint, tmp_path):
+    """The adapters alone (PEFT's layout) over the base checkpoint in `peft`, and the merged model in
+    `transformers`, give the adapted model's logits."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from r1jax.models import from_pretrained, save_hf, save_peft
+
+    path = hf_checkpoint("qwen2")  # q/k/v biases too
+    model = from_pretrained(path)
+    add_lora(model, LoRAConfig(rank=4, alpha=8.0, targets=("q", "v", "o", "gate", "down")), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(3)
+    for _, variable in nnx.to_flat_state(nnx.state(model, LoRAParam)):
+        variable.set_value(jnp.asarray(rng.normal(0, 0.2, variable.shape), jnp.float32))
+    ids = rng.integers(0, model.config.vocab_size, (2, 12))
+    ours = np.asarray(model(jnp.asarray(ids)))
+
+    def hf_logits(hf_model):
+        with torch.no_grad():
+            return hf_model(torch.tensor(ids)).logits.float().numpy()
+
+    base = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    assert np.abs(hf_logits(base) - ours).max() > 1e-2  # the adapters matter
+    adapter_dir = save_peft(model, tmp_path / "adapter", base_model=str(path))
+    adapted = peft.PeftModel.from_pretrained(base, adapter_dir).eval()
+    np.testing.assert_allclose(hf_logits(adapted), ours, atol=1e-4, rtol=0)
+    merged = transformers.AutoModelForCausalLM.from_pretrained(save_hf(model, tmp_path / "merged")).eval()
+    np.testing.assert_allclose(hf_logits(merged), ours, atol=1e-4, rtol=0)
