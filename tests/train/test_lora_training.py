@@ -81,3 +81,21 @@ def test_reference_is_the_base_sharing_its_arrays(run, tiny_config, tiny_model, 
     np.testing.assert_array_equal(np.asarray(logprobs(trained_reference, BATCH.tokens, BATCH.attention_mask)),
                                   base_logps)
     assert np.abs(policy_logps - base_logps).max() > 1e-3  # the policy has moved away from it
+
+
+def test_checkpoint_restores_adapters_and_their_optimizer_state(run, tiny_config, tiny_model, mesh, tmp_path):
+    """The run's Orbax checkpoint (`r1jax.checkpoint`, as the loop saves it) brings a LoRA state back whole."""
+    from r1jax.checkpoint import Checkpointer
+
+    _, _, state, _ = run
+    with Checkpointer(tmp_path, save_every=1, model_signature={"lora": 4}) as checkpointer:
+        checkpointer.save(5, state, {"data": {}}, force=True)
+    fresh = train_state_from_model(add_lora(tiny_model(tiny_config(), seed=1), LoRAConfig(rank=4, alpha=8),
+                                            rngs=nnx.Rngs(7)), make_optimizer(3e-2, schedule="constant"), mesh)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), fresh)
+    with Checkpointer(tmp_path, save_every=1, model_signature={"lora": 4}) as checkpointer:
+        step, restored, _ = checkpointer.restore_latest(target)
+    assert step == 5 and int(restored.step) == 5
+    for got, want in zip(jax.tree.leaves((restored.params, restored.opt_state)),
+                         jax.tree.leaves((state.params, state.opt_state))):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
