@@ -38,7 +38,7 @@ from r1jax.files import write_json_atomically
 from r1jax.pipelines.findings import findings_table, models_table, paper_findings, steps_to_reach
 from r1jax.pipelines.settings import (ColdStartSettings, ConfigError, EvalSettings, RejectionSettings, ReplaySettings,
                                      check_count, check_mesh, check_workdir, config_section, grpo_training,
-                                     make_workdir, settings_from, training_from)
+                                     lora_settings, make_workdir, settings_from, training_from)
 from r1jax.pipelines.stages import (DistillBudget, Stage, Traces, annotated_pairs, budget_stage, check_model,
                                     check_pretrain, cold_start_pairs, cold_start_stage, corpus_style,
                                     evaluation_stage, given, grpo_stage, judging_stage, pretraining, rejection_stage,
@@ -165,6 +165,7 @@ class _R1Run:
             raise ConfigError(f"config.language_weight={config.language_weight!r}: the language reward's weight "
                               "(lambda) is a finite number >= 0")
         grpo, grpo_loop, grpo_optimizer = grpo_training(config.grpo, where="grpo", template=config.template)
+        lora = lora_settings(config)  # the GRPO stages' policy; the SFT stages train the whole model
         eval_settings = settings_from(config.eval, EvalSettings, where="eval", scores=EVAL_SCORES)
         training, cold_start_data = _training_sections(config)
         rejection = settings_from(config.rejection, RejectionSettings, where="rejection")
@@ -193,7 +194,7 @@ class _R1Run:
             workdir=workdir, started=started, task=task, tokenizer=tokenizer, renderer=renderer, mesh=mesh,
             train=train, test=test, grpo_loop=grpo_loop, student_rl_loop=student_rl_loop, training=training,
             common=common, rl=dict(task=task, settings=grpo, loop=grpo_loop, optimizer=grpo_optimizer,
-                                   reward_workers=config.reward_workers, **common),
+                                   reward_workers=config.reward_workers, lora=lora, **common),
             sampling=dict(renderer=renderer, task=task, seed=seed), cold_start_data=cold_start_data,
             cold_start=dict(renderer=renderer, task=task, seed=seed, mesh=mesh, max_new_tokens=max_new_tokens,
                             output_format=FORMAT),

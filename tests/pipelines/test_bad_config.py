@@ -206,6 +206,9 @@ def test_an_empty_workdir_is_refused_instead_of_writing_into_the_current_directo
     ("r1_zero_tiny", "task.train_size", 0, r"config.task: train_size=0: use a whole number >= 1"),
     ("r1_zero_tiny", "task.max_value", 0, r"config.task: max_value=0: use a whole number >= 1"),
     ("r1_pipeline_tiny", "task.num_operations", -1, r"config.task: num_operations=-1"),
+    ("r1_zero_tiny", "lora.rank", -1, r"config.lora: rank=-1: the adapters' rank, a whole number >= 0"),
+    ("r1_pipeline_tiny", "lora.targets", ("q", "lm_head"), r"config.lora: targets=\('q', 'lm_head'\): name one"),
+    ("grpo_smollm2", "lora.alpha", 0.0, r"config.lora: alpha=0.0: a finite number > 0"),
 ])
 def test_a_setting_that_cannot_run_is_one_line_before_anything_is_written(workdir, name, field, value, message):
     _refused(name, workdir, message, **{field: value})
