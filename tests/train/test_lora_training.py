@@ -99,3 +99,30 @@ def test_checkpoint_restores_adapters_and_their_optimizer_state(run, tiny_config
     for got, want in zip(jax.tree.leaves((restored.params, restored.opt_state)),
                          jax.tree.leaves((state.params, state.opt_state))):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_a_sharded_lora_policy_trains_as_on_one_device(tmp_path):
+    """Adapters shard as their weights on a data x fsdp x tensor mesh of 8 devices, and train as on one
+    (tests/support/lora_sharded.py, in a fresh process with fake devices)."""
+    from tests.support.launch import launch, wait
+
+    wait(launch("tests.support.lora_sharded", [], processes=1, devices=8, log_dir=tmp_path, name="lora_sharded"))
+
+
+def test_a_bfloat16_base_stays_bfloat16_while_float32_adapters_train(tiny_config, tiny_model, mesh):
+    """`model.param_dtype=bfloat16` holds the frozen base in bfloat16; the adapters are float32 whatever it is."""
+    model = tiny_model(tiny_config(param_dtype="bfloat16"))
+    for _, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):  # as from_pretrained(param_dtype=) loads it
+        variable.set_value(variable[...].astype(jnp.bfloat16))
+    add_lora(model, LoRAConfig(rank=2), rngs=nnx.Rngs(0))
+    state = train_state_from_model(model, make_optimizer(3e-2, schedule="constant"), mesh)
+    trainable, frozen = split_trainable(state.params)
+    assert {x.dtype for x in jax.tree.leaves(trainable)} == {jnp.dtype("float32")}
+    assert {x.dtype for x in jax.tree.leaves(frozen)} == {jnp.dtype("bfloat16")}
+    before = _flat(state.params, nnx.Param)
+    state, metrics = make_train_step(sft_objective(), state, mesh)(state, BATCH, jax.random.key(0))
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+    trainable = split_trainable(state.params)[0]
+    assert {x.dtype for x in jax.tree.leaves(trainable)} == {jnp.dtype("float32")}
+    for path, value in _flat(state.params, nnx.Param).items():
+        np.testing.assert_array_equal(value, before[path])
