@@ -96,7 +96,7 @@ def make_train_step(loss_fn: LossFn, state: TrainState, mesh: Mesh, *, num_micro
     frozen parameters of a LoRA model, which are passed through as they are) and
     keeps every array in the shardings of `tree_shardings(state, mesh)`; batches are split
     over `batch_sharding(mesh)` (with several processes, build them with
-    `make_global_batch`). The jitted function is its `.jitted` attribute.
+    `make_global_batch`). `.jitted.lower(state, batch, rng)` lowers the jitted step (memory and cost analysis).
 
     Metrics, replicated scalars: the loss function's own (means over microbatches, so a
     min or max is a mean of per-microbatch ones), `loss`, `grad_norm` (before clipping),
