@@ -204,3 +204,16 @@ def test_runlocal_trains_a_lora_policy(hf_checkpoint, math_copy, tmp_path):
     tensors = load_file(tmp_path / "grpo" / "adapter" / "adapter_model.safetensors")
     assert len(tensors) == 2 * 3 * layers
     assert all(value.shape[0] == 4 for name, value in tensors.items() if name.endswith("lora_A.weight"))
+
+
+def test_runlocal_distills_into_a_lora_student(hf_checkpoint, math_copy, tmp_path):
+    """The distillation recipe's `lora` section: the student's SFT trains adapters and exports them too."""
+    checkpoint = hf_checkpoint("qwen2")
+    summary = run_local("distill_qwen2_5_1_5b", checkpoint, tmp_path, math_copy, **{"lora.rank": 2})
+    assert summary["distilled"]
+    adapter = json.loads((tmp_path / "sft" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 2 and len(adapter["target_modules"]) == 7
+    from safetensors.numpy import load_file
+
+    tensors = load_file(tmp_path / "sft" / "adapter" / "adapter_model.safetensors")
+    assert any(np.abs(value).max() > 0 for name, value in tensors.items() if name.endswith("lora_B.weight"))
