@@ -82,7 +82,7 @@ def r1_pipeline(config) -> dict:
     annotated = annotated_pairs(r.train, r.cold_start_data.annotated, style=corpus_style(config.pretrain),
                                 output_format=FORMAT, **r.sampling)
     rl = partial(grpo_stage, train=r.train, rewards=zero_rewards, **r.rl)
-    sft = partial(_sft_stage, replay=r.replay, **r.common)
+    sft = partial(_sft_stage, replay=r.replay, lora=r.rl["lora"], **r.common)
     cold_start_training, sft_training, distill_training = (
         r.training[where] for where in ("cold_start", "sft", "student.distill"))
     reward_model_loop, reward_model_optimizer, reward_model_settings = r.training["reward_model"]
@@ -113,7 +113,7 @@ def r1_pipeline(config) -> dict:
                                         batch_size=distill_training[2].batch_size),
               inputs=("student_pretrain", "student_rl", "rejection"), output="student", finished=None),
         Stage("student_distill", partial(_distill_stage, training=distill_training, replay=r.replay,
-                                         replay_seed=seed + 13, **r.common),
+                                         replay_seed=seed + 13, lora=r.rl["lora"], **r.common),
               inputs=("student_pretrain", "rejection", "distill_budget"), output="student/distill"),
         Stage("evals", partial(evaluation_stage, names=list(MODELS), **r.evaluation), inputs=tuple(MODELS.values()),
               finished=None),
@@ -165,7 +165,7 @@ class _R1Run:
             raise ConfigError(f"config.language_weight={config.language_weight!r}: the language reward's weight "
                               "(lambda) is a finite number >= 0")
         grpo, grpo_loop, grpo_optimizer = grpo_training(config.grpo, where="grpo", template=config.template)
-        lora = lora_settings(config)  # the GRPO stages' policy; the SFT stages train the whole model
+        lora = lora_settings(config)  # of every GRPO and SFT stage (not pretraining, not the reward model)
         eval_settings = settings_from(config.eval, EvalSettings, where="eval", scores=EVAL_SCORES)
         training, cold_start_data = _training_sections(config)
         rejection = settings_from(config.rejection, RejectionSettings, where="rejection")
