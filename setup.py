@@ -14,7 +14,7 @@ EXTRAS = {
 }
 EXTRAS["test"] = sorted(set(
     EXTRAS["hf"] + EXTRAS["code"] + ["pytest>=8", "pytest-xdist>=3.6", TORCH, "transformers>=4.46", "accelerate",
-                    "nbclient", "nbformat", "ipykernel"]))  # the last three execute the notebooks
+                                     "peft", "nbclient", "nbformat", "ipykernel"]))  # the last three execute the notebooks
 EXTRAS["bench"] = sorted(set(EXTRAS["test"]))
 EXTRAS["all"] = sorted(set(sum((v for k, v in EXTRAS.items() if k not in ("tpu", "cuda")), [])))
 

@@ -20,7 +20,7 @@ from ml_collections.config_dict import placeholder
 
 from r1jax import pipelines
 from r1jax.pipelines import cli
-from r1jax.pipelines.settings import training_section
+from r1jax.pipelines.settings import LoRAConfig, settings_section, training_section
 from r1jax.train.sft import SFTSettings
 
 
@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sft = training_section(SFTSettings, steps=2000, learning_rate=5e-5, warmup_steps=100, schedule="cosine",
                              weight_decay=0.0, save_every=200, eval_every=0, batch_size=16, max_length=16384,
                              packing=True)
+    c.lora = settings_section(LoRAConfig)  # the student's LoRA: --config.lora.rank=16 (0: full fine-tuning)
     c.eval = dict(split="test", num_prompts=500, num_samples=8, temperature=0.6, top_p=0.95, max_new_tokens=8192,
                   scores={"format_reward": "format"})
     return c

@@ -18,7 +18,7 @@ from ml_collections.config_dict import placeholder
 
 from r1jax import pipelines
 from r1jax.pipelines import cli
-from r1jax.pipelines.settings import reward_weights, training_section
+from r1jax.pipelines.settings import LoRAConfig, reward_weights, settings_section, training_section
 from r1jax.train.grpo import GRPOSettings
 
 
@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
                               advantage_scale="group", num_iterations=1, num_minibatches=1, max_prompt_length=128,
                               steps=12, learning_rate=2e-5, warmup_steps=0, schedule="constant", save_every=4,
                               eval_every=0)
+    c.lora = settings_section(LoRAConfig)  # a LoRA policy: --config.lora.rank=16 (0: full fine-tuning)
     c.rewards = reward_weights(arithmetic=1.0, answer_phrase_format=1.0)  # the others: 0, not used
     c.reward_workers = 1
     c.eval = dict(split="test", num_prompts=60, num_samples=4, temperature=0.6, top_p=0.95,

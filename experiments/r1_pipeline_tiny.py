@@ -17,8 +17,8 @@ import ml_collections
 from experiments.r1_zero_tiny import get_config as r1_zero_config
 from r1jax import pipelines
 from r1jax.pipelines import cli
-from r1jax.pipelines.settings import (ColdStartSettings, RejectionSettings, ReplaySettings, settings_section,
-                                     training_section)
+from r1jax.pipelines.settings import (ColdStartSettings, LoRAConfig, RejectionSettings, ReplaySettings,
+                                     settings_section, training_section)
 from r1jax.train.reward_model import RewardModelSettings
 from r1jax.train.sft import SFTSettings
 
@@ -62,6 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
                                     batch_size=32, learning_rate=1e-3, warmup_steps=10, weight_decay=0.01,
                                     save_every=33, replay=0.0)
     # prompts: how many training prompts (the first ones) are sampled, 0 for all of them (`RejectionSettings`)
+    c.lora = settings_section(LoRAConfig)  # LoRA policies: --config.lora.rank=16 (0: full fine-tuning)
     c.rejection = settings_section(RejectionSettings, prompts=384, samples_per_prompt=4, temperature=0.6, top_p=0.95)
     c.general = dict(prompts=64, sft_pairs=256)  # general (non-reasoning) prompts and SFT answers
     c.sft = training_section(SFTSettings, ReplaySettings, steps=150, batch_size=32, learning_rate=1e-3,

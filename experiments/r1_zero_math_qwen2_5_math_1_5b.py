@@ -19,7 +19,7 @@ from ml_collections.config_dict import placeholder
 
 from r1jax import pipelines
 from r1jax.pipelines import cli
-from r1jax.pipelines.settings import reward_weights, training_section
+from r1jax.pipelines.settings import LoRAConfig, reward_weights, settings_section, training_section
 from r1jax.train.grpo import GRPOSettings
 
 
@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
                               loss_type="dr_grpo", importance_sampling_level="token", advantage_scale="none",
                               num_iterations=1, num_minibatches=1, steps=400, learning_rate=1e-6, warmup_steps=0,
                               schedule="constant", save_every=25, eval_every=50)
+    c.lora = settings_section(LoRAConfig)  # a LoRA policy: --config.lora.rank=16 (0: full fine-tuning)
     c.rewards = reward_weights(accuracy=1.0)  # the others: 0, not used
     c.reward_workers = 8
     c.eval = dict(split="test", num_prompts=500, num_samples=8, temperature=0.6, top_p=0.95,

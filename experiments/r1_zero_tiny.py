@@ -19,7 +19,7 @@ import ml_collections
 
 from r1jax import pipelines
 from r1jax.pipelines import cli
-from r1jax.pipelines.settings import reward_weights, training_section
+from r1jax.pipelines.settings import LoRAConfig, reward_weights, settings_section, training_section
 from r1jax.train.grpo import GRPOSettings
 from r1jax.train.sft import SFTSettings
 
@@ -48,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
                               temperature=1.0, top_p=1.0, beta=0.04, epsilon_low=0.2, loss_type="grpo",
                               num_iterations=1, num_minibatches=1, learning_rate=1e-4, warmup_steps=5,
                               schedule="constant", save_every=10, eval_every=0)
+    c.lora = settings_section(LoRAConfig)  # a LoRA policy: --config.lora.rank=16 (0: full fine-tuning)
     c.rewards = reward_weights(arithmetic=1.0, format=1.0)  # the others: 0, not used
     c.reward_workers = 1
     c.eval = dict(num_prompts=30, num_samples=8, temperature=0.6, top_p=0.95)

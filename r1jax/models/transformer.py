@@ -19,6 +19,7 @@ from flax import nnx
 
 from r1jax.models.attention import attend
 from r1jax.models.config import ModelConfig
+from r1jax.models.lora import apply_lora
 from r1jax.sharding import constrain
 
 
@@ -155,6 +156,8 @@ def segment_positions(segment_ids: jax.Array, token_mask: jax.Array) -> jax.Arra
 
 
 class Attention(nnx.Module):
+    lora_input_dims = {"q": 1, "k": 1, "v": 1, "o": 2}  # the projections a LoRA adapts (`r1jax.models.lora`)
+
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         d, h, k, e = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
         self.config = config
@@ -170,7 +173,8 @@ class Attention(nnx.Module):
     def _project(self, x, name):
         dtype = jnp.dtype(self.config.dtype)
         w = getattr(self, name)[...].astype(dtype)
-        y = matmul_2d(x, w.reshape(w.shape[0], -1)).reshape(*x.shape[:2], *w.shape[1:])
+        y = apply_lora(self, name, x, matmul_2d(x, w.reshape(w.shape[0], -1)))
+        y = y.reshape(*x.shape[:2], *w.shape[1:])
         if self.config.qkv_bias:
             y = y + getattr(self, name + "_bias")[...].astype(dtype)
         return y
@@ -213,10 +217,13 @@ class Attention(nnx.Module):
         # one [H*E, D] matmul: as an einsum over (h, e), XLA:CPU re-laid out the weight every decode step
         out = out.reshape(batch, time, cfg.num_heads * cfg.head_dim)
         y = matmul_2d(out, self.o[...].astype(q.dtype).reshape(cfg.num_heads * cfg.head_dim, -1))
+        y = apply_lora(self, "o", out, y)
         return y, (k, v)
 
 
 class MLP(nnx.Module):
+    lora_input_dims = {"gate": 1, "up": 1, "down": 1}
+
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         d, f = config.hidden_size, config.intermediate_size
         self.dtype = jnp.dtype(config.dtype)
@@ -225,10 +232,10 @@ class MLP(nnx.Module):
         self.down = _param(rngs, (f, d), ("mlp", "embed"), config)
 
     def __call__(self, x):
-        gate = matmul_2d(x, self.gate[...].astype(self.dtype))
-        up = matmul_2d(x, self.up[...].astype(self.dtype))
+        gate = apply_lora(self, "gate", x, matmul_2d(x, self.gate[...].astype(self.dtype)))
+        up = apply_lora(self, "up", x, matmul_2d(x, self.up[...].astype(self.dtype)))
         hidden = constrain(jax.nn.silu(gate) * up, ("batch", "seq", "mlp"))
-        return matmul_2d(hidden, self.down[...].astype(self.dtype))
+        return apply_lora(self, "down", hidden, matmul_2d(hidden, self.down[...].astype(self.dtype)))
 
 
 class Block(nnx.Module):

@@ -4,7 +4,8 @@ Our parameter layout keeps heads as their own axis ([D, H, E] for q/k/v, [H, E, 
 the output projection), so every conversion is a transpose plus a reshape. One table,
 `_tensor_table`, names each of our parameters, its HF tensor, both conversions, and which
 slice of the HF tensor holds a given slice of ours (for loading straight into shards on a
-mesh); import, export and GGUF share it.
+mesh); import, export and GGUF share it. A model with LoRA adapters exports merged
+(`save_hf`), or its adapters alone in PEFT's layout (`save_peft`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from r1jax.models.config import ModelConfig, check_sizes
+from r1jax.models.lora import TARGETS, lora_tensors, merge_lora
 from r1jax.models.transformer import Transformer
 from r1jax.sharding import shard_model, tree_shardings
 from r1jax.tokenizers import Tokenizer, save_tokenizer
@@ -388,10 +390,11 @@ def save_hf(model: Transformer, directory: PathLike, *, tokenizer: Tokenizer | N
     as `eos_token_id`, so generation ends at the end of a turn (`<|im_end|>`), as in r1jax's sampler;
     without one, it holds the model config's BOS and EOS.
     Existing weight, tokenizer or generation config files in `directory` are refused rather than
-    overwritten.
+    overwritten. LoRA adapters are merged into their weights first (W + alpha / r A B).
     """
     from safetensors.flax import save_file  # handles bfloat16, unlike safetensors.numpy
 
+    model = merge_lora(model)
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     existing = list(directory.glob("*.safetensors"))
@@ -427,6 +430,31 @@ def save_hf(model: Transformer, directory: PathLike, *, tokenizer: Tokenizer | N
     hf_config = cfg.to_hf()
     hf_config["torch_dtype"] = out_dtype.name
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
+    return directory
+
+
+def save_peft(model: Transformer, directory: PathLike, *, base_model: str | None = None) -> pathlib.Path:
+    """Write `model`'s LoRA adapters alone as PEFT does (`adapter_config.json`, `adapter_model.safetensors`),
+    for `peft.PeftModel.from_pretrained(base, directory)` and vLLM's LoRA loading over the base checkpoint
+    (`base_model`, its path or hub name, recorded in the config). The adapters stay float32.
+    """
+    from safetensors.flax import save_file
+
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / "adapter_model.safetensors"
+    if weights.exists():
+        raise FileExistsError(f"{directory} already holds adapters ({weights.name}); choose an empty directory")
+    tensors, config = lora_tensors(model)
+    save_file({k: jnp.asarray(v, jnp.float32) for k, v in tensors.items()}, str(weights), metadata={"format": "pt"})
+    peft_config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "r": config.rank, "lora_alpha": config.alpha, "lora_dropout": 0.0, "bias": "none",
+        "target_modules": sorted(TARGETS[t].split(".")[-1] for t in config.targets),
+        "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "modules_to_save": None,
+        "inference_mode": True, "init_lora_weights": True,
+    }
+    (directory / "adapter_config.json").write_text(json.dumps(peft_config, indent=2))
     return directory
 
 

@@ -20,6 +20,8 @@ The config (see `experiments/distill_qwen2_5_1_5b.py`):
                            (learning_rate, warmup_steps, schedule, weight_decay) and SFTSettings
                            (batch_size, max_length, packing, ...)
   eval                     EvalSettings
+  lora                     optional LoRAConfig (rank, alpha, targets): adapters on the student; rank 0 or
+                           no section: the whole student trains
 
 Each stage is skipped when its result is there; a killed run resumes with the same command.
 """
@@ -34,7 +36,7 @@ from functools import partial
 from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
 from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_mesh, check_model_overrides, check_workdir,
-                                     config_section, make_workdir, settings_from, training_from)
+                                     config_section, lora_settings, make_workdir, settings_from, training_from)
 from r1jax.pipelines.stages import Stage, evaluation_stage, given, rejection_stage, run_stages, sft_stage
 from r1jax.rollout import PromptRenderer, check_template
 from r1jax.sharding import make_mesh
@@ -81,6 +83,7 @@ def distill(config) -> dict:
     teacher = settings_from(teacher_section, TeacherSettings, where="teacher")
     loop, optimizer, batches = training_from(config.sft, SFTSettings, where="sft")
     eval_settings = settings_from(config.eval, EvalSettings, where="eval")
+    lora = lora_settings(config)  # the student's adapters (rank 0: the whole student trains)
     with config_section("task"):
         task = task_from_config(config.task)
     with config_section("template"):
@@ -119,7 +122,7 @@ def distill(config) -> dict:
         Stage("sft", partial(
             _sft_stage, task=task, renderer=student_renderer, tokenizer=student_tokenizer, loop=loop,
             optimizer=optimizer, batches=batches, mesh=mesh, seed=config.seed, name="distill",
-            model_overrides=model_overrides),
+            model_overrides=model_overrides, lora=lora),
             inputs=("student", "traces")),
         Stage("final_eval", partial(evaluation, names=("student_distilled",)), inputs=("sft",), output="evals",
               finished=None),

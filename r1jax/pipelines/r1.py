@@ -38,7 +38,7 @@ from r1jax.files import write_json_atomically
 from r1jax.pipelines.findings import findings_table, models_table, paper_findings, steps_to_reach
 from r1jax.pipelines.settings import (ColdStartSettings, ConfigError, EvalSettings, RejectionSettings, ReplaySettings,
                                      check_count, check_mesh, check_workdir, config_section, grpo_training,
-                                     make_workdir, settings_from, training_from)
+                                     lora_settings, make_workdir, settings_from, training_from)
 from r1jax.pipelines.stages import (DistillBudget, Stage, Traces, annotated_pairs, budget_stage, check_model,
                                     check_pretrain, cold_start_pairs, cold_start_stage, corpus_style,
                                     evaluation_stage, given, grpo_stage, judging_stage, pretraining, rejection_stage,
@@ -82,7 +82,7 @@ def r1_pipeline(config) -> dict:
     annotated = annotated_pairs(r.train, r.cold_start_data.annotated, style=corpus_style(config.pretrain),
                                 output_format=FORMAT, **r.sampling)
     rl = partial(grpo_stage, train=r.train, rewards=zero_rewards, **r.rl)
-    sft = partial(_sft_stage, replay=r.replay, **r.common)
+    sft = partial(_sft_stage, replay=r.replay, lora=r.rl["lora"], **r.common)
     cold_start_training, sft_training, distill_training = (
         r.training[where] for where in ("cold_start", "sft", "student.distill"))
     reward_model_loop, reward_model_optimizer, reward_model_settings = r.training["reward_model"]
@@ -113,7 +113,7 @@ def r1_pipeline(config) -> dict:
                                         batch_size=distill_training[2].batch_size),
               inputs=("student_pretrain", "student_rl", "rejection"), output="student", finished=None),
         Stage("student_distill", partial(_distill_stage, training=distill_training, replay=r.replay,
-                                         replay_seed=seed + 13, **r.common),
+                                         replay_seed=seed + 13, lora=r.rl["lora"], **r.common),
               inputs=("student_pretrain", "rejection", "distill_budget"), output="student/distill"),
         Stage("evals", partial(evaluation_stage, names=list(MODELS), **r.evaluation), inputs=tuple(MODELS.values()),
               finished=None),
@@ -165,6 +165,7 @@ class _R1Run:
             raise ConfigError(f"config.language_weight={config.language_weight!r}: the language reward's weight "
                               "(lambda) is a finite number >= 0")
         grpo, grpo_loop, grpo_optimizer = grpo_training(config.grpo, where="grpo", template=config.template)
+        lora = lora_settings(config)  # of every GRPO and SFT stage (not pretraining, not the reward model)
         eval_settings = settings_from(config.eval, EvalSettings, where="eval", scores=EVAL_SCORES)
         training, cold_start_data = _training_sections(config)
         rejection = settings_from(config.rejection, RejectionSettings, where="rejection")
@@ -193,7 +194,7 @@ class _R1Run:
             workdir=workdir, started=started, task=task, tokenizer=tokenizer, renderer=renderer, mesh=mesh,
             train=train, test=test, grpo_loop=grpo_loop, student_rl_loop=student_rl_loop, training=training,
             common=common, rl=dict(task=task, settings=grpo, loop=grpo_loop, optimizer=grpo_optimizer,
-                                   reward_workers=config.reward_workers, **common),
+                                   reward_workers=config.reward_workers, lora=lora, **common),
             sampling=dict(renderer=renderer, task=task, seed=seed), cold_start_data=cold_start_data,
             cold_start=dict(renderer=renderer, task=task, seed=seed, mesh=mesh, max_new_tokens=max_new_tokens,
                             output_format=FORMAT),

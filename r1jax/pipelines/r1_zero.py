@@ -17,6 +17,8 @@ The config (see `experiments/grpo_smollm2.py`):
                  (`OptimizerSettings`: learning_rate, warmup_steps, schedule, weight_decay)
   rewards        {registered reward: weight}, 0 meaning not used (`settings.reward_weights`); reward_workers
   eval           `EvalSettings` of the held-out evaluation
+  lora           optional `LoRAConfig` (rank, alpha, targets): a LoRA policy on the frozen `init`; rank 0 or
+                 no section: full fine-tuning
   mesh           the training mesh ({"data": -1}, {"fsdp": -1}, ...: `r1jax.sharding.make_mesh`)
   sampler_mesh   optional: the mesh of rollouts and evaluations (e.g. {"tensor": 2, "data": -1});
                  weights are resharded onto it in device memory
@@ -40,8 +42,8 @@ from r1jax.distributed import is_primary
 from r1jax.files import write_json_atomically
 from r1jax.metrics import summary_table
 from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_count, check_mesh, check_model_overrides,
-                                     check_rewards, check_workdir, config_section, grpo_training, make_workdir,
-                                     settings_from)
+                                     check_rewards, check_workdir, config_section, grpo_training, lora_settings,
+                                     make_workdir, settings_from)
 from r1jax.pipelines.stages import (Stage, check_model, check_pretrain, corpus_style, evaluate_model,
                                     evaluation_stage, given, grpo_stage, pretraining, run_stages, stand_in_data)
 from r1jax.rollout import PromptRenderer
@@ -69,6 +71,7 @@ class RunSettings:
         self.grpo, self.loop, self.optimizer = grpo_training(config.grpo, where="grpo")
         self.rewards = check_rewards(config.rewards)
         self.eval = settings_from(config.eval, EvalSettings, where="eval")
+        self.lora = lora_settings(config)
         self.seed, self.mesh = config.seed, check_mesh(config.mesh)
         self.reward_workers = check_count(config.reward_workers, "reward_workers")  # 0: score in this process
         # {}: sample on the training mesh
@@ -97,7 +100,7 @@ def r1_zero(config, *, started: float | None = None) -> dict:
         Stage("grpo", partial(
             grpo_stage, train=train, tokenizer=tokenizer, task=run.task, rewards=run.rewards, settings=run.grpo,
             loop=run.loop, optimizer=run.optimizer, mesh=mesh, seed=run.seed, reward_workers=run.reward_workers,
-            model_overrides=run.model_overrides, sampler_mesh=sampler_mesh,
+            model_overrides=run.model_overrides, sampler_mesh=sampler_mesh, lora=run.lora,
             evaluate=(lambda state, step: evaluate(state.graphdef, state.params)) if run.loop.eval_every else None),
             inputs=("init",)),
         Stage("final_eval", partial(evaluation, names=("grpo",)), inputs=("grpo",), output="evals", finished=None),
@@ -127,7 +130,8 @@ def generic_config(config, base_dir: pathlib.Path, tokenizer_path: pathlib.Path)
         "sampler_mesh": dict(config.sampler_mesh), "init": str(base_dir),
         "tokenizer": str(tokenizer_path), "model": {}, "task": {"seed": config.seed, **dict(config.task)},
         "data_dir": str(workdir / "data"), "grpo": {**dict(config.grpo), "template": config.template},
-        "rewards": dict(config.rewards), "reward_workers": config.reward_workers, "eval": dict(config.eval)})
+        "rewards": dict(config.rewards), "reward_workers": config.reward_workers, "eval": dict(config.eval),
+        "lora": dict(config.get("lora") or {})})
 
 
 def r1_zero_tiny(config) -> dict:

@@ -23,6 +23,7 @@ from ml_collections.config_dict import placeholder
 from r1jax.evaluation import EVAL_TEMPERATURE, EVAL_TOP_P
 from r1jax.models import ModelConfig
 from r1jax.models.config import RUNTIME_FIELDS
+from r1jax.models.lora import LoRAConfig
 from r1jax.rewards import get_reward, list_rewards
 from r1jax.train.grpo import GRPOSettings
 from r1jax.train.loop import LoopSettings
@@ -259,6 +260,16 @@ def grpo_training(section: Mapping[str, Any], *, where: str, **fixed
     return grpo, loop, optimizer
 
 
+def lora_settings(config) -> LoRAConfig:
+    """The `LoRAConfig` of a config's `lora` section (rank, alpha, targets): the policy's adapters, or none
+    (rank 0, or no section: the whole model trains). An experiment offers it on the command line with
+    `c.lora = settings_section(LoRAConfig)` (`--config.lora.rank=16`)."""
+    section = dict(config.get("lora") or {})
+    if "targets" in section and section["targets"] is not None and not isinstance(section["targets"], str):
+        section["targets"] = tuple(section["targets"])
+    return settings_from(section, LoRAConfig, where="lora")
+
+
 def reward_weights(**weights: float) -> dict[str, float]:
     """A config's rewards section: every registered reward, weight 0 (not used) unless given.
 
@@ -349,7 +360,7 @@ def make_workdir(workdir) -> pathlib.Path:
     return path
 
 
-__all__ = ["ColdStartSettings", "ConfigError", "EvalSettings", "RejectionSettings", "ReplaySettings", "SettingError",
-           "check_count", "check_mesh", "check_rewards", "check_workdir", "config_section", "grpo_training",
-           "make_workdir", "reward_weights", "settings_from", "settings_section", "training_from",
-           "training_section"]
+__all__ = ["ColdStartSettings", "ConfigError", "EvalSettings", "LoRAConfig", "RejectionSettings", "ReplaySettings",
+           "SettingError", "check_count", "check_mesh", "check_rewards", "check_workdir", "config_section",
+           "grpo_training", "lora_settings", "make_workdir", "reward_weights", "settings_from", "settings_section",
+           "training_from", "training_section"]

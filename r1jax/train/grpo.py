@@ -44,7 +44,7 @@ from r1jax.tokenizers import Tokenizer
 from r1jax.train.dynamic_sampling import Groups, assemble, informative_groups
 from r1jax.train.objectives import grpo_objective
 from r1jax.rollout import PromptRenderer, RolloutBatch, check_template, rollout, training_batch, trim_to_longest
-from r1jax.train.state import TrainState, copy_params
+from r1jax.train.state import TrainState, reference_params
 from r1jax.train.step import make_logprobs_fn
 
 log = logging.getLogger(__name__)
@@ -213,10 +213,11 @@ class GRPO:
         return s.num_generations if s.prompts_per_step % s.num_minibatches == 0 else 1
 
     def set_reference(self, state: TrainState):
-        """Freeze the policy in `state` (the initial one) as the KL reference."""
+        """Freeze the policy in `state` (the initial one) as the KL reference: a copy of it, or for a LoRA
+        policy its base with the adapters zeroed, sharing the base's arrays (`reference_params`)."""
         self._logprobs_fn = make_logprobs_fn(state, self.mesh, rows_per_group=self._rows_per_group())
         if self.settings.beta != 0:
-            self._ref_params = copy_params(state.params)
+            self._ref_params = reference_params(state.params)
 
     def make_batches(self, state: TrainState, examples: Sequence[dict], rng):
         s = self.settings

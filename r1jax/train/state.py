@@ -4,6 +4,11 @@
     state = create_train_state(lambda: Transformer(config, rngs=nnx.Rngs(0)), optimizer, mesh)
     state = train_state_from_model(from_pretrained(path), optimizer, mesh)   # or from weights
 
+A model with LoRA adapters (`r1jax.models.lora.add_lora`) trains its adapters alone: the
+optimizer's state mirrors them only, the step differentiates them only, and the base's
+parameters ride along in `params` unchanged, never donated, so that a frozen reference can
+share them (`reference_params`) instead of copying the model.
+
 The state is a pytree of arrays (ready for `jax.jit` and Orbax) whose static part, the
 model's graph definition and the optimizer, rides along in the tree definition, as in
 `flax.training.train_state.TrainState`.
@@ -19,6 +24,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh
 
+from r1jax.models.lora import LoRAParam
 from r1jax.sharding import shard_model, tree_shardings
 
 SCHEDULES = ("cosine", "constant")
@@ -28,8 +34,9 @@ class TrainState(struct.PyTreeNode):
     """Parameters, optimizer state and counters of one training run.
 
     step: optimizer updates applied so far (skipped steps do not count).
-    params: the model's `nnx.Param` state (float32 master weights).
-    opt_state: the optimizer's state; its moments mirror `params`, `axes` metadata included.
+    params: the model's `nnx.Param` state (float32 master weights), LoRA adapters included.
+    opt_state: the optimizer's state; its moments mirror the trainable part of `params`
+        (`split_trainable`: all of it, or the LoRA adapters alone), `axes` metadata included.
     skipped_steps: updates skipped because the loss or a gradient was not finite.
     """
 
@@ -127,8 +134,30 @@ class OptimizerSettings:
                               weight_decay=self.weight_decay)
 
 
+def trainable_filter(params: nnx.State):
+    """What of `params` trains: the LoRA adapters when there are any, else every parameter."""
+    has_adapters = any(isinstance(v, LoRAParam) for _, v in nnx.to_flat_state(params))
+    return LoRAParam if has_adapters else nnx.Param
+
+
+def split_trainable(params: nnx.State) -> tuple[nnx.State, nnx.State]:
+    """(trainable, frozen) parts of `params` (`trainable_filter`; frozen is empty without adapters);
+    `nnx.merge_state(trainable, frozen)` puts them back together. Works on a tree of shardings too."""
+    return nnx.split_state(params, trainable_filter(params), ...)
+
+
+def reference_params(params: nnx.State) -> nnx.State:
+    """The frozen reference policy of `params` (GRPO's KL term): for a model with LoRA adapters, its base,
+    i.e. the same base arrays (shared, not copied: the step never donates them) with zero adapters; else a
+    copy of every parameter (`copy_params`)."""
+    trainable, frozen = split_trainable(params)
+    if not nnx.to_flat_state(frozen):
+        return copy_params(params)
+    return nnx.merge_state(jax.tree.map(jnp.zeros_like, trainable), frozen)
+
+
 def _new_state(graphdef, params, tx) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(split_trainable(params)[0]),
                       skipped_steps=jnp.zeros((), jnp.int32), graphdef=graphdef, tx=tx)
 
 
@@ -163,8 +192,9 @@ def train_state_from_model(model: nnx.Module, tx: optax.GradientTransformation, 
     """
     graphdef, params = nnx.split(shard_model(model, mesh, rules), nnx.Param)
     init_rest = lambda p: (tx.init(p), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+    trainable = split_trainable(params)[0]
     opt_state, step, skipped_steps = jax.jit(init_rest, out_shardings=tree_shardings(
-        jax.eval_shape(init_rest, params), mesh, rules))(params)
+        jax.eval_shape(init_rest, trainable), mesh, rules))(trainable)
     return TrainState(step=step, params=params, opt_state=opt_state, skipped_steps=skipped_steps,
                       graphdef=graphdef, tx=tx)
 

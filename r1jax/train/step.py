@@ -6,6 +6,9 @@
 The step splits the global batch into microbatches, accumulates their gradients with a
 `lax.scan`, and applies one optimizer update, unless the loss or a gradient is not
 finite: then params and optimizer state stay as they were and `skipped_steps` grows.
+It differentiates and updates the trainable parameters only (`split_trainable`: all of them,
+or a model's LoRA adapters); the frozen rest (the LoRA base) is an input that is neither
+differentiated nor donated.
 A batch is a typed pytree of [B, ...] arrays (`r1jax.rollout.RolloutBatch`,
 `r1jax.train.objectives.SFTBatch`, `r1jax.train.reward_model.PreferenceBatch`) with the two
 fields the step itself reads (`Batch`).
@@ -22,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from r1jax.sharding import activate, batch_sharding, num_batch_shards, put_on_mesh, tree_shardings
 from r1jax.train.objectives import completion_logprobs
-from r1jax.train.state import TrainState
+from r1jax.train.state import TrainState, split_trainable
 
 
 class Batch(Protocol):
@@ -89,30 +92,33 @@ def make_train_step(loss_fn: LossFn, state: TrainState, mesh: Mesh, *, num_micro
     num_microbatches: gradient accumulation steps; the global batch size must be a
         multiple of num_microbatches x the data-parallel devices (`data` x `fsdp`).
 
-    The returned function donates `state` (its buffers are reused for the new one) and
+    The returned function donates `state` (its buffers are reused for the new one, but for the
+    frozen parameters of a LoRA model, which are passed through as they are) and
     keeps every array in the shardings of `tree_shardings(state, mesh)`; batches are split
     over `batch_sharding(mesh)` (with several processes, build them with
-    `make_global_batch`). The jitted function is its `.jitted` attribute.
+    `make_global_batch`). `.jitted.lower(state, batch, rng)` lowers the jitted step (memory and cost analysis).
 
     Metrics, replicated scalars: the loss function's own (means over microbatches, so a
     min or max is a mean of per-microbatch ones), `loss`, `grad_norm` (before clipping),
-    `update_norm`, `param_norm` (after the update), `skipped` (1 if this update was
+    `update_norm`, `param_norm` (of the trainable parameters, after the update), `skipped` (1 if this update was
     skipped) and `skipped_steps`.
     """
     if num_microbatches < 1:
         raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
     state_shardings = tree_shardings(state, mesh, rules)
-    param_shardings = state_shardings.params
+    param_shardings, frozen_shardings = split_trainable(state_shardings.params)
+    # inside the jitted step the state holds the trainable parameters only; the frozen ones come beside it
+    state_shardings = state_shardings.replace(params=param_shardings)
     replicated = NamedSharding(mesh, P())
     graphdef, tx = state.graphdef, state.tx
 
-    def microbatch_loss(params, microbatch, rng, tokens_per_microbatch):
-        model = nnx.merge(graphdef, params)
+    def microbatch_loss(params, frozen, microbatch, rng, tokens_per_microbatch):
+        model = nnx.merge(graphdef, params, frozen)
         return loss_fn(model, microbatch, rng, tokens_per_microbatch=tokens_per_microbatch)
 
     grad_fn = jax.value_and_grad(microbatch_loss, has_aux=True)
 
-    def train_step(state: TrainState, batch: Batch, rng: jax.Array):
+    def train_step(state: TrainState, frozen: nnx.State, batch: Batch, rng: jax.Array):
         if not (hasattr(batch, "completion_mask") and hasattr(batch, "rows_per_group")):
             raise TypeError(f"a {type(batch).__name__} is not a train batch: give a typed batch with "
                             "`completion_mask` and `rows_per_group` (RolloutBatch, SFTBatch, PreferenceBatch)")
@@ -127,13 +133,13 @@ def make_train_step(loss_fn: LossFn, state: TrainState, mesh: Mesh, *, num_micro
 
             def accumulate(totals, inputs):
                 microbatch, microbatch_rng = inputs
-                (loss, metrics), grads = grad_fn(state.params, microbatch, microbatch_rng,
+                (loss, metrics), grads = grad_fn(state.params, frozen, microbatch, microbatch_rng,
                                                  tokens_per_microbatch)
                 return jax.tree.map(jnp.add, totals, (grads, loss, metrics)), None
 
             first = jax.tree.map(lambda x: x[0], (microbatches, rngs))
             (loss_shape, metrics_shape), grads_shape = jax.eval_shape(
-                grad_fn, state.params, *first, tokens_per_microbatch)
+                grad_fn, state.params, frozen, *first, tokens_per_microbatch)
             zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), tree)
             totals = (jax.lax.with_sharding_constraint(zeros(grads_shape), param_shardings),
                       zeros(loss_shape), zeros(metrics_shape))
@@ -164,17 +170,32 @@ def make_train_step(loss_fn: LossFn, state: TrainState, mesh: Mesh, *, num_micro
             }
         return new_state, metrics
 
-    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding(mesh), replicated),
+    jitted = jax.jit(train_step,
+                     in_shardings=(state_shardings, frozen_shardings, batch_sharding(mesh), replicated),
                      out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+    def split_step(state, batch, rng, call=jitted):
+        trainable, frozen = split_trainable(state.params)
+        return call(state.replace(params=trainable), frozen, batch, rng)
 
     def placed_train_step(state, batch, rng):
         # Arrays from numpy, make_global_batch or another jitted function differ in type
         # (whether it names the mesh) even with equal shapes, and each new type would
         # compile the step again: placing them first gives them one type.
-        return jitted(state, *put_on_mesh((batch, rng), (batch_sharding(mesh), replicated)))
+        new_state, metrics = split_step(state, *put_on_mesh((batch, rng), (batch_sharding(mesh), replicated)))
+        frozen = split_trainable(state.params)[1]
+        return new_state.replace(params=nnx.merge_state(new_state.params, frozen)), metrics
 
-    placed_train_step.jitted = jitted  # for .lower(...): memory and cost analysis
+    # for .lower(state, batch, rng): memory and cost analysis
+    placed_train_step.jitted = _Lowerable(lambda *args: split_step(*args, call=jitted.lower))
     return placed_train_step
+
+
+class _Lowerable:
+    """The jitted step's `.lower`, taking a whole state (`make_train_step`)."""
+
+    def __init__(self, lower):
+        self.lower = lower
 
 
 def make_logprobs_fn(state: TrainState, mesh: Mesh, *, num_microbatches: int = 1, rules=None,

@@ -212,6 +212,9 @@ def test_an_empty_workdir_is_refused_instead_of_writing_into_the_current_directo
     ("distill", "model.attention_block", 0, r"config.model: attention_block=0; expected a positive integer"),
     ("grpo_smollm2", "model.num_layers", 2, r"config.model.num_layers: a pretrained checkpoint's sizes come from"),
     ("distill", "model.hidden_size", 64, r"config.model.hidden_size: a pretrained checkpoint's sizes come from"),
+    ("r1_zero_tiny", "lora.rank", -1, r"config.lora: rank=-1: the adapters' rank, a whole number >= 0"),
+    ("r1_pipeline_tiny", "lora.targets", ("q", "lm_head"), r"config.lora: targets=\('q', 'lm_head'\): name one"),
+    ("grpo_smollm2", "lora.alpha", 0.0, r"config.lora: alpha=0.0: a finite number > 0"),
 ])
 def test_a_setting_that_cannot_run_is_one_line_before_anything_is_written(workdir, name, field, value, message):
     _refused(name, workdir, message, **{field: value})

@@ -186,3 +186,34 @@ def test_a_grpo_trained_export_chats_in_transformers_as_in_r1jax(qwen2, math_cop
                                         max_new_tokens=8, do_sample=False)[0, len(prompt):].tolist()
         length = int(greedy.lengths[row])
         assert theirs[:length] == np.asarray(greedy.tokens[row, :length]).tolist()
+
+
+def test_runlocal_trains_a_lora_policy(hf_checkpoint, math_copy, tmp_path):
+    """`--config.lora.rank`: the GRPO stage trains adapters on the frozen checkpoint and exports the merged
+    model beside the adapters alone (PEFT's layout, naming the checkpoint as their base)."""
+    checkpoint = hf_checkpoint("llama")
+    summary = run_local("r1_zero_countdown_qwen2_5_3b", checkpoint, tmp_path, math_copy,
+                        **{"lora.rank": 4, "lora.targets": ("q", "v", "down"), "grpo.steps": 2})
+    assert (pathlib.Path(summary["model"]) / "config.json").exists()
+    adapter = json.loads((tmp_path / "grpo" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and adapter["base_model_name_or_path"] == str(checkpoint)
+    assert sorted(adapter["target_modules"]) == ["down_proj", "q_proj", "v_proj"]
+    from safetensors.numpy import load_file
+
+    layers = json.loads((checkpoint / "config.json").read_text())["num_hidden_layers"]
+    tensors = load_file(tmp_path / "grpo" / "adapter" / "adapter_model.safetensors")
+    assert len(tensors) == 2 * 3 * layers
+    assert all(value.shape[0] == 4 for name, value in tensors.items() if name.endswith("lora_A.weight"))
+
+
+def test_runlocal_distills_into_a_lora_student(hf_checkpoint, math_copy, tmp_path):
+    """The distillation recipe's `lora` section: the student's SFT trains adapters and exports them too."""
+    checkpoint = hf_checkpoint("qwen2")
+    summary = run_local("distill_qwen2_5_1_5b", checkpoint, tmp_path, math_copy, **{"lora.rank": 2})
+    assert summary["distilled"]
+    adapter = json.loads((tmp_path / "sft" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 2 and len(adapter["target_modules"]) == 7
+    from safetensors.numpy import load_file
+
+    tensors = load_file(tmp_path / "sft" / "adapter" / "adapter_model.safetensors")
+    assert any(np.abs(value).max() > 0 for name, value in tensors.items() if name.endswith("lora_B.weight"))

@@ -14,7 +14,7 @@ from flax import nnx
 
 from r1jax.checkpoint import IncompatibleCheckpointError
 from r1jax.distributed import barrier, host_copy, is_primary
-from r1jax.models import ModelConfig, Transformer, save_pretrained
+from r1jax.models import ModelConfig, Transformer, save_peft, save_pretrained
 from r1jax.tokenizers import Tokenizer
 
 _ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -45,13 +45,25 @@ def export_model(model: Transformer, directory: pathlib.Path, tokenizer: Tokeniz
     With several processes, every process calls it: the weights are gathered, process 0
     writes them, and the others wait until the export is in place.
     """
+    _export(lambda model, path: save_pretrained(model, path, tokenizer=tokenizer), model, directory)
+
+
+def export_adapters(model: Transformer, directory: pathlib.Path, *, base_model: pathlib.Path | str):
+    """Save `model`'s LoRA adapters alone in PEFT's layout (`r1jax.models.save_peft`) in `directory`, all at
+    once, replacing an earlier one (of a run killed before its model export, which marks the stage done)."""
+    _export(lambda model, path: save_peft(model, path, base_model=str(base_model)), model, directory, replace=True)
+
+
+def _export(write, model: Transformer, directory: pathlib.Path, *, replace: bool = False):
     graphdef, state = nnx.split(model)
     model = nnx.merge(graphdef, host_copy(state))
     if is_primary():
         partial = directory.with_name(directory.name + ".partial")
         if partial.exists():  # our own leftover of a run killed while exporting
             shutil.rmtree(partial)
-        save_pretrained(model, partial, tokenizer=tokenizer)
+        write(model, partial)
+        if replace and directory.exists():
+            shutil.rmtree(directory)
         partial.rename(directory)
     barrier(f"export {directory}")
 
