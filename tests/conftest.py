@@ -22,7 +22,9 @@ from tests.support import hf_checkpoints, tiny
 TESTS = pathlib.Path(__file__).resolve().parent
 HEAVY_FIRST = ("models/test_models.py", "pipelines/test_experiments.py", "pipelines/test_r1_zero.py",
                "test_multihost.py", "models/test_attention.py", "train/test_step.py", "test_sharding.py",
-               "train/test_grpo_options.py", "test_notebooks.py", "train/test_lora_training.py")
+               "train/test_grpo_options.py", "test_notebooks.py", "train/test_lora_training.py",
+               "train/test_dynamic_sampling.py", "test_checkpoint_faults.py", "test_evaluate_cli.py",
+               "rewards/test_humaneval_agreement.py")
 # a moved or renamed file would silently lose its place in the order
 assert all((TESTS / path).is_file() for path in HEAVY_FIRST), [p for p in HEAVY_FIRST if not (TESTS / p).is_file()]
 

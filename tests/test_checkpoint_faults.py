@@ -237,6 +237,7 @@ def _command(workdir, *flags):
     return result
 
 
+@pytest.mark.slow  # two CLI runs; exit 143 is also checked by the runner test above and the slow SIGTERM runs
 def test_a_sigterm_during_a_save_exits_143_with_one_line_and_the_relaunch_finishes(tmp_path):
     stopped = _command(tmp_path / "run", "--config.sigterm_at=3")  # stops after the next step, saved
     assert stopped.returncode == 143, stopped.stderr[-3000:]
@@ -250,6 +251,7 @@ def test_a_sigterm_during_a_save_exits_143_with_one_line_and_the_relaunch_finish
     assert '"resumed_from": 4' in finished.stdout
 
 
+@pytest.mark.slow  # two CLI runs; the runner test above checks the same stop in process
 def test_a_sigterm_during_a_stage_s_final_save_exits_143_before_the_next_stage(tmp_path):
     """Before, the notice was lost: the run went on to the end and exited 0."""
     stopped = _command(tmp_path / "run", "--config.sigterm_at=5")  # the last step: no check comes after it
@@ -261,6 +263,7 @@ def test_a_sigterm_during_a_stage_s_final_save_exits_143_before_the_next_stage(t
     assert finished.returncode == 0 and '"resumed_from": 0' in finished.stdout, finished.stderr[-3000:]
 
 
+@pytest.mark.slow  # two CLI runs; the full disk is checked in process above
 def test_the_command_reports_a_full_disk_in_one_line_exits_1_and_resumes_once_there_is_room(small_disk):
     workdir, big = small_disk / "run", ("--config.size=100000", "--config.steps=8")  # 400 kB a checkpoint
     failed = _command(workdir, *big)

@@ -188,6 +188,7 @@ def test_a_grpo_trained_export_chats_in_transformers_as_in_r1jax(qwen2, math_cop
         assert theirs[:length] == np.asarray(greedy.tokens[row, :length]).tolist()
 
 
+@pytest.mark.slow  # an end-to-end run; adapters-only training and the base as reference are checked in test_lora_training.py
 def test_runlocal_trains_a_lora_policy(hf_checkpoint, math_copy, tmp_path):
     """`--config.lora.rank`: the GRPO stage trains adapters on the frozen checkpoint and exports the merged
     model beside the adapters alone (PEFT's layout, naming the checkpoint as their base)."""
@@ -206,6 +207,7 @@ def test_runlocal_trains_a_lora_policy(hf_checkpoint, math_copy, tmp_path):
     assert all(value.shape[0] == 4 for name, value in tensors.items() if name.endswith("lora_A.weight"))
 
 
+@pytest.mark.slow  # an end-to-end run; LoRA SFT steps are checked in tests/train/test_lora_training.py
 def test_runlocal_distills_into_a_lora_student(hf_checkpoint, math_copy, tmp_path):
     """The distillation recipe's `lora` section: the student's SFT trains adapters and exports them too."""
     checkpoint = hf_checkpoint("qwen2")

@@ -12,7 +12,7 @@ solution changed), a function that returns None, one that raises, one with a syn
 and a correct one that prints first. A chat model's fenced whole program must get the
 verdict OpenAI gives the same function written as a body.
 
-The default suite checks every 8th problem (21 of 164); `-m slow` checks all of them.
+The default suite checks every 16th problem (11 of 164); `-m slow` checks all of them.
 """
 import ast
 import concurrent.futures
@@ -127,12 +127,13 @@ def test_the_wheel_runs_its_check_program():
 
 
 @needs_sandbox
-def test_agreement_with_openai_on_every_8th_problem(openai):
-    disagreements, counts = agreement(openai, PROBLEMS[::8])
-    assert disagreements == []
-    assert counts["runs"] == 21 * 6
+def test_agreement_with_openai_on_every_16th_problem(openai):
+    problems = PROBLEMS[::16]
+    disagreements, counts = agreement(openai, problems)
+    assert disagreements == [] and len(problems) == 11
+    assert counts["runs"] == 11 * 6
     # canonical and prints-then-correct pass; most mutants and every other variant fail
-    assert 2 * 21 <= counts["openai_passed"] < 3 * 21
+    assert 2 * 11 <= counts["openai_passed"] < 3 * 11
 
 
 @needs_sandbox

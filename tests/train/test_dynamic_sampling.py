@@ -223,6 +223,7 @@ def test_the_loop_trains_full_carried_and_masked_steps_without_compiling_again(t
 
 # ---- two processes: a global decision, each process its own whole groups ------------------------------
 
+@pytest.mark.slow  # two JAX processes; the global decision is also checked in one process
 def test_on_two_processes_each_trains_its_own_whole_groups_and_they_decide_together(tmp_path):
     """P = 2 groups, one per process; 4 prompts a round, process 0 samples the first 2, process 1 the last 2
     (flags in `multiprocess_dynamic_sampling.FLAGS`). Step 1: process 0 keeps both of its groups (trains the

@@ -101,6 +101,7 @@ def test_checkpoint_restores_adapters_and_their_optimizer_state(run, tiny_config
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+@pytest.mark.slow  # an 8-device subprocess; adapter shardings are checked in tests/models/test_lora.py
 def test_a_sharded_lora_policy_trains_as_on_one_device(tmp_path):
     """Adapters shard as their weights on a data x fsdp x tensor mesh of 8 devices, and train as on one
     (tests/support/lora_sharded.py, in a fresh process with fake devices)."""
