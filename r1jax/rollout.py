@@ -33,6 +33,8 @@ from r1jax.tasks import question_of
 from r1jax.tokenizers import Tokenizer
 
 CHAT = "chat"  # the template name of the tokenizer's own chat template
+# `trim_to_longest` keeps at least this many completion columns: below it a new compile costs more than it saves
+MIN_TRIMMED_WIDTH = 64
 
 
 def template_names() -> list[str]:
@@ -133,12 +135,13 @@ def trim_to_longest(out: Rollout) -> SampleOutput:
 
     The sampler returns `max_new_tokens` columns whatever the rows drew; with a stop token most
     of them can be padding, and an update over them would pay for columns no row uses. The width
-    is `padded_width` of the longest completion (at most 25% padding, about four widths per
-    doubling of the length: each width compiles the update once), never more than the sampler's.
+    is `padded_width` of the longest completion at two widths per doubling (at most 50% padding:
+    each width compiles the update and the reference forward once, which costs more than it saves
+    on short rows) and at least `MIN_TRIMMED_WIDTH`, never more than the sampler's.
     """
     longest = max(allgather_objects(int(out.lengths.max(initial=0))))
     columns = out.samples.tokens.shape[1]
-    width = min(padded_width(max(longest, 1)), columns)
+    width = min(max(padded_width(max(longest, 1), per_doubling=2), MIN_TRIMMED_WIDTH), columns)
     if width == columns:
         return out.samples
     cut = lambda x: x[:, :width]

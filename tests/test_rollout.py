@@ -158,11 +158,12 @@ def test_trim_to_longest_keeps_the_padded_width_of_the_longest_completion():
         np.testing.assert_array_equal(trimmed.prompt_tokens, samples.prompt_tokens)
         return width
 
-    assert cut([9, 3]) == 16  # padded_width(9): multiples of 8 below 64 tokens
-    assert cut([0, 0]) == 8  # no row drew a token: the narrowest width
-    assert cut([33, 3]) == 40  # padded_width(33) = 40, all the sampler returned
-    assert cut([35, 3], columns=36) == 36  # padded_width(35) = 40 > 36 columns: never wider than sampled
-    assert cut([70, 3], columns=200) == 80  # padded_width(70): multiples of 16 from 64 tokens
+    assert cut([9, 3], columns=200) == 64  # never below MIN_TRIMMED_WIDTH
+    assert cut([0, 0], columns=200) == 64  # no row drew a token
+    assert cut([9, 3], columns=40) == 40  # all the sampler returned: nothing to cut
+    assert cut([70, 3], columns=200) == 96  # padded_width(70, per_doubling=2): multiples of 32 from 64 tokens
+    assert cut([130, 3], columns=150) == 150  # padded_width(130) = 192 > 150 columns: never wider than sampled
+    assert cut([200, 3], columns=1024) == 256
 
 
 # ---- training_batch and RolloutBatch -------------------------------------------------------------

@@ -199,24 +199,24 @@ def test_num_minibatches_splits_the_rollout_into_updates(model, captured):
 
 
 def test_the_update_runs_on_the_columns_the_longest_completion_needs(model, captured, monkeypatch):
-    """Rows that stopped at 3 and 11 of 40 tokens: the batch keeps padded_width(11) = 16 completion
+    """Rows that stopped at 3 and 70 of 200 tokens: the batch keeps padded_width(70) = 96 completion
     columns (and says so), its reference log-probs too, and the sampled tokens are all there."""
     fake = grpo_module.rollout
 
     def stopping_rollout(*args, **kwargs):
         out = fake(*args, **kwargs)
-        lengths = np.where(np.arange(len(out.lengths)) % 2, 3, 11)
+        lengths = np.where(np.arange(len(out.lengths)) % 2, 3, 70)
         mask = (np.arange(out.samples.tokens.shape[1]) < lengths[:, None]).astype(np.int32)
         samples = out.samples._replace(tokens=out.samples.tokens * mask, mask=jnp.asarray(mask),
                                        lengths=jnp.asarray(lengths))
         return Rollout(samples, out.completions, lengths)
 
     monkeypatch.setattr(grpo_module, "rollout", stopping_rollout)
-    (batch,), request = make_batches(model, captured, max_new_tokens=40, beta=0.04)
+    (batch,), request = make_batches(model, captured, max_new_tokens=200, beta=0.04)
     prompt_width = len(request["prompts"][0])
-    assert batch.completion_columns == 16 and batch.tokens.shape[1] == prompt_width + 16
+    assert batch.completion_columns == 96 and batch.tokens.shape[1] == prompt_width + 96
     assert batch.ref_logps.shape == batch.tokens.shape
-    np.testing.assert_array_equal(batch.completion_mask.sum(axis=1), np.where(np.arange(8) % 2, 3, 11))
+    np.testing.assert_array_equal(batch.completion_mask.sum(axis=1), np.where(np.arange(8) % 2, 3, 70))
 
 
 def test_template_and_system_prompt_change_the_prompts(model, captured):
