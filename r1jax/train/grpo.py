@@ -219,6 +219,11 @@ class GRPO:
         if self.settings.beta != 0:
             self._ref_params = reference_params(state.params)
 
+    def _forward_logprobs(self, params, batch: RolloutBatch):
+        """Per-token log-probs [B, T] of `batch` under `params` (the reference or the sampling policy)."""
+        return self._logprobs_fn(params, batch.tokens, batch.attention_mask,
+                                 completion_columns=batch.completion_columns)
+
     def make_batches(self, state: TrainState, examples: Sequence[dict], rng):
         s = self.settings
         if self._logprobs_fn is None:
@@ -245,11 +250,9 @@ class GRPO:
         # ...while the device computes the log-probs the loss compares against
         ref_logps = None
         if s.beta != 0:
-            ref_logps = self._logprobs_fn(self._ref_params, batch.tokens, batch.attention_mask,
-                                          completion_columns=batch.completion_columns)
+            ref_logps = self._forward_logprobs(self._ref_params, batch)
         if need_old and not sampler_is_policy:
-            batch = batch.replace(old_logps=self._logprobs_fn(state.params, batch.tokens, batch.attention_mask,
-                                                            completion_columns=batch.completion_columns))
+            batch = batch.replace(old_logps=self._forward_logprobs(state.params, batch))
         kl = np.zeros(len(out.lengths), np.float32)
         if kl_in_reward:
             kl = local_rows(self._sequence_kl(batch.old_logps, ref_logps, batch.completion_mask))
@@ -345,11 +348,9 @@ class GRPO:
                                            width=width, rows_per_group=self._rows_per_group()), self.mesh)
         ref_logps = None
         if s.beta != 0:
-            ref_logps = self._logprobs_fn(self._ref_params, batch.tokens, batch.attention_mask,
-                                          completion_columns=batch.completion_columns)
+            ref_logps = self._forward_logprobs(self._ref_params, batch)
         if keep_old and not sampler_is_policy:
-            batch = batch.replace(old_logps=self._logprobs_fn(state.params, batch.tokens, batch.attention_mask,
-                                                            completion_columns=batch.completion_columns))
+            batch = batch.replace(old_logps=self._forward_logprobs(state.params, batch))
         batch = batch.replace(ref_logps=ref_logps if self._loss_beta() != 0 else None,
                               old_logps=batch.old_logps if keep_old else None)
         # advantages per group of the trained rows: those computed per round for a group scale, and a
