@@ -17,6 +17,7 @@ from r1jax.sharding import make_global_batch, make_mesh
 from tests.support.launch import launch, wait
 
 
+@pytest.mark.slow  # 100 s on 2 cores; GRPO on two processes stays in the default suite (tests of r1_zero)
 def test_sft_evaluation_rejection_and_reward_model_on_two_processes(tmp_path):
     runs = {}
     for name, processes, devices in (("one", 1, 4), ("two", 2, 2)):

@@ -99,6 +99,7 @@ def test_runlocal_runs_the_recipe_on_a_real_checkpoint(architecture, name, hf_ch
         assert summary["distilled"] and summary["traces_kept"] > 0
 
 
+@pytest.mark.slow  # 30 s: runlocal is run in-process below; the command line's parsing in tests of bad_config
 def test_runlocal_from_the_command_line(qwen2, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "experiments.grpo_smollm2", f"--config.init={qwen2}", "--config.runlocal=True",

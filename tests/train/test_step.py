@@ -203,7 +203,8 @@ def test_completion_columns_and_shared_prompts_change_no_number(mesh, initial_st
         np.testing.assert_allclose(logprobs[key][:, -columns:], full[:, -columns:], atol=1e-6, err_msg=str(key))
         assert not np.any(np.asarray(logprobs[key][:, :-columns]))
     results = {}
-    for cols, group, micro in ((None, 1, 1), (columns, 1, 1), (columns, 2, 1), (columns, 2, 2)):
+    # the update: each change alone is checked above through the log-probs; here all at once
+    for cols, group, micro in ((None, 1, 1), (columns, 2, 2)):
         objective = grpo_objective(beta=0.04, completion_columns=cols)
         step = make_train_step(objective, initial_state, mesh, num_microbatches=micro)
         results[cols, group, micro] = step(device_copy(initial_state), batch.replace(rows_per_group=group),
