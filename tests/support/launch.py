@@ -8,8 +8,10 @@ The fake device count must be set before JAX starts, so every run is a fresh pro
 """
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from tests.support import ROOT
 # JAX's persistent compilation cache, shared by the runs of this test process: the runs of
 # one experiment compile the same programs, and XLA's compiles are most of their CPU time
 COMPILATION_CACHE = tempfile.mkdtemp(prefix="r1jax-test-compilation-cache-")
+atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)  # not left behind in /tmp
 
 
 def free_port() -> int:
