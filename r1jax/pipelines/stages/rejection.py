@@ -312,22 +312,27 @@ class Traces(NamedTuple):
 
 
 def rejection_stage(output: pathlib.Path, checkpoint: pathlib.Path, *, renderer, examples: Sequence[dict], mesh,
-                    num_samples: int, max_new_tokens: int, max_prompt_length: int = 512,
-                    temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P,
-                    model_overrides: Mapping | None = None, keep_unfinished: bool = False, **settings) -> Traces:
+                    task, provenance: dict, num_samples: int, max_new_tokens: int, max_prompt_length: int = 512,
+                    temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P, seed: int = 0,
+                    language: Optional[str] = None, correct_fn: Optional[Callable[..., Optional[float]]] = None,
+                    repetition_threshold: float = REPETITION_THRESHOLD, model_overrides: Mapping | None = None,
+                    keep_unfinished: bool = False) -> Traces:
     """`rejection_sample` of the model at `checkpoint` on `examples` into `output` (resumed chunk by
-    chunk; a finished dataset is read back); `settings`: its other keywords (task, seed, provenance, ...).
+    chunk; a finished dataset is read back). The keywords are `rejection_sample`'s, but for:
 
+    model_overrides: `from_pretrained`'s overrides (dtypes) for the checkpoint sampled.
     keep_unfinished: every sample counts as finished, also one cut off at `max_new_tokens`
       (smoke runs on random checkpoints, which never draw a stop token).
     """
     graphdef, params = split(from_pretrained(checkpoint, mesh=mesh, **dict(model_overrides or {})))
     sampling = dict(num_samples=num_samples, max_prompt_length=max_prompt_length, max_new_tokens=max_new_tokens,
                     temperature=temperature, top_p=top_p)
+    sample_fn = None
     if keep_unfinished:
         sample = rollout_sampler(graphdef, params, renderer, mesh=mesh, **sampling)
-        settings["sample_fn"] = lambda texts, rng: [s._replace(stopped=True) for s in sample(texts, rng)]
-    stats = rejection_sample(graphdef, params, renderer, examples, output_dir=output, mesh=mesh, **sampling,
-                             **settings)
+        sample_fn = lambda texts, rng: [s._replace(stopped=True) for s in sample(texts, rng)]
+    stats = rejection_sample(graphdef, params, renderer, examples, output_dir=output, mesh=mesh, task=task,
+                             provenance=provenance, seed=seed, language=language, correct_fn=correct_fn,
+                             repetition_threshold=repetition_threshold, sample_fn=sample_fn, **sampling)
     records = load_sft_dataset(output)
     return Traces(stats, records, to_sft_pairs(records))
