@@ -26,7 +26,7 @@ from typing import Iterable, Mapping, Sequence
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
 PROGRESS_KEYS = ("loss", "reward", "accuracy", "response_length", "kl")
-PLOT_KEYS = ("reward", "accuracy", "response_length", "kl")
+PLOT_KEYS = ("reward", "accuracy", "response_length", "reflection_rate", "kl")
 _WRITER_IDS = itertools.count()
 
 
@@ -148,6 +148,23 @@ def read_metrics(jsonl_path: str | os.PathLike) -> list[dict]:
             raise ValueError(f"{jsonl_path}:{number} is not a JSON object ({error}); fix or delete "
                              "that line") from error
     return rows
+
+
+def curve_ends(rows: Sequence[Mapping[str, object]], keys: Iterable[str], *, window: int) -> dict[str, float]:
+    """`{key}_first` and `{key}_last`: the mean of each key over its first and its last `window` logged
+    values (all of them when there are fewer: then both ends are the same mean), for a script to read
+    where a curve started and ended without the noise of one step. Keys never logged are left out;
+    non-finite values (a step where the measure was undefined) are skipped."""
+    if window < 1:
+        raise ValueError(f"window={window}: the number of steps to average at each end, at least 1")
+    ends = {}
+    for key in keys:
+        values = [float(row[key]) for row in sorted(rows, key=lambda row: row["step"])
+                  if _is_number(row.get(key)) and math.isfinite(row[key])]
+        if values:
+            ends[f"{key}_first"] = sum(values[:window]) / len(values[:window])
+            ends[f"{key}_last"] = sum(values[-window:]) / len(values[-window:])
+    return ends
 
 
 def plot_metrics(jsonl_path: str | os.PathLike, out_png: str | os.PathLike,

@@ -121,3 +121,19 @@ def test_summary_table_alignment():
         "countdown  0.1235    7  x",
     ])
     assert metrics_lib.summary_table([]) == ""
+
+
+def test_curve_ends_average_the_first_and_last_steps_skipping_undefined_ones():
+    from r1jax.metrics import curve_ends
+
+    rows = [{"step": s, "response_length": float(s), "reflection_rate": float("nan") if s == 1 else 0.1 * s}
+            for s in range(1, 9)]
+    ends = curve_ends(list(reversed(rows)), ["response_length", "reflection_rate", "absent"], window=3)
+    assert ends["response_length_first"] == pytest.approx((1 + 2 + 3) / 3)
+    assert ends["response_length_last"] == pytest.approx((6 + 7 + 8) / 3)
+    assert ends["reflection_rate_first"] == pytest.approx((0.2 + 0.3 + 0.4) / 3)  # step 1 was NaN
+    assert "absent_first" not in ends
+    short = curve_ends(rows[:2], ["response_length"], window=5)
+    assert short["response_length_first"] == short["response_length_last"] == 1.5
+    with pytest.raises(ValueError, match="window"):
+        curve_ends(rows, ["response_length"], window=0)

@@ -9,6 +9,9 @@ one of two ways:
   "a op b = c" step at a time, innermost first, and the answer. A careless step
   (`error_rate`) is off by a little and the error carries to the answer. It uses the
   `<think>/<answer>` format `tagged_rate` of the time, else ends "the answer is N".
+  With `check_rate`, a worked solution re-checks each step ("re-check : a op b = c") and
+  catches its careless step ("wait , it is c"), so it reaches the right answer at about twice
+  the length: the re-checking that R1-Zero learns to do more often (the "aha moment").
 - a *quick answer*: "the answer is N" with no working, right only `guess_accuracy` of
   the time (otherwise off by 1 to 6), as a hurried reply would be.
 
@@ -47,6 +50,7 @@ class CorpusStyle:
     guess_accuracy: float = 0.2  # a quick answer is right
     narrate: bool = False  # worked steps are introduced in words
     chinese_rate: float = 0.0  # a narrating word is Chinese
+    check_rate: float = 0.0  # a worked solution re-checks every step and corrects a careless one
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -62,28 +66,56 @@ def _apply(op: str, a: int, b: int) -> int:
 
 
 def worked_steps(expression: str, rng: np.random.Generator, *,
-                 error_rate: float) -> tuple[list[str], int, int]:
+                 error_rate: float, checked: bool = False) -> tuple[list[str], int, int]:
     """(the "a op b = c" steps, the value they reach, the true value) of an expression.
 
     With probability `error_rate` one step's result is off by 1 to 3 and later steps
-    use the wrong value, as a careless solver would.
+    use the wrong value, as a careless solver would. `checked`: see `render_steps`.
     """
+    tree = _parse(expression)
+    return render_steps(tree, careless_step(tree, rng, error_rate=error_rate), checked=checked)
+
+
+def _parse(expression: str) -> ast.AST:
     tree = ast.parse(expression, mode="eval").body
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.BinOp) and type(node.op) in _OPS or isinstance(node, ast.operator)
+                or isinstance(node, ast.Constant) and isinstance(node.value, int)):
+            raise ValueError(f"not an integer + - * expression: {expression!r}")
+    return tree
+
+
+def careless_step(tree: ast.AST, rng: np.random.Generator, *, error_rate: float) -> tuple[int, int] | None:
+    """(which step, by how much) a careless solver gets wrong, with probability `error_rate`; else None."""
     num_steps = sum(isinstance(node, ast.BinOp) for node in ast.walk(tree))
-    wrong_step = int(rng.integers(max(num_steps, 1))) if rng.random() < error_rate else -1
+    if not rng.random() < error_rate:
+        return None
+    index = int(rng.integers(max(num_steps, 1)))
+    return (index, int(rng.choice(_CARELESS_OFFSETS))) if num_steps else None
+
+
+def render_steps(tree: ast.AST, careless: tuple[int, int] | None, *,
+                 checked: bool = False) -> tuple[list[str], int, int]:
+    """(steps, the value they reach, the true value): the steps innermost first, the `careless` one
+    off by its offset. `checked`: each step is followed by "re-check : a op b = c" with the right
+    value, and the careless one also by "wait , it is c"; the solution goes on from the corrected
+    value, so it reaches the true one (the behaviour R1-Zero's "aha moment" is about)."""
     steps: list[str] = []
 
     def visit(node) -> tuple[int, int]:  # (true value, value as the solver computed it)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        if isinstance(node, ast.Constant):
             return node.value, node.value
-        if not (isinstance(node, ast.BinOp) and type(node.op) in _OPS):
-            raise ValueError(f"not an integer + - * expression: {expression!r}")
         (a, shown_a), (b, shown_b) = visit(node.left), visit(node.right)
         op = _OPS[type(node.op)]
-        shown = _apply(op, shown_a, shown_b)
-        if len(steps) == wrong_step:
-            shown += int(rng.choice(_CARELESS_OFFSETS))
+        right = shown = _apply(op, shown_a, shown_b)
+        if careless is not None and len(steps) == careless[0]:
+            shown += careless[1]
         steps.append(f"{shown_a} {op} {shown_b} = {shown}")
+        if checked:
+            steps[-1] += f" , re-check : {shown_a} {op} {shown_b} = {right}"
+            if shown != right:
+                steps[-1] += f" , wait , it is {right}"
+            shown = right
         return _apply(op, a, b), shown
 
     value, reached = visit(tree)
@@ -93,8 +125,13 @@ def worked_steps(expression: str, rng: np.random.Generator, *,
 def sample_completion(expression: str, rng: np.random.Generator,
                       style: CorpusStyle = CorpusStyle()) -> tuple[str, bool]:
     """(completion text, whether its final answer is right) for one expression."""
-    steps, answer, value = worked_steps(expression, rng, error_rate=style.error_rate)
+    tree = _parse(expression)
+    careless = careless_step(tree, rng, error_rate=style.error_rate)
+    steps, answer, value = render_steps(tree, careless)
     if rng.random() < style.worked_rate:
+        # drawn only where the corpus checks at all, so that one without checking keeps its draws
+        if style.check_rate and rng.random() < style.check_rate:
+            steps, answer, value = render_steps(tree, careless, checked=True)
         if style.narrate:
             steps = [" ".join([*(chinese if rng.random() < style.chinese_rate else english
                                  for english, chinese in NARRATION), step]) for step in steps]

@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from r1jax.evaluation.pass_at_k import (EVAL_TEMPERATURE, EVAL_TOP_P, evaluation_report, majority_votes,
                               mean_response_length, pass_at_k, report_markdown, standard_error)
+from r1jax.evaluation.reflection import reflection_flags, reflection_metrics
 from r1jax.models import from_pretrained
 from r1jax.rollout import PromptRenderer, check_template, rollout
 from r1jax.distributed import allgather_objects, is_primary, process_share
@@ -115,7 +116,8 @@ def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptR
                     mesh: Mesh, correct_fn: Callable[..., float | None] | None = None,
                     scores: Mapping[str, Callable[..., float | None]] | None = None,
                     batch_prompts: int = 64, per_prompt: bool = False) -> dict:
-    """pass@1 averaged over `num_samples` samples per prompt, cons@k, length and the mean of each of
+    """pass@1 averaged over `num_samples` samples per prompt, cons@k, length, the reflection rate and the
+    accuracy of samples that reflect and that do not (`r1jax.evaluation.reflection`), and the mean of each of
     `scores` (e.g. {"format_reward": get_reward("format")}) over the samples it judges; each with
     its standard error over prompts (`<key>_se`, `r1jax.evaluation.standard_error`).
 
@@ -135,6 +137,10 @@ def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptR
               cons: majority_votes(samples.answers, samples.correct).astype(np.float64)}
     result = {"pass_at_1": float(values["pass_at_1"].mean()), cons: float(values[cons].mean()),
               "response_length": mean_response_length(samples.lengths)}
+    # how often the samples re-check a step, and the accuracy of those that do and do not (`reflection`)
+    flags = np.asarray([reflection_flags(prompt) for prompt in samples.completions], bool)
+    values["reflection_rate"] = flags.mean(axis=1)
+    result.update(reflection_metrics(flags, samples.correct))
     for name, judged in samples.scores.items():
         every = [v for prompt in judged for v in prompt]
         result[name] = float(np.mean(every)) if every else float("nan")

@@ -4,7 +4,8 @@
     workdir/grpo/          the GRPO run (checkpoints, metrics.jsonl, metrics.png); grpo/model is the
                            trained policy with its tokenizer files (loads in transformers and vLLM)
     workdir/evals/         held-out evaluations of the starting and the final model (JSON)
-    workdir/summary.json
+    workdir/summary.json  base_* and final_* (the evaluations: pass@1, cons@k, length, reflection rate,
+                           ...), train_<curve>_first / _last (the GRPO log's first and last steps)
 
 The config (see `experiments/grpo_smollm2.py`):
   init           the starting checkpoint: an HF directory or a .gguf file
@@ -38,9 +39,9 @@ from functools import partial
 
 import ml_collections
 
-from r1jax.distributed import is_primary
+from r1jax.distributed import is_primary, primary_value
 from r1jax.files import write_json_atomically
-from r1jax.metrics import summary_table
+from r1jax.metrics import METRICS_FILE, curve_ends, read_metrics, summary_table
 from r1jax.pipelines.settings import (ConfigError, EvalSettings, check_count, check_mesh, check_model_overrides,
                                      check_rewards, check_workdir, config_section, grpo_training, lora_settings,
                                      make_workdir, settings_from)
@@ -113,6 +114,11 @@ def r1_zero(config, *, started: float | None = None) -> dict:
     summary = {"init": str(run.init), "task": run.task.name, "model": str(results.results["grpo"])}
     for name, result in (("base", base_eval), ("final", final_eval)):
         summary.update({f"{name}_{key}": value for key, value in result.items()})
+    # where the training curves started and ended (the paper's Figure 3: length and accuracy over RL);
+    # only process 0 writes the log
+    curves = primary_value(curve_ends(read_metrics(run.workdir / "grpo" / METRICS_FILE), CURVES,
+                                      window=CURVE_WINDOW) if is_primary() else None)
+    summary.update({f"train_{key}": value for key, value in curves.items()})
     summary.update({"eval_prompts": len(eval_examples), "eval_samples_per_prompt": k,
                     "seconds": round(time.perf_counter() - started, 1)})
     if is_primary():
@@ -120,6 +126,10 @@ def r1_zero(config, *, started: float | None = None) -> dict:
         print(summary_table([{"model": name, **{key: result[key] for key in result}}
                              for name, result in (("base", base_eval), ("R1-Zero", final_eval))]))
     return summary
+
+
+CURVES = ("accuracy", "response_length", "reflection_rate")  # summary.json's train_<key>_first / _last
+CURVE_WINDOW = 5  # GRPO steps averaged at each end
 
 
 def generic_config(config, base_dir: pathlib.Path, tokenizer_path: pathlib.Path) -> ml_collections.ConfigDict:

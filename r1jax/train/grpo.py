@@ -35,6 +35,7 @@ from r1jax.data import PromptIterator
 from r1jax.data.kinds import is_general
 from r1jax.losses import (ADVANTAGE_ESTIMATORS, ADVANTAGE_SCALES, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES,
                           group_advantages, reinforce_pp_advantages, rloo_advantages, sequence_kl)
+from r1jax.evaluation.reflection import reflection_flags, reflection_metrics
 from r1jax.rewards import RewardEvaluator, RewardResult
 from r1jax.rewards.overlong import OVERLONG_REWARD, soft_overlong_punishment
 from r1jax.distributed import allgather_objects, local_rows
@@ -259,7 +260,7 @@ class GRPO:
         batch = batch.replace(ref_logps=ref_logps if self._loss_beta() != 0 else None,
                               old_logps=batch.old_logps if keep_old else None)
         result = rewards_result()
-        every = _gather_rows(result, out.lengths, truncated, kl)
+        every = _gather_rows(result, out.lengths, truncated, kl, reflection_flags(out.completions))
         if s.overlong_buffer:
             every = _add_overlong_punishment(every, max_length=s.max_new_tokens, buffer=s.overlong_buffer)
         # advantages from the rewards of every process's rows (N floats): exact for every
@@ -400,7 +401,8 @@ class GRPO:
         grouped_examples = [ex for ex in examples for _ in range(s.num_generations)]
         result = self._start_rewards(texts, out.completions, grouped_examples)()
         truncated = self._truncated(out)
-        every = _gather_rows(result, out.lengths, truncated, np.zeros(len(out.lengths), np.float32))
+        every = _gather_rows(result, out.lengths, truncated, np.zeros(len(out.lengths), np.float32),
+                             reflection_flags(out.completions))
         if s.overlong_buffer:
             every = _add_overlong_punishment(every, max_length=s.max_new_tokens, buffer=s.overlong_buffer)
         samples = out.samples
@@ -442,8 +444,11 @@ class GRPO:
             metrics["kl"] = float(every.kl.mean())  # k1 KL(pi_old || pi_ref) per completion, in its reward
         for name, values in every.per_function.items():
             metrics[f"reward/{name}"] = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
-        if self.task.accuracy_reward in every.per_function:
+        accuracy = every.per_function.get(self.task.accuracy_reward)
+        if accuracy is not None:
             metrics["accuracy"] = metrics[f"reward/{self.task.accuracy_reward}"]
+        # R1's "aha moment": how often completions re-check a step, and whether those that do are right
+        metrics.update(reflection_metrics(every.reflects, accuracy))
         metrics.update({f"rewards/{k}": v for k, v in every.counts.items()})
         return metrics
 
@@ -521,19 +526,22 @@ class _EveryRow(NamedTuple):
     kl: np.ndarray  # k1 KL(pi_old || pi_ref) of each completion where REINFORCE++ needs it, else 0
     counts: dict[str, float]  # failure and timeout counts, summed over processes
     mine: slice  # this process's rows
+    reflects: np.ndarray | None = None  # bool: the completion re-checks a step (`r1jax.evaluation.reflection`)
 
 
-def _gather_rows(result: RewardResult, lengths: np.ndarray, truncated: np.ndarray, kl: np.ndarray) -> _EveryRow:
-    """The per-row rewards, lengths, truncations and KLs of every process, on every process."""
+def _gather_rows(result: RewardResult, lengths: np.ndarray, truncated: np.ndarray, kl: np.ndarray,
+                 reflects: np.ndarray) -> _EveryRow:
+    """The per-row rewards, lengths, truncations, KLs and reflection flags of every process, on every process."""
     counts = {k: v for k, v in result.metrics.items() if k.endswith(("failures", "timeouts"))}
-    parts = allgather_objects((result.total, result.valid, result.per_function, lengths, truncated, kl, counts))
+    parts = allgather_objects((result.total, result.valid, result.per_function, lengths, truncated, kl, counts,
+                               reflects))
     start = sum(len(part[0]) for part in parts[:jax.process_index()])
     column = lambda i: np.concatenate([p[i] for p in parts])
     return _EveryRow(total=column(0), valid=column(1),
                      per_function={name: np.concatenate([p[2][name] for p in parts]) for name in result.per_function},
                      lengths=column(3), truncated=column(4), kl=column(5),
                      counts={k: float(sum(p[6][k] for p in parts)) for k in counts},
-                     mine=slice(start, start + len(result.total)))
+                     mine=slice(start, start + len(result.total)), reflects=column(7))
 
 
 def _join_rows(rounds: Sequence[_EveryRow]) -> _EveryRow:
@@ -545,7 +553,8 @@ def _join_rows(rounds: Sequence[_EveryRow]) -> _EveryRow:
                      per_function={name: np.concatenate([every.per_function[name] for every in rounds])
                                    for name in rounds[0].per_function},
                      lengths=column("lengths"), truncated=column("truncated"), kl=column("kl"),
-                     counts={k: sum(every.counts[k] for every in rounds) for k in rounds[0].counts}, mine=slice(0))
+                     counts={k: sum(every.counts[k] for every in rounds) for k in rounds[0].counts}, mine=slice(0),
+                     reflects=column("reflects"))
 
 
 def _add_overlong_punishment(every: _EveryRow, *, max_length: int, buffer: int) -> _EveryRow:

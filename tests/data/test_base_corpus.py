@@ -85,3 +85,35 @@ def test_narration_mixes_languages_word_by_word():
     with pytest.raises(ValueError, match="needs narrate=True"):
         CorpusStyle(chinese_rate=0.3)
 
+
+
+def test_a_checked_solution_catches_its_careless_step_and_reaches_the_true_value():
+    from r1jax.data.base_corpus import _parse, render_steps
+
+    tree = _parse("1 + 2 + 3 - 5")  # steps: 1 + 2 = 3, 3 + 3 = 6, 6 - 5 = 1
+    plain, plain_reached, value = render_steps(tree, (1, 2))
+    assert plain == ["1 + 2 = 3", "3 + 3 = 8", "8 - 5 = 3"] and plain_reached == 3 != value == 1
+    checked, reached, _ = render_steps(tree, (1, 2), checked=True)
+    assert checked == ["1 + 2 = 3 , re-check : 1 + 2 = 3", "3 + 3 = 8 , re-check : 3 + 3 = 6 , wait , it is 6",
+                       "6 - 5 = 1 , re-check : 6 - 5 = 1"]
+    assert reached == value == 1
+
+
+def test_checked_solutions_come_at_their_rate_and_the_reflection_rule_finds_exactly_them():
+    from r1jax.evaluation import reflects
+
+    style = CorpusStyle(worked_rate=0.5, error_rate=0.4, tagged_rate=1.0, check_rate=0.3, guess_accuracy=0.0)
+    rng = np.random.default_rng(6)
+    n = 6000
+    draws = [sample_completion("2 + 3 + 4 + 5", rng, style) for _ in range(n)]
+    worked = [(text, right) for text, right in draws if " = " in text]
+    checked = [(text, right) for text, right in worked if "re-check" in text]
+    assert abs(len(checked) - 0.3 * len(worked)) <= 4 * np.sqrt(len(worked) * 0.3 * 0.7)
+    assert all(right for _, right in checked)  # a careless step is always caught
+    unchecked_right = np.mean([right for text, right in worked if "re-check" not in text])
+    assert abs(unchecked_right - 0.6) < 0.05  # 1 - error_rate
+    assert [reflects(text) for text, _ in draws] == ["re-check" in text for text, _ in draws]
+    # "wait" marks exactly the checked solutions that had a careless step
+    assert abs(np.mean(["wait" in text for text, _ in checked]) - 0.4) < 0.06
+    # longer: about twice the worked solution's text
+    assert np.mean([len(t) for t, _ in checked]) > 1.8 * np.mean([len(t) for t, _ in worked if "re-check" not in t])

@@ -102,8 +102,13 @@ def _summary(workdir) -> dict:
 
 def test_main_job_writes_summary_and_plots(uninterrupted):
     summary = json.loads((uninterrupted / "summary.json").read_text())
-    for key in ("base_pass_at_1", "final_pass_at_1", "final_format_reward"):
-        assert 0.0 <= summary[key] <= 1.0
+    for key in ("base_pass_at_1", "final_pass_at_1", "final_format_reward", "base_reflection_rate",
+                "train_reflection_rate_first", "train_reflection_rate_last"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    # the curves' ends: the mean of the first and of the last 5 of the 6 steps' lengths
+    lengths = [row["response_length"] for row in _metrics(uninterrupted)]
+    assert summary["train_response_length_first"] == pytest.approx(np.mean(lengths[:5]))
+    assert summary["train_response_length_last"] == pytest.approx(np.mean(lengths[-5:]))
     assert (uninterrupted / "grpo" / "metrics.png").stat().st_size > 10_000
     assert len(_metrics(uninterrupted)) == 6
 

@@ -358,3 +358,29 @@ def test_new_options_are_config_fields_and_bad_values_fail_naming_the_field():
         grpo_training({**BASE, "advantage_estimator": "rloo", "advantage_scale": "none"}, where="grpo")
     with pytest.raises(ValueError, match="overlong_buffer=7"):
         grpo_training({**BASE, "overlong_buffer": 7}, where="grpo")
+
+
+def test_the_step_logs_reflection_and_the_accuracy_of_rows_that_reflect(model, captured, monkeypatch):
+    """R1's "aha moment" measures in the step's metrics, against a hand count over the 8 rows."""
+    fake = grpo_module.rollout
+    texts = ["Wait, 7", "7", "let me check: 6", "6", "7", "re-check: 5", "5", "8"]
+    accuracy = np.array([1, 0, 1, 1, 0, 0, 1, 1], np.float32)
+
+    def reflective_rollout(*args, **kwargs):
+        return fake(*args, **kwargs)._replace(completions=texts)
+
+    class AccuracyRewards(FakeRewards):
+        def submit(self, completions, examples):
+            assert completions == texts
+            result = RewardResult({"arithmetic": accuracy}, accuracy, np.ones(8, bool), {}, [])
+            return type("Pending", (), {"result": lambda self: result})()
+
+    monkeypatch.setattr(grpo_module, "rollout", reflective_rollout)
+    grpo = stage()
+    grpo.rewards = AccuracyRewards()
+    state = train_state_from_model(model, optax.identity(), make_mesh({"data": -1}))
+    grpo.set_reference(state)
+    _, metrics = grpo.make_batches(state, EXAMPLES, jax.random.key(0))
+    assert metrics["reflection_rate"] == pytest.approx(3 / 8)  # rows 0, 2, 5
+    assert metrics["accuracy_reflecting"] == pytest.approx(2 / 3)
+    assert metrics["accuracy_not_reflecting"] == pytest.approx(3 / 5)  # rows 1, 3, 4, 6, 7
