@@ -449,7 +449,7 @@ class GRPO:
             metrics["accuracy"] = metrics[f"reward/{self.task.accuracy_reward}"]
         # R1's "aha moment": how often completions re-check a step, and whether those that do are right
         metrics.update(reflection_metrics(every.reflects, accuracy))
-        metrics.update({f"rewards/{k}": v for k, v in every.counts.items()})
+        metrics.update(every.counts)  # the evaluator's "rewards/<name>_timeouts" and "_failures", summed
         return metrics
 
     def _prompt_texts(self, examples: Sequence[dict]) -> list[str]:
