@@ -41,7 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
     # training sections (`training_section`) list every field of the loop and the optimizer
     c.pretrain = training_section(SFTSettings, steps=600, batch_size=64, learning_rate=3e-3, warmup_steps=20,
                                   weight_decay=0.01, save_every=200,
-                                  worked_rate=0.5, error_rate=0.0, tagged_rate=0.5, guess_accuracy=0.1)
+                                  worked_rate=0.5, error_rate=0.0, tagged_rate=0.5, guess_accuracy=0.1,
+                                  check_rate=0.0, restate=False)
     # the template is `c.template`, for the pretraining corpus and GRPO alike
     c.grpo = training_section(GRPOSettings, exclude=("template",), steps=30, prompts_per_step=16, num_generations=8,
                               max_new_tokens=48,

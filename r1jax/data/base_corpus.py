@@ -27,6 +27,7 @@ was never rewarded on, since the choice to work is the same for every problem.
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -51,6 +52,7 @@ class CorpusStyle:
     narrate: bool = False  # worked steps are introduced in words
     chinese_rate: float = 0.0  # a narrating word is Chinese
     check_rate: float = 0.0  # a worked solution re-checks every step and corrects a careless one
+    restate: bool = False  # a worked step restates what is left of the expression (`render_steps`)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -94,13 +96,25 @@ def careless_step(tree: ast.AST, rng: np.random.Generator, *, error_rate: float)
     return (index, int(rng.choice(_CARELESS_OFFSETS))) if num_steps else None
 
 
-def render_steps(tree: ast.AST, careless: tuple[int, int] | None, *,
-                 checked: bool = False) -> tuple[list[str], int, int]:
+def render_steps(tree: ast.AST, careless: tuple[int, int] | None, *, checked: bool = False,
+                 restate: bool = False) -> tuple[list[str], int, int]:
     """(steps, the value they reach, the true value): the steps innermost first, the `careless` one
     off by its offset. `checked`: each step is followed by "re-check : a op b = c" with the right
     value, and the careless one also by "wait , it is c"; the solution goes on from the corrected
-    value, so it reaches the true one (the behaviour R1-Zero's "aha moment" is about)."""
+    value, so it reaches the true one (the behaviour R1-Zero's "aha moment" is about).
+    `restate`: each step but the last is followed by "now <the expression with it done>", so the next
+    step's operands stand just before it (a small model copies them from there far more reliably
+    than it finds the k-th operand of a long expression)."""
     steps: list[str] = []
+    done: dict[tuple[int, int], int] = {}  # (start, end) column of a step's expression -> its value as written
+
+    def rest() -> str:  # the expression with every step so far replaced by its written value
+        class Replace(ast.NodeTransformer):
+            def visit_BinOp(self, node):
+                key = (node.col_offset, node.end_col_offset)
+                return ast.Constant(done[key]) if key in done else self.generic_visit(node)
+
+        return ast.unparse(Replace().visit(copy.deepcopy(tree)))
 
     def visit(node) -> tuple[int, int]:  # (true value, value as the solver computed it)
         if isinstance(node, ast.Constant):
@@ -116,6 +130,9 @@ def render_steps(tree: ast.AST, careless: tuple[int, int] | None, *,
             if shown != right:
                 steps[-1] += f" , wait , it is {right}"
             shown = right
+        done[node.col_offset, node.end_col_offset] = shown
+        if restate and node is not tree:
+            steps[-1] += f" , now {rest()}"
         return _apply(op, a, b), shown
 
     value, reached = visit(tree)
@@ -127,11 +144,11 @@ def sample_completion(expression: str, rng: np.random.Generator,
     """(completion text, whether its final answer is right) for one expression."""
     tree = _parse(expression)
     careless = careless_step(tree, rng, error_rate=style.error_rate)
-    steps, answer, value = render_steps(tree, careless)
+    steps, answer, value = render_steps(tree, careless, restate=style.restate)
     if rng.random() < style.worked_rate:
         # drawn only where the corpus checks at all, so that one without checking keeps its draws
         if style.check_rate and rng.random() < style.check_rate:
-            steps, answer, value = render_steps(tree, careless, checked=True)
+            steps, answer, value = render_steps(tree, careless, checked=True, restate=style.restate)
         if style.narrate:
             steps = [" ".join([*(chinese if rng.random() < style.chinese_rate else english
                                  for english, chinese in NARRATION), step]) for step in steps]

@@ -117,3 +117,20 @@ def test_checked_solutions_come_at_their_rate_and_the_reflection_rule_finds_exac
     assert abs(np.mean(["wait" in text for text, _ in checked]) - 0.4) < 0.06
     # longer: about twice the worked solution's text
     assert np.mean([len(t) for t, _ in checked]) > 1.8 * np.mean([len(t) for t, _ in worked if "re-check" not in t])
+
+
+def test_restated_steps_carry_the_rest_of_the_expression_with_each_written_value():
+    from r1jax.data.base_corpus import _parse, render_steps
+
+    steps, reached, value = render_steps(_parse("3 + 4 + 4 - 2"), (1, 2), restate=True)
+    # the careless 13 is what the rest is restated with, so it carries to the answer
+    assert steps == ["3 + 4 = 7 , now 7 + 4 - 2", "7 + 4 = 13 , now 13 - 2", "13 - 2 = 11"]
+    assert (reached, value) == (11, 9)
+    steps, reached, _ = render_steps(_parse("3 + 4 * (2 - 5)"), None, checked=True, restate=True)
+    assert steps == ["2 - 5 = -3 , re-check : 2 - 5 = -3 , now 3 + 4 * -3",
+                     "4 * -3 = -12 , re-check : 4 * -3 = -12 , now 3 + -12", "3 + -12 = -9 , re-check : 3 + -12 = -9"]
+    # restating draws nothing: the same draws give the same choices with and without it
+    plain = [sample_completion("1 + 2 + 3", np.random.default_rng(7), CorpusStyle(worked_rate=0.5))[1] for _ in range(5)]
+    restated = [sample_completion("1 + 2 + 3", np.random.default_rng(7), CorpusStyle(worked_rate=0.5, restate=True))[1]
+                for _ in range(5)]
+    assert plain == restated

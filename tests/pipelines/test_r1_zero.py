@@ -262,3 +262,20 @@ def test_incompatible_checkpoint_is_refused_and_left_untouched(uninterrupted, tm
     after = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
     assert after == before
 
+
+
+def test_the_long_chain_experiment_config_passes_every_check(tmp_path):
+    """experiments.r1_zero_long: its sections are checked as the recipe checks them (its run is 20+ minutes)."""
+    import experiments.r1_zero_long as long_experiment
+    from r1jax.pipelines.r1_zero import RunSettings, generic_config
+    from r1jax.pipelines.stages import check_model, check_pretrain, corpus_style
+
+    config = long_experiment.get_config()
+    config.workdir = str(tmp_path / "run")
+    run = RunSettings(generic_config(config, tmp_path / "base", tmp_path / "tokenizer.model"), init_exists=False)
+    check_pretrain(config.pretrain)
+    check_model(config.model)
+    style = corpus_style(config.pretrain)
+    assert style.check_rate > 0 and style.restate and run.task.num_operations >= 6
+    assert run.grpo.max_new_tokens >= 200  # room for a re-checked solution
+    assert not (tmp_path / "run").exists()
