@@ -229,8 +229,8 @@ def bench_code_step(workers: int, prompts: int, generations: int, repeats: int):
         scoring[count] = statistics.median(seconds)
         print(f"code GRPO step ({prompts} x {generations} = {batch} completions, {runs} sandboxed runs), "
               f"{count} worker{'s' if count > 1 else ''}: {scoring[count]:.2f} s, {batch / scoring[count]:.1f} "
-              f"samples/s, {runs / scoring[count]:.0f} runs/s, {scoring[count] / runs * 1e3:.1f} ms of wall time per run "
-              f"(median of {repeats})")
+              f"samples/s, {runs / scoring[count]:.0f} runs/s, {scoring[count] / runs * 1e3:.1f} ms of wall time "
+              f"per run (median of {repeats})")
     if workers > 1:
         print(f"  {workers} workers vs 1: {scoring[1] / scoring[workers]:.2f}x")
     overlap_with_step(workers, completions, examples, generations, repeats)

@@ -219,7 +219,8 @@ def test_an_empty_workdir_is_refused_instead_of_writing_into_the_current_directo
     ("grpo_smollm2", "lora.alpha", 0.0, r"config.lora: alpha=0.0: a finite number > 0"),
     # a benchmark is a task and an evaluation, each checked as the held-out ones are
     ("grpo_smollm2_code", "benchmarks.humaneval.task", {}, r"config.benchmarks.humaneval.task: name the benchmark"),
-    ("grpo_smollm2_code", "benchmarks.humaneval.task.name", "humaneva", r"config.benchmarks.humaneval.task: .*humaneva"),
+    ("grpo_smollm2_code", "benchmarks.humaneval.task.name", "humaneva",
+     r"config.benchmarks.humaneval.task: .*humaneva"),
     ("grpo_smollm2_code", "benchmarks.humaneval.num_samples", 0, r"config.benchmarks.humaneval: .*num_samples >= 1"),
     ("grpo_smollm2_code", "benchmarks.humaneval.tempo", 0.5, r"config.benchmarks.humaneval.*tempo"),
 ])
