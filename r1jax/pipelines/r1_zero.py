@@ -141,17 +141,19 @@ def r1_zero(config, *, started: float | None = None) -> dict:
     base_eval, final_eval = results.results["base_eval"]["base"], results.results["final_eval"]["grpo"]
     k = run.eval.num_samples
     summary = {"init": str(run.init), "task": run.task.name, "model": str(results.results["grpo"])}
+    # the figures; completions kept for inspection (`keep_problems`) stay in the evaluations' own files
+    figures = lambda result: {key: value for key, value in result.items() if key != "problems"}
     for name, result in (("base", base_eval), ("final", final_eval)):
-        summary.update({f"{name}_{key}": value for key, value in result.items()})
+        summary.update({f"{name}_{key}": value for key, value in figures(result).items()})
     for name in benchmarks:
         for when, model in (("base", "base"), ("final", "grpo")):
             result = results.results[f"{when}_{name}"][f"{model}_{name}"]
-            summary.update({f"{when}_{name}_{key}": value for key, value in result.items()})
+            summary.update({f"{when}_{name}_{key}": value for key, value in figures(result).items()})
     summary.update({"eval_prompts": len(eval_examples), "eval_samples_per_prompt": k,
                     "seconds": round(time.perf_counter() - started, 1)})
     if is_primary():
         write_json_atomically(run.workdir / "summary.json", summary, indent=2)
-        print(summary_table([{"model": name, **{key: result[key] for key in result}}
+        print(summary_table([{"model": name, **figures(result)}
                              for name, result in (("base", base_eval), ("R1-Zero", final_eval))]))
     return summary
 

@@ -104,6 +104,12 @@ def test_runlocal_runs_the_recipe_on_a_real_checkpoint(architecture, name, hf_ch
             stored = json.loads((tmp_path / "evals" / f"{model}_humaneval.json").read_text())
             assert summary[f"{when}_humaneval_pass_at_1"] == stored["pass_at_1"]
             assert 0.0 <= summary[f"{when}_humaneval_pass_at_1_se"] <= 0.5
+            # keep_problems: the completions and verdicts the figure comes from, in the evaluation's file only
+            problems = stored["problems"]
+            assert [p["id"] for p in problems] == ["HumanEval/0", "HumanEval/1"]
+            assert stored["pass_at_1"] == sum(p["num_correct"] / p["num_samples"] for p in problems) / 2
+            assert all(isinstance(s["completion"], str) for p in problems for s in p["samples"])
+        assert not any("problems" in key for key in summary)
 
 
 @pytest.mark.slow  # 30 s: runlocal is run in-process below; the command line's parsing in tests of bad_config
