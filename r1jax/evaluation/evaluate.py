@@ -115,7 +115,7 @@ def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptR
                     max_new_tokens: int, temperature: float = EVAL_TEMPERATURE, top_p: float = EVAL_TOP_P,
                     mesh: Mesh, correct_fn: Callable[..., float | None] | None = None,
                     scores: Mapping[str, Callable[..., float | None]] | None = None,
-                    batch_prompts: int = 64, per_prompt: bool = False) -> dict:
+                    batch_prompts: int = 64, per_prompt: bool = False, problems: bool = False) -> dict:
     """pass@1 averaged over `num_samples` samples per prompt, cons@k, length, the reflection rate and the
     accuracy of samples that reflect and that do not (`r1jax.evaluation.reflection`), and the mean of each of
     `scores` (e.g. {"format_reward": get_reward("format")}) over the samples it judges; each with
@@ -123,7 +123,8 @@ def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptR
 
     per_prompt: also return the per-prompt values, `{"per_prompt": {key: [num_prompts]}}` (NaN
     where a score judged none of a prompt's samples), for paired comparisons of two models
-    on the same prompts (`r1jax.evaluation.compare`).
+    on the same prompts (`r1jax.evaluation.compare`). problems: also return `{"problems": [...]}`, one row
+    per example with its completions and their verdicts (`problem_rows`), for inspection.
 
     Rewards are scored inline (no worker pool): evaluation is rare and its completions are
     short, and keeping it synchronous makes its numbers independent of timeouts.
@@ -148,6 +149,8 @@ def evaluate_policy(graphdef: nnx.GraphDef, params: nnx.State, renderer: PromptR
     result.update({f"{key}_se": standard_error(per) for key, per in values.items()})
     if per_prompt:
         result["per_prompt"] = {key: [float(v) for v in per] for key, per in values.items()}
+    if problems:
+        result["problems"] = problem_rows(task.name, examples, samples, [1])
     return result
 
 

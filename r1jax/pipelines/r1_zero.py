@@ -18,6 +18,9 @@ The config (see `experiments/grpo_smollm2.py`):
                  (`OptimizerSettings`: learning_rate, warmup_steps, schedule, weight_decay)
   rewards        {registered reward: weight}, 0 meaning not used (`settings.reward_weights`); reward_workers
   eval           `EvalSettings` of the held-out evaluation
+  benchmarks     optional: further evaluations before and after, each on a task of its own,
+                 {name: {"task": {"name": <registered task>, **options}, **EvalSettings fields}} (e.g.
+                 HumanEval beside a generated code task); summary keys base_<name>_pass_at_1, ...
   lora           optional `LoRAConfig` (rank, alpha, targets): a LoRA policy on the frozen `init`; rank 0 or
                  no section: full fine-tuning
   mesh           the training mesh ({"data": -1}, {"fsdp": -1}, ...: `r1jax.sharding.make_mesh`)
@@ -36,6 +39,7 @@ import logging
 import pathlib
 import time
 from functools import partial
+from typing import Mapping
 
 import ml_collections
 
@@ -72,11 +76,28 @@ class RunSettings:
         self.grpo, self.loop, self.optimizer = grpo_training(config.grpo, where="grpo")
         self.rewards = check_rewards(config.rewards)
         self.eval = settings_from(config.eval, EvalSettings, where="eval")
+        self.benchmarks = benchmark_settings(config.get("benchmarks") or {})
         self.lora = lora_settings(config)
         self.seed, self.mesh = config.seed, check_mesh(config.mesh)
         self.reward_workers = check_count(config.reward_workers, "reward_workers")  # 0: score in this process
         # {}: sample on the training mesh
         self.sampler_mesh = check_mesh(config.get("sampler_mesh") or {}, "sampler_mesh")
+
+
+def benchmark_settings(sections) -> dict[str, tuple]:
+    """name -> (task, `EvalSettings`) of each section of `config.benchmarks` (module doc)."""
+    benchmarks = {}
+    for name, section in dict(sections).items():
+        where = f"benchmarks.{name}"
+        section = dict(section or {})
+        task = section.get("task")
+        if not isinstance(task, (Mapping, ml_collections.ConfigDict)) or "name" not in task:
+            raise ConfigError(f"config.{where}.task: name the benchmark's task, e.g. "
+                              f"--config.{where}.task.name=humaneval")
+        with config_section(f"{where}.task"):
+            task = task_from_config(dict(section.pop("task")))
+        benchmarks[name] = (task, settings_from(section, EvalSettings, where=where))
+    return benchmarks
 
 
 def r1_zero(config, *, started: float | None = None) -> dict:
@@ -95,9 +116,16 @@ def r1_zero(config, *, started: float | None = None) -> dict:
     evaluate = partial(evaluate_model, renderer=renderer, examples=eval_examples, task=run.task, settings=run.eval,
                        max_new_tokens=run.grpo.max_new_tokens, mesh=mesh, seed=run.seed + 1, sampler_mesh=sampler_mesh)
     evaluation = partial(evaluation_stage, model_overrides=run.model_overrides, **evaluate.keywords)
+    benchmarks = {}  # name -> its evaluation stage's settings, its data read before any stage runs
+    for name, (task, settings) in run.benchmarks.items():
+        examples = list(task.load(settings.split, data_dir=run.data_dir))
+        benchmarks[name] = partial(evaluation, examples=examples[:settings.num_prompts or None], task=task,
+                                   settings=settings)
     recipe = [
         given("init", run.init),
         Stage("base_eval", partial(evaluation, names=("base",)), inputs=("init",), output="evals", finished=None),
+        *(Stage(f"base_{name}", partial(stage, names=(f"base_{name}",)), inputs=("init",), output="evals",
+                finished=None) for name, stage in benchmarks.items()),
         Stage("grpo", partial(
             grpo_stage, train=train, tokenizer=tokenizer, task=run.task, rewards=run.rewards, settings=run.grpo,
             loop=run.loop, optimizer=run.optimizer, mesh=mesh, seed=run.seed, reward_workers=run.reward_workers,
@@ -105,6 +133,8 @@ def r1_zero(config, *, started: float | None = None) -> dict:
             evaluate=(lambda state, step: evaluate(state.graphdef, state.params)) if run.loop.eval_every else None),
             inputs=("init",)),
         Stage("final_eval", partial(evaluation, names=("grpo",)), inputs=("grpo",), output="evals", finished=None),
+        *(Stage(f"final_{name}", partial(stage, names=(f"grpo_{name}",)), inputs=("grpo",), output="evals",
+                finished=None) for name, stage in benchmarks.items()),
     ]
     results = run_stages(run.workdir, recipe)
     if results.stopped:
@@ -112,8 +142,14 @@ def r1_zero(config, *, started: float | None = None) -> dict:
     base_eval, final_eval = results.results["base_eval"]["base"], results.results["final_eval"]["grpo"]
     k = run.eval.num_samples
     summary = {"init": str(run.init), "task": run.task.name, "model": str(results.results["grpo"])}
+    # the figures; completions kept for inspection (`keep_problems`) stay in the evaluations' own files
+    figures = lambda result: {key: value for key, value in result.items() if key != "problems"}
     for name, result in (("base", base_eval), ("final", final_eval)):
-        summary.update({f"{name}_{key}": value for key, value in result.items()})
+        summary.update({f"{name}_{key}": value for key, value in figures(result).items()})
+    for name in benchmarks:
+        for when, model in (("base", "base"), ("final", "grpo")):
+            result = results.results[f"{when}_{name}"][f"{model}_{name}"]
+            summary.update({f"{when}_{name}_{key}": value for key, value in figures(result).items()})
     # where the training curves started and ended (the paper's Figure 3: length and accuracy over RL);
     # only process 0 writes the log
     curves = primary_value(curve_ends(read_metrics(run.workdir / "grpo" / METRICS_FILE), CURVES,
@@ -123,7 +159,7 @@ def r1_zero(config, *, started: float | None = None) -> dict:
                     "seconds": round(time.perf_counter() - started, 1)})
     if is_primary():
         write_json_atomically(run.workdir / "summary.json", summary, indent=2)
-        print(summary_table([{"model": name, **{key: result[key] for key in result}}
+        print(summary_table([{"model": name, **figures(result)}
                              for name, result in (("base", base_eval), ("R1-Zero", final_eval))]))
     return summary
 

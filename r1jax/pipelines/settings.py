@@ -72,6 +72,7 @@ class EvalSettings:
     max_prompt_length: int = 512
     # result key -> registered reward averaged over the samples (e.g. {"format_reward": "format"})
     scores: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"format_reward": "format"})
+    keep_problems: bool = False  # also store each problem's completions and verdicts with the result
 
     def __post_init__(self):
         if self.num_samples < 1 or self.num_prompts < 0:

@@ -39,15 +39,20 @@ class FunctionTask(Task):
     eval_defaults = EvalDefaults(max_new_tokens=1024)
 
     config: str = INSTRUCT  # the prompt style: instruct or complete (module doc)
+    # the instruct style's request, "{prompt}" standing for the problem's prompt (its wording is a tuning knob)
+    instruction: str = INSTRUCTION
 
     def __post_init__(self):
         if self.config not in STYLES:
             raise ValueError(f"{self.name}: no prompt style {self.config!r}; use one of {', '.join(STYLES)}")
+        if self.instruction.count("{prompt}") != 1:
+            raise ValueError(f"{self.name}: instruction={self.instruction[:60]!r}... must hold {{prompt}} once, "
+                             "where the problem's signature and docstring go")
 
     def question(self, example) -> str:
         if self.config == COMPLETE:
             return example["code_prompt"]
-        return INSTRUCTION.replace("{prompt}", example["code_prompt"])
+        return self.instruction.replace("{prompt}", example["code_prompt"])
 
     def accuracy(self, completion: str, example) -> float | None:
         return super().accuracy(self.completion(completion), example)

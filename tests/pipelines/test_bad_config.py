@@ -15,6 +15,7 @@ import pytest
 
 import experiments.distill_qwen2_5_1_5b as distill_experiment
 import experiments.grpo_smollm2 as smollm2_experiment
+import experiments.grpo_smollm2_code as smollm2_code_experiment
 import experiments.r1_pipeline_tiny as pipeline_experiment
 import experiments.r1_zero_countdown_qwen2_5_3b as countdown_experiment
 import experiments.r1_zero_math_qwen2_5_math_1_5b as math_experiment
@@ -38,7 +39,8 @@ def _config(name: str, workdir: pathlib.Path, **fields):
     elif name == "r1_pipeline_tiny":
         config = pipeline_experiment.get_config()
     else:
-        module = {"grpo_smollm2": smollm2_experiment, "distill": distill_experiment}[name]
+        module = {"grpo_smollm2": smollm2_experiment, "grpo_smollm2_code": smollm2_code_experiment,
+                  "distill": distill_experiment}[name]
         config = module.runlocal(module.get_config())
         # any existing path passes the checks, which all come before the checkpoint is read
         config.init = str(workdir.parent)
@@ -53,7 +55,7 @@ def _config(name: str, workdir: pathlib.Path, **fields):
 
 
 PIPELINES = {"r1_zero_tiny": pipelines.r1_zero_tiny, "r1_pipeline_tiny": pipelines.r1_pipeline,
-             "grpo_smollm2": pipelines.r1_zero, "distill": pipelines.distill}
+             "grpo_smollm2": pipelines.r1_zero, "grpo_smollm2_code": pipelines.r1_zero, "distill": pipelines.distill}
 
 
 def _snapshot(directory: pathlib.Path) -> dict:
@@ -215,6 +217,12 @@ def test_an_empty_workdir_is_refused_instead_of_writing_into_the_current_directo
     ("r1_zero_tiny", "lora.rank", -1, r"config.lora: rank=-1: the adapters' rank, a whole number >= 0"),
     ("r1_pipeline_tiny", "lora.targets", ("q", "lm_head"), r"config.lora: targets=\('q', 'lm_head'\): name one"),
     ("grpo_smollm2", "lora.alpha", 0.0, r"config.lora: alpha=0.0: a finite number > 0"),
+    # a benchmark is a task and an evaluation, each checked as the held-out ones are
+    ("grpo_smollm2_code", "benchmarks.humaneval.task", {}, r"config.benchmarks.humaneval.task: name the benchmark"),
+    ("grpo_smollm2_code", "benchmarks.humaneval.task.name", "humaneva",
+     r"config.benchmarks.humaneval.task: .*humaneva"),
+    ("grpo_smollm2_code", "benchmarks.humaneval.num_samples", 0, r"config.benchmarks.humaneval: .*num_samples >= 1"),
+    ("grpo_smollm2_code", "benchmarks.humaneval.tempo", 0.5, r"config.benchmarks.humaneval.*tempo"),
 ])
 def test_a_setting_that_cannot_run_is_one_line_before_anything_is_written(workdir, name, field, value, message):
     _refused(name, workdir, message, **{field: value})

@@ -18,6 +18,7 @@ from flax import nnx
 
 import experiments.distill_qwen2_5_1_5b as distill_experiment
 import experiments.grpo_smollm2 as smollm2_experiment
+import experiments.grpo_smollm2_code as smollm2_code_experiment
 import experiments.r1_zero_countdown_qwen2_5_3b as countdown_experiment
 import experiments.r1_zero_math_qwen2_5_math_1_5b as math_experiment
 from r1jax import pipelines
@@ -55,6 +56,7 @@ def math_copy(tmp_path_factory):
 
 EXPERIMENTS = {
     "grpo_smollm2": (smollm2_experiment, pipelines.r1_zero),
+    "grpo_smollm2_code": (smollm2_code_experiment, pipelines.r1_zero),
     "r1_zero_countdown_qwen2_5_3b": (countdown_experiment, pipelines.r1_zero),
     "r1_zero_math_qwen2_5_math_1_5b": (math_experiment, pipelines.r1_zero),
     "distill_qwen2_5_1_5b": (distill_experiment, pipelines.distill),
@@ -79,7 +81,7 @@ def run_local(name, init, workdir, math_copy, **overrides):
 # every recipe on both architectures; the default suite runs each recipe on one of them (and
 # grpo_smollm2 on qwen2 through the command line, below), the other runs are marked slow
 DEFAULT_RUNS = {("llama", "r1_zero_countdown_qwen2_5_3b"), ("llama", "distill_qwen2_5_1_5b"),
-                ("qwen2", "r1_zero_math_qwen2_5_math_1_5b")}
+                ("qwen2", "r1_zero_math_qwen2_5_math_1_5b"), ("llama", "grpo_smollm2_code")}
 RUNS = [pytest.param(architecture, name, id=f"{architecture}-{name}",
                      marks=() if (architecture, name) in DEFAULT_RUNS else pytest.mark.slow)
         for architecture in ("llama", "qwen2") for name in sorted(EXPERIMENTS)]
@@ -97,6 +99,17 @@ def test_runlocal_runs_the_recipe_on_a_real_checkpoint(architecture, name, hf_ch
     assert load_tokenizer(model_dir).chat_template == load_tokenizer(checkpoint).chat_template
     if name == "distill_qwen2_5_1_5b":
         assert summary["distilled"] and summary["traces_kept"] > 0
+    if name == "grpo_smollm2_code":  # HumanEval before and after, from its own evaluations
+        for when, model in (("base", "base"), ("final", "grpo")):
+            stored = json.loads((tmp_path / "evals" / f"{model}_humaneval.json").read_text())
+            assert summary[f"{when}_humaneval_pass_at_1"] == stored["pass_at_1"]
+            assert 0.0 <= summary[f"{when}_humaneval_pass_at_1_se"] <= 0.5
+            # keep_problems: the completions and verdicts the figure comes from, in the evaluation's file only
+            problems = stored["problems"]
+            assert [p["id"] for p in problems] == ["HumanEval/0", "HumanEval/1"]
+            assert stored["pass_at_1"] == sum(p["num_correct"] / p["num_samples"] for p in problems) / 2
+            assert all(isinstance(s["completion"], str) for p in problems for s in p["samples"])
+        assert not any("problems" in key for key in summary)
 
 
 @pytest.mark.slow  # 30 s: runlocal is run in-process below; the command line's parsing in tests of bad_config

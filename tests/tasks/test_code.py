@@ -34,6 +34,13 @@ def test_instruct_and_complete_prompts_through_text_and_chat_templates():
         get_task("humaneval", config="chatty")
 
 
+def test_the_instruction_is_an_option_that_must_place_the_prompt():
+    asked = get_task("python_functions", instruction="Write it.\n{prompt}Only code.").question(PROBLEM)
+    assert asked == "Write it.\n" + PROBLEM["code_prompt"] + "Only code."
+    with pytest.raises(ValueError, match="instruction='Write it.'... must hold {prompt} once"):
+        get_task("humaneval", instruction="Write it.")
+
+
 def test_complete_style_cuts_at_the_first_top_level_line():
     complete, instruct = get_task("humaneval", config="complete"), get_task("humaneval")
     body = "\n    return 2 * x\n"

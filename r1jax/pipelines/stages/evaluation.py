@@ -59,7 +59,7 @@ def evaluate_model(graphdef, params, renderer: PromptRenderer, examples: Sequenc
         scores={key: get_reward(name) for key, name in dict(settings.scores).items()},
         rng=jax.random.key(seed), num_samples=settings.num_samples, max_prompt_length=settings.max_prompt_length,
         max_new_tokens=settings.max_new_tokens or max_new_tokens, temperature=settings.temperature,
-        top_p=settings.top_p, mesh=mesh, per_prompt=per_prompt)
+        top_p=settings.top_p, mesh=mesh, per_prompt=per_prompt, problems=settings.keep_problems)
 
 
 def evaluation_stage(output: pathlib.Path, *model_dirs: pathlib.Path, names: Sequence[str],
@@ -73,7 +73,8 @@ def evaluation_stage(output: pathlib.Path, *model_dirs: pathlib.Path, names: Seq
         raise ValueError(f"{len(model_dirs)} models to evaluate but {len(names)} names ({list(names)})")
     mesh = settings["mesh"]
     renderer, examples = settings.pop("renderer"), settings.pop("examples")
-    needs = ("per_prompt",) if settings.get("per_prompt") else ()
+    needs = (("per_prompt",) if settings.get("per_prompt") else ()) + (
+        ("problems",) if settings["settings"].keep_problems else ())
 
     def evaluate(model_dir):
         graphdef, params = split(from_pretrained(model_dir, mesh=mesh, **dict(model_overrides or {})))
