@@ -276,6 +276,6 @@ def test_the_long_chain_experiment_config_passes_every_check(tmp_path):
     check_pretrain(config.pretrain)
     check_model(config.model)
     style = corpus_style(config.pretrain)
-    assert style.check_rate > 0 and style.restate and run.task.num_operations >= 6
+    assert style.check_rate > 0 and style.restate and run.task.num_operations >= 5
     assert run.grpo.max_new_tokens >= 200  # room for a re-checked solution
     assert not (tmp_path / "run").exists()
