@@ -6,8 +6,8 @@ groups whose rewards differ. Dropping rows from a jitted batch changes its shape
 downstream (reference forward, train step) compiles again. Here the kept groups wait on the host
 in `Groups` (whole groups, each row the sampler's tokens at the sampler's width), and `assemble`
 pads a fixed number of them into one `RolloutBatch` whose shape is plain GRPO's: rows are
-`prompts_per_step x G` every step, columns are `padded_width` of the longest prompt and of the
-longest completion in it, the same bounded set of widths `rollout` and `trim_to_longest` use. A
+`prompts_per_step x G` every step, columns are `rollout.prompt_width` of its longest prompt and
+`rollout.completion_width` of its longest completion, the rule `rollout` and `trim_to_longest` use. A
 step that finds too few groups fills the rest with masked copies (`Groups.masked`): completion mask
 0 and invalid rewards (advantage 0), so the shape does not change.
 """
@@ -91,8 +91,9 @@ def assemble(groups: Groups, *, pad_id: int, prompt_width: int, width: int, rows
     out a rollout trimmed by `trim_to_longest`: prompts left-padded to `prompt_width` columns, then the first
     `width` completion columns. `old_logps` are the sampler's where the groups kept them.
 
-    GRPO picks both widths as the rollout and `trim_to_longest` do, from `padded_width` of the longest
-    prompt and completion of every process's groups: the shapes are the ones plain GRPO would compile.
+    GRPO picks both widths as the rollout and `trim_to_longest` do (`rollout.prompt_width`,
+    `rollout.completion_width` of the longest prompt and completion of the groups trained): the shapes
+    are the ones plain GRPO would compile.
     """
     group_size = groups.completions.shape[1]
     prompt_tokens, prompt_mask = pad_left(groups.prompts, pad_id, width=prompt_width, repeat=group_size)

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from r1jax.batching import padded_width, round_up
+from r1jax.batching import round_up
 from r1jax.data import PromptIterator
 from r1jax.data.kinds import is_general
 from r1jax.losses import (ADVANTAGE_ESTIMATORS, ADVANTAGE_SCALES, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES,
@@ -43,7 +43,8 @@ from r1jax.tasks import get_task
 from r1jax.tokenizers import Tokenizer
 from r1jax.train.dynamic_sampling import Groups, assemble, informative_groups
 from r1jax.train.objectives import grpo_objective
-from r1jax.rollout import PromptRenderer, RolloutBatch, check_template, rollout, training_batch, trim_to_longest
+from r1jax.rollout import (PromptRenderer, RolloutBatch, check_template, completion_width, prompt_width, rollout,
+                           training_batch, trim_to_longest)
 from r1jax.train.state import TrainState, reference_params
 from r1jax.train.step import make_logprobs_fn
 
@@ -159,8 +160,9 @@ class GRPO:
         then this step's kept groups in rollout order; a step that lacks some samples another
         round, up to `dynamic_sampling_rounds`, then fills the rest with masked copies of a group
         (no loss, no statistic) and logs a warning: the batch never changes shape;
-      - the batch is laid out as plain GRPO's, its widths `padded_width` of its longest prompt and
-        completion, so it compiles no shape that plain GRPO could not (`dynamic_sampling.assemble`);
+      - the batch is laid out as plain GRPO's, its widths `prompt_width` and `completion_width` of its
+        longest prompt and completion, the rule of the rollout and `trim_to_longest`, so it compiles no
+        shape that plain GRPO could not (`dynamic_sampling.assemble`);
       - surplus kept groups wait for the next step, at most one step's share (the rest is dropped),
         so a carried group is one step old. Its ratio's old log-probs are the sampler's where the
         batch keeps them (num_iterations or num_minibatches > 1, temperature 1, top_p 1); otherwise
@@ -342,9 +344,10 @@ class GRPO:
         extent = (max(len(p) for p in train.prompts), int(train.masks.sum(axis=2).max()), len(carry),
                   surplus - len(carry), masked)
         extents = allgather_objects(extent)
-        prompt_width = min(padded_width(max(e[0] for e in extents)), s.max_prompt_length)
-        width = min(padded_width(max(max(e[1] for e in extents), 1)), s.max_new_tokens)
-        batch = make_global_batch(assemble(train, pad_id=self.tokenizer.pad_id, prompt_width=prompt_width,
+        # the widths plain GRPO's rollout and `trim_to_longest` would choose for these rows
+        prompt_columns = prompt_width(max(e[0] for e in extents), s.max_prompt_length)
+        width = completion_width(max(e[1] for e in extents), train.completions.shape[2])
+        batch = make_global_batch(assemble(train, pad_id=self.tokenizer.pad_id, prompt_width=prompt_columns,
                                            width=width, rows_per_group=self._rows_per_group()), self.mesh)
         ref_logps = None
         if s.beta != 0:

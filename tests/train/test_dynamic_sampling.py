@@ -14,7 +14,7 @@ import pytest
 
 from r1jax.batching import pad_left
 from r1jax.pipelines.settings import grpo_training
-from r1jax.rollout import Rollout
+from r1jax.rollout import Rollout, prompt_width
 from r1jax.sampling import SampleOutput
 from r1jax.sharding import make_mesh
 from r1jax.train import grpo as grpo_module
@@ -124,6 +124,42 @@ def fake_rollout(monkeypatch):
 
     monkeypatch.setattr(grpo_module, "rollout", fake)
     return calls
+
+
+def test_plain_and_dynamic_batches_choose_the_same_widths(monkeypatch):
+    """One width rule (`rollout.prompt_width`, `rollout.completion_width`): for the same prompts and completion
+    lengths, plain GRPO's batch (rollout, `trim_to_longest`) and dynamic sampling's (`assemble`) have the same
+    columns. Expected widths by hand: at least 64 completion columns, multiples of 32 from 64 tokens, of 64 from
+    128, never more than the sampler's 150; the longer prompt's 85 tokens pad to 96 columns (multiples of 16 from 64 tokens)."""
+    longest = {}
+
+    def fake(graphdef, params, tokenizer, prompts, rng, *, repeat, max_prompt_length, max_new_tokens, mesh, **_):
+        prompt_tokens, prompt_mask = pad_left(prompts, tokenizer.pad_id, width=prompt_width(
+            max(map(len, prompts)), max_prompt_length), repeat=repeat)
+        lengths = np.array([longest["n"], 3, 5, 2] * (len(prompt_tokens) // 4))
+        mask = (np.arange(max_new_tokens) < lengths[:, None]).astype(np.int32)
+        samples = SampleOutput(jnp.asarray(mask * 5), jnp.zeros(mask.shape), jnp.asarray(mask), jnp.asarray(lengths),
+                               jnp.asarray(prompt_tokens), jnp.asarray(prompt_mask))
+        return Rollout(samples, ["7"] * len(lengths), lengths)
+
+    monkeypatch.setattr(grpo_module, "rollout", fake)
+    data = examples([1, 1], words=[3, 9])
+    widths = {}
+    for dynamic in (False, True):
+        grpo = stage(FakeRewards(distinct=True), dynamic_sampling=dynamic, max_new_tokens=150)
+        state = train_state_from_model(new_model(), optax.identity(), grpo.mesh)
+        grpo.set_reference(state)
+        for n in (1, 9, 64, 70, 100, 130, 150):
+            longest["n"] = n
+            (batch,), _ = grpo.make_batches(state, data, jax.random.key(0))
+            widths[dynamic, n] = (batch.tokens.shape[1] - batch.completion_columns, batch.completion_columns)
+    renderer = grpo.renderer
+    tokens = max(len(renderer.encode(text)) for text in renderer.texts(data, grpo.task))
+    assert tokens == 85
+    prompt = 96
+    assert [widths[True, n] for n in (1, 9, 64, 70, 100, 130, 150)] == \
+        [widths[False, n] for n in (1, 9, 64, 70, 100, 130, 150)] == \
+        [(prompt, 64), (prompt, 64), (prompt, 64), (prompt, 96), (prompt, 128), (prompt, 150), (prompt, 150)]
 
 
 def prompt_lengths(batch) -> list[int]:
