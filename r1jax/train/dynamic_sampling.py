@@ -13,7 +13,11 @@ step that finds too few groups fills the rest with masked copies (`Groups.masked
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
+import functools
+import operator
+from typing import Sequence
 
 import numpy as np
 
@@ -80,10 +84,31 @@ class Groups:
         return dataclasses.replace(filler, masks=np.zeros_like(filler.masks), valid=np.zeros_like(filler.valid),
                                    total=np.full_like(filler.total, np.nan))
 
+    def to_json(self) -> dict:
+        """The groups as JSON, bit for bit (arrays as base64 of their bytes), for a checkpoint's host state."""
+        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[1:]}
+        return {"prompts": [p.tolist() for p in self.prompts],
+                "arrays": {name: None if x is None else {"dtype": x.dtype.str, "shape": list(x.shape),
+                                                         "bytes": base64.b64encode(x.tobytes()).decode("ascii")}
+                           for name, x in arrays.items()}}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> Groups:
+        """`to_json`'s groups back."""
+        array = lambda x: None if x is None else np.frombuffer(base64.b64decode(x["bytes"]), np.dtype(x["dtype"])
+                                                               ).reshape(x["shape"]).copy()
+        return cls(tuple(np.asarray(p, np.int32) for p in saved["prompts"]),
+                   *(array(saved["arrays"][f.name]) for f in dataclasses.fields(cls)[1:]))
+
     def __add__(self, other: Groups) -> Groups:
         join = lambda a, b: None if a is None else np.concatenate([a, b])
         return Groups(self.prompts + other.prompts, *(join(getattr(self, f.name), getattr(other, f.name))
                                                       for f in dataclasses.fields(self)[1:]))
+
+
+def join_groups(parts: Sequence[Groups]) -> Groups:
+    """The groups of `parts` (e.g. every process's, `allgather_objects`) as one `Groups`, in that order."""
+    return functools.reduce(operator.add, parts)
 
 
 def assemble(groups: Groups, *, pad_id: int, prompt_width: int, width: int, rows_per_group: int) -> RolloutBatch:
