@@ -312,7 +312,7 @@ def training_run(workdir, params=None) -> tuple[list[dict], dict]:
     return rows, jax.device_get(params) if params is not None else dict(np.load(workdir.parent / "params.npz"))
 
 
-@pytest.mark.slow  # three runs of the tiny model through the loop, each compiling
+@pytest.mark.slow  # three runs of the tiny model through the loop, each compiling: 164 s on 2 busy cores
 def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
     """3 steps (`multiprocess_dynamic_sampling.FLAGS`: step 2 carries two groups to step 3) through `run_training`
     with the real sampler, once straight through and once stopped by SIGTERM after step 2 (its checkpoint) and
@@ -347,7 +347,7 @@ def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, resumed_params, straight_params)
 
 
-@pytest.mark.slow  # two launches of JAX processes, about a minute on 2 cores
+@pytest.mark.slow  # three JAX processes (1 + 2), 284 s on 2 cores shared with a training run (load ~6)
 def test_two_processes_choose_and_train_the_groups_one_process_would(tmp_path):
     """4 steps through `run_training` in which groups are filtered, carried, dropped and masked
     (`multiprocess_dynamic_sampling.FLAGS`: process 0 would keep one group of step 1, process 1 two),
