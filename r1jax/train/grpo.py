@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from r1jax.batching import padded_width, round_up
+from r1jax.batching import round_up
 from r1jax.data import PromptIterator
 from r1jax.data.kinds import is_general
 from r1jax.losses import (ADVANTAGE_ESTIMATORS, ADVANTAGE_SCALES, IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES,
@@ -42,9 +42,10 @@ from r1jax.distributed import allgather_objects, local_rows
 from r1jax.sharding import batch_sharding, make_global_batch, reshard
 from r1jax.tasks import get_task
 from r1jax.tokenizers import Tokenizer
-from r1jax.train.dynamic_sampling import Groups, assemble, informative_groups
+from r1jax.train.dynamic_sampling import Groups, assemble, informative_groups, join_groups
 from r1jax.train.objectives import grpo_objective
-from r1jax.rollout import PromptRenderer, RolloutBatch, check_template, rollout, training_batch, trim_to_longest
+from r1jax.rollout import (PromptRenderer, RolloutBatch, check_template, completion_width, prompt_width, rollout,
+                           training_batch, trim_to_longest)
 from r1jax.train.state import TrainState, reference_params
 from r1jax.train.step import make_logprobs_fn
 
@@ -160,24 +161,25 @@ class GRPO:
         then this step's kept groups in rollout order; a step that lacks some samples another
         round, up to `dynamic_sampling_rounds`, then fills the rest with masked copies of a group
         (no loss, no statistic) and logs a warning: the batch never changes shape;
-      - the batch is laid out as plain GRPO's, its widths `padded_width` of its longest prompt and
-        completion, so it compiles no shape that plain GRPO could not (`dynamic_sampling.assemble`);
+      - the batch is laid out as plain GRPO's, its widths `prompt_width` and `completion_width` of its
+        longest prompt and completion, the rule of the rollout and `trim_to_longest`, so it compiles no
+        shape that plain GRPO could not (`dynamic_sampling.assemble`);
       - surplus kept groups wait for the next step, at most one step's share (the rest is dropped),
         so a carried group is one step old. Its ratio's old log-probs are the sampler's where the
         batch keeps them (num_iterations or num_minibatches > 1, temperature 1, top_p 1); otherwise
         (mu = 1, or another temperature) it is trained as if the current policy had sampled it;
-      - the carry lives in this object, not in the checkpoint: a resumed run starts with none;
-      - several processes: each trains `prompts_per_step / process_count` groups of its own rows,
-        from its own carry and kept groups; the rewards of every row are gathered, so every
-        process sees every group, and a round is sampled while any process lacks groups (the
-        rollout is one computation on the global mesh). A process short after the last round
-        masks its missing groups, whatever the others have. Which groups are trained therefore
-        depends on how the prompts fall on the processes: a run on two processes equals one on
-        one process where no group is filtered (then each trains its own rollout rows, as
-        plain GRPO), not in general.
+      - the carry is saved with each checkpoint, in the data's state (`prompt_iterator`): a resumed
+        run continues as the uninterrupted one, bit for bit;
+      - several processes: the choice is global, the one a single process would make: the same
+        groups in the same order (last step's carry, then the kept groups in global rollout order,
+        process 0's rows first). Each process sends the kept groups it sampled that the step or the
+        next can use (host arrays, `allgather_objects`), so every process holds the same pool and
+        carry; each then trains an equal, contiguous share of the step's groups, whole groups, which
+        may be another process's rows. A run on two processes equals one on one process (tested:
+        filtered, carried, dropped and masked groups), to float rounding.
     Logged: `dynamic/rounds`, `dynamic/groups_sampled`, `dynamic/groups_kept` (informative, of those
     sampled this step), `dynamic/groups_from_last_step`, `dynamic/groups_carried` (to the next),
-    `dynamic/groups_dropped` and `dynamic/groups_masked`, summed over processes; the reward
+    `dynamic/groups_dropped` and `dynamic/groups_masked`, of every process's groups; the reward
     metrics are those of every row sampled, as plain GRPO's.
     """
 
@@ -299,24 +301,42 @@ class GRPO:
     def prompt_iterator(self, source: Sequence[dict], *, seed: int) -> PromptIterator:
         """The stage's data: batches of `prompts_per_round` prompts of `source`. With dynamic sampling,
         a step's further rounds draw their prompts from it too, so its position (saved with each
-        checkpoint) counts every prompt sampled."""
-        self._data = PromptIterator(source, batch_size=self.prompts_per_round, seed=seed)
+        checkpoint) counts every prompt sampled, and its state holds the groups carried to the next
+        step (sampled, not yet trained): a resumed run continues as the uninterrupted one."""
+        if not self.settings.dynamic_sampling:
+            return PromptIterator(source, batch_size=self.prompts_per_round, seed=seed)
+        self._data = _PromptsAndCarry(source, batch_size=self.prompts_per_round, seed=seed, stage=self)
         return self._data
+
+    def _restore_carry(self, saved: dict | None) -> None:
+        """The carried groups of a checkpoint (`Groups.to_json`; None: none), checked against the settings."""
+        self._carry = None if saved is None else Groups.from_json(saved)
+        if self._carry is None:
+            return
+        s, (_, group_size, width) = self.settings, self._carry.completions.shape
+        if (group_size, width) != (s.num_generations, s.max_new_tokens):
+            raise ValueError(f"the checkpoint carries groups of num_generations={group_size} and max_new_tokens="
+                             f"{width} to its next step; resume with those grpo settings (this run has "
+                             f"{s.num_generations} and {s.max_new_tokens})")
 
     def _dynamic_batches(self, state: TrainState, examples: Sequence[dict], rng):
         """DAPO's dynamic sampling (class doc): the step's batches from rounds of rollouts, whole
-        informative groups, the same shapes as plain GRPO's."""
+        informative groups chosen as one process would choose them, the same shapes as plain GRPO's."""
         s = self.settings
-        if s.prompts_per_step % jax.process_count():
+        step_groups = s.prompts_per_step  # the groups a step trains, over every process
+        if step_groups % jax.process_count():
             raise ValueError(f"dynamic sampling trains prompts_per_step={s.prompts_per_step} groups, an equal share "
                              f"on each of the {jax.process_count()} processes: use a multiple of the process count")
-        quota = s.prompts_per_step // jax.process_count()  # the groups this process trains on
+        share = step_groups // jax.process_count()  # the groups this process trains on
         keep_old = s.num_iterations > 1 or s.num_minibatches > 1
         sampler_is_policy = s.temperature == 1 and s.top_p == 1
         timings = {"time/sampling": 0.0, "time/scoring": 0.0}
-        pool, self._carry = self._carry, None  # last step's surplus goes first
+        # the pool is global, the same on every process: last step's surplus first, then the kept groups
+        # in global rollout order (process 0's rows, then process 1's, ...), as one process would hold them
+        pool, self._carry = self._carry, None
         carried_in = 0 if pool is None else len(pool)
         rounds: list[_EveryRow] = []
+        kept = 0
         while True:
             if rounds:
                 examples = self._more_prompts()
@@ -324,28 +344,33 @@ class GRPO:
             groups, every = self._sample_round(state, examples, round_rng, timings,
                                                keep_logprobs=keep_old and sampler_is_policy)
             rounds.append(every)
-            informative = informative_groups(every.total, every.valid, s.num_generations)
-            mine = informative[every.mine.start // s.num_generations:every.mine.stop // s.num_generations]
-            kept = groups.take(np.flatnonzero(mine))
-            pool = kept if pool is None else pool + kept
-            # every process samples as many rounds: a rollout is one computation on the global mesh
-            missing = max(allgather_objects(quota - len(pool)))
-            if missing <= 0 or len(rounds) == s.dynamic_sampling_rounds:
+            informative = informative_groups(every.total, every.valid, s.num_generations)  # every process's groups
+            kept += int(informative.sum())
+            # only what this step and the next can train moves between processes: each sends its own of them
+            room = 2 * step_groups - (0 if pool is None else len(pool))
+            chosen = np.flatnonzero(informative)[:room]
+            first = every.mine.start // s.num_generations  # this process's first group in the round
+            own = chosen[(chosen >= first) & (chosen < first + len(groups))] - first
+            arrived = join_groups(allgather_objects(groups.take(own)))
+            pool = arrived if pool is None else pool + arrived
+            # every process decides alike, from the same pool: a rollout is one computation on the global mesh
+            if len(pool) >= step_groups or len(rounds) == s.dynamic_sampling_rounds:
                 break
-        train = pool.take(np.arange(min(quota, len(pool))))
-        surplus = len(pool) - len(train)
+        train = pool.take(np.arange(min(step_groups, len(pool))))
         # the surplus waits one step at most (the next step takes it first); beyond one step's share it is dropped
-        carry = pool.take(np.arange(len(train), len(train) + min(surplus, quota)))
+        carry = pool.take(np.arange(len(train), min(len(pool), len(train) + step_groups)))
         self._carry = carry if len(carry) else None
-        masked = quota - len(train)
+        dropped = carried_in + kept - len(train) - len(carry)
+        masked = step_groups - len(train)
         if masked:  # too few after the last round: masked copies keep the shape
-            train = train + (train if len(train) else groups).masked(masked)
-        extent = (max(len(p) for p in train.prompts), int(train.masks.sum(axis=2).max()), len(carry),
-                  surplus - len(carry), masked)
-        extents = allgather_objects(extent)
-        prompt_width = min(padded_width(max(e[0] for e in extents)), s.max_prompt_length)
-        width = min(padded_width(max(max(e[1] for e in extents), 1)), s.max_new_tokens)
-        batch = make_global_batch(assemble(train, pad_id=self.tokenizer.pad_id, prompt_width=prompt_width,
+            filler = train if len(train) else allgather_objects(groups.take([0]))[0]  # the round's first group
+            train = train + filler.masked(masked)
+        index = jax.process_index()
+        mine = train.take(np.arange(index * share, (index + 1) * share))  # an equal, contiguous share of whole groups
+        # the widths plain GRPO's rollout and `trim_to_longest` would choose for these rows
+        prompt_columns = prompt_width(max(len(p) for p in train.prompts), s.max_prompt_length)
+        width = completion_width(int(train.masks.sum(axis=2).max()), train.completions.shape[2])
+        batch = make_global_batch(assemble(mine, pad_id=self.tokenizer.pad_id, prompt_width=prompt_columns,
                                            width=width, rows_per_group=self._rows_per_group()), self.mesh)
         ref_logps = None
         if s.beta != 0:
@@ -356,30 +381,25 @@ class GRPO:
                               old_logps=batch.old_logps if keep_old else None)
         # advantages per group of the trained rows: those computed per round for a group scale, and a
         # "batch" scale over the batch trained (masked groups are invalid: in no statistic)
-        parts = allgather_objects((train.total.reshape(-1), train.valid.reshape(-1)))
-        start = sum(len(part[0]) for part in parts[:jax.process_index()])
-        trained = _EveryRow(total=np.concatenate([p[0] for p in parts]), valid=np.concatenate([p[1] for p in parts]),
-                            per_function={}, lengths=None, truncated=None, kl=None, counts={},
-                            mine=slice(start, start + train.total.size))
+        rows = share * s.num_generations
+        trained = _EveryRow(total=train.total.reshape(-1), valid=train.valid.reshape(-1), per_function={},
+                            lengths=None, truncated=None, kl=None, counts={},
+                            mine=slice(index * rows, (index + 1) * rows))
         advantages = np.asarray(self._advantages(trained))
         batch = batch.replace(advantages=make_global_batch(advantages[trained.mine], self.mesh))
         if s.mask_truncated:
-            kept_rows = make_global_batch((~train.truncated.reshape(-1)).astype(np.int32), self.mesh)
+            kept_rows = make_global_batch((~mine.truncated.reshape(-1)).astype(np.int32), self.mesh)
             batch = batch.replace(completion_mask=batch.completion_mask * kept_rows[:, None])
         batches = [batch_slice for _ in range(s.num_iterations)
                    for batch_slice in _minibatches(batch, s.num_minibatches)]
         jax.block_until_ready(batch)
         sampled = sum(len(every.total) for every in rounds) // s.num_generations
-        dynamic = {"dynamic/rounds": len(rounds), "dynamic/groups_sampled": sampled,
-                   "dynamic/groups_kept": sum(int(informative_groups(every.total, every.valid, s.num_generations).sum())
-                                              for every in rounds),
-                   "dynamic/groups_carried": sum(e[2] for e in extents),
-                   "dynamic/groups_dropped": sum(e[3] for e in extents),
-                   "dynamic/groups_masked": sum(e[4] for e in extents),
-                   "dynamic/groups_from_last_step": sum(allgather_objects(carried_in))}
-        if dynamic["dynamic/groups_masked"]:
+        dynamic = {"dynamic/rounds": len(rounds), "dynamic/groups_sampled": sampled, "dynamic/groups_kept": kept,
+                   "dynamic/groups_carried": len(carry), "dynamic/groups_dropped": dropped,
+                   "dynamic/groups_masked": masked, "dynamic/groups_from_last_step": carried_in}
+        if masked:
             log.warning("dynamic sampling: %d of %d groups still missing after %d rounds; they are masked this step",
-                        dynamic["dynamic/groups_masked"], s.prompts_per_step, len(rounds))
+                        masked, s.prompts_per_step, len(rounds))
         # the reward metrics are those of every row sampled, as plain GRPO's: what the policy drew
         return batches, {**self._metrics(_join_rows(rounds)), **dynamic, **timings}
 
@@ -490,6 +510,26 @@ class GRPO:
             raise ValueError(f"model_reward returned shape {scores.shape} for {len(completions)} completions; "
                              "a judge returns one float per completion")
         return scores
+
+
+class _PromptsAndCarry(PromptIterator):
+    """Dynamic sampling's data: the prompts, and in `state()` (saved with each checkpoint by the loop) also the
+    groups its stage carries to the next step. The carry is global (the same on every process), so the one
+    host state that process 0 writes holds all of it."""
+
+    def __init__(self, source: Sequence[dict], *, batch_size: int, seed: int, stage: GRPO):
+        super().__init__(source, batch_size=batch_size, seed=seed)
+        self._stage = stage
+
+    def state(self) -> dict:
+        carry = self._stage._carry
+        return {**super().state(), "carry": None if carry is None else carry.to_json()}
+
+    def restore(self, state: dict) -> None:
+        state = dict(state)
+        carry = state.pop("carry", None)  # absent: saved without dynamic sampling, nothing carried
+        super().restore(state)
+        self._stage._restore_carry(carry)
 
 
 def merge_rewards(rule: RewardResult | None, rule_rows: np.ndarray, model_scores: np.ndarray,

@@ -1,25 +1,33 @@
-"""Two GRPO steps with dynamic sampling on several processes; what each process trained goes to a JSON file.
+"""GRPO with dynamic sampling through the training loop, on one process or several: metrics and parameters to files.
 
 Run by tests/train/test_dynamic_sampling.py through tests/support/launch.py:
 
     python -m tests.support.multiprocess_dynamic_sampling --out dir \
         --coordinator_address localhost:12345 --num_processes 2 --process_id 0   # and with --process_id 1
 
-The fakes here (a word-per-token tokenizer, rewards set per example) are shared with that test.
+The test runs it as 1 process x 2 devices and as 2 processes x 1 device (the same mesh) and compares
+what they wrote. The fakes here (a word-per-token tokenizer, rewards set per example) are shared with that test.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 
 import numpy as np
 
 VOCAB = 32
-# in the order the data comes (4 prompts a round, process 0 the first 2 of each, process 1 the last 2)
-FLAGS = [1, 1, 0, 0,   0, 0, 0, 1,   0, 0, 0, 0,   0, 0, 0, 0]
-SECTION = dict(steps=2, learning_rate=1e-2, num_generations=2, prompts_per_step=2, max_new_tokens=8, beta=0.0,
-               dynamic_sampling=True, oversample=2.0, dynamic_sampling_rounds=2)
+# in the global order the data comes, 4 prompts a round (P = 2 groups a step, oversample 2, 2 rounds at most);
+# process 0 samples the first 2 of each round, process 1 the last 2. By hand, one process would:
+#   step 1: keep positions 0, 2, 3 (process 0 one, process 1 two): train 0, 2; carry 3
+#   step 2: keep 4, 5, 6 of 4..7 (room for 3: 7 is dropped): train 3 (carried), 4; carry 5, 6
+#   step 3: keep none of 8..11: train 5, 6 (carried), one round
+#   step 4: none of 12..15, then 18 of 16..19: train 18 and a masked copy (process 1's whole share)
+FLAGS = [1, 0, 1, 1,   1, 1, 1, 1,   0, 0, 0, 0,   0, 0, 0, 0,   0, 0, 1, 0]
+# (rounds, kept, carried, dropped, masked, from last step) of each step, as worked out above
+EXPECTED = [(1, 3, 1, 0, 0, 0), (1, 4, 2, 1, 0, 1), (1, 0, 0, 0, 0, 2), (2, 1, 0, 0, 1, 0)]
+# num_iterations 2: the carried groups keep the sampler's log-probs, which move between processes too
+SECTION = dict(steps=4, learning_rate=1e-2, num_generations=2, prompts_per_step=2, max_new_tokens=8, beta=0.04,
+               num_iterations=2, dynamic_sampling=True, oversample=2.0, dynamic_sampling_rounds=2, save_every=100)
 
 
 class FakeTokenizer:
@@ -64,40 +72,35 @@ def examples(flags, words=None) -> list[dict]:
 
 
 def run(out: pathlib.Path) -> None:
-    import jax
+    """Train `SECTION`'s steps through `run_training`; process 0 writes metrics.jsonl (in `out/run`) and the
+    final parameters (`out/params.npz`)."""
     import optax
+    from flax import nnx
 
-    from r1jax.distributed import local_rows
+    from r1jax import distributed
     from r1jax.pipelines.settings import grpo_training
     from r1jax.sharding import make_mesh
     from r1jax.train.grpo import GRPO
+    from r1jax.train.loop import run_training
     from r1jax.train.state import train_state_from_model
     from tests.support.tiny import fixed_model, tiny_config
 
-    settings, _, _ = grpo_training(SECTION, where="grpo")
+    settings, loop, optimizer = grpo_training(SECTION, where="grpo")
     grpo = GRPO(settings, tokenizer=FakeTokenizer(), rewards=FakeRewards(), task="arithmetic",
                 mesh=make_mesh({"data": -1}))
-    data = examples(FLAGS, words=[2 * i + 1 for i in range(len(FLAGS))])  # a prompt's length names its example
+    data = examples(FLAGS, words=[2 * i + 1 for i in range(len(FLAGS))])
     iterator = grpo.prompt_iterator(data, seed=0)
-    order = iterator.epoch_order(0)
-    for position, index in enumerate(order):
+    for position, index in enumerate(iterator.epoch_order(0)):  # FLAGS are in the order the data comes
         data[index]["mixed"] = bool(FLAGS[position])
-    length = [len(grpo.renderer.encode(grpo.renderer.texts([data[index]], grpo.task)[0])) for index in order]
-    state = train_state_from_model(fixed_model(tiny_config(vocab_size=VOCAB, num_layers=1)), optax.identity(),
-                                   grpo.mesh)
-    grpo.set_reference(state)
-    steps = []
-    for step in range(2):
-        (batch,), metrics = grpo.make_batches(state, next(iterator), jax.random.key(step))
-        prompt_columns = batch.tokens.shape[1] - batch.completion_columns
-        attention, completion = local_rows(batch.attention_mask), local_rows(batch.completion_mask)
-        advantages = local_rows(batch.advantages)
-        steps.append({"rows": int(batch.tokens.shape[0]), "local_rows": len(attention),
-                      "prompt_lengths": attention[::2, :prompt_columns].sum(axis=1).tolist(),
-                      "masked": [bool(completion[i:i + 2].sum() == 0) for i in range(0, len(completion), 2)],
-                      "all_advantages_nonzero": bool((advantages != 0).all()),
-                      "dynamic": {k: v for k, v in metrics.items() if k.startswith("dynamic/")}})
-    (out / f"process_{jax.process_index()}.json").write_text(json.dumps({"length": length, "steps": steps}))
+    new_model = lambda: fixed_model(tiny_config(vocab_size=VOCAB, num_layers=1))
+    grpo.set_reference(train_state_from_model(new_model(), optax.identity(), grpo.mesh))
+    result = run_training(loop, workdir=out / "run", model=new_model(), optimizer=optimizer.optimizer(loop.steps),
+                          loss_fn=grpo.objective(), data=iterator, make_batches=grpo.make_batches, mesh=grpo.mesh,
+                          progress=False)
+    params = {"/".join(map(str, path)): np.asarray(v)
+              for path, v in nnx.to_flat_state(distributed.host_copy(result.state.params))}
+    if distributed.is_primary():
+        np.savez(out / "params.npz", **params)
 
 
 def main():

@@ -5,16 +5,18 @@ that which groups a step keeps, carries and masks is known by hand. Two processe
 Python processes (tests/support/multiprocess_dynamic_sampling.py, launched by tests/support/launch.py).
 """
 import json
+import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from r1jax.batching import pad_left
 from r1jax.pipelines.settings import grpo_training
-from r1jax.rollout import Rollout
+from r1jax.rollout import Rollout, prompt_width
 from r1jax.sampling import SampleOutput
 from r1jax.sharding import make_mesh
 from r1jax.train import grpo as grpo_module
@@ -24,7 +26,8 @@ from r1jax.train.loop import run_training
 from r1jax.train.state import train_state_from_model
 from r1jax.train.step import make_train_step
 from tests.support.launch import launch, wait
-from tests.support.multiprocess_dynamic_sampling import VOCAB, FakeRewards, FakeTokenizer, examples
+from tests.support.multiprocess_dynamic_sampling import (EXPECTED, FLAGS, SECTION, VOCAB, FakeRewards, FakeTokenizer,
+                                                         examples)
 from tests.support.tiny import fixed_model, tiny_config
 
 BASE = dict(steps=3, learning_rate=1e-2, num_generations=2, prompts_per_step=2, max_new_tokens=8, beta=0.0)
@@ -110,7 +113,8 @@ def test_when_no_group_is_filtered_it_is_plain_grpo_bit_for_bit():
 
 @pytest.fixture
 def fake_rollout(monkeypatch):
-    """The sampler replaced: left-padded prompts, completions of `max_new_tokens` 5s; the calls recorded."""
+    """The sampler replaced: left-padded prompts, completions of `max_new_tokens` 5s with log-probs drawn from the
+    prompts' lengths (the same prompts, the same draws); the calls recorded."""
     calls = []
 
     def fake(graphdef, params, tokenizer, prompts, rng, *, repeat, max_prompt_length, max_new_tokens, mesh, **_):
@@ -118,12 +122,50 @@ def fake_rollout(monkeypatch):
         prompt_tokens, prompt_mask = pad_left(prompts, tokenizer.pad_id, repeat=repeat)
         rows = len(prompt_tokens)
         tokens = np.full((rows, max_new_tokens), 5, np.int32)
-        samples = SampleOutput(jnp.asarray(tokens), jnp.zeros(tokens.shape), jnp.ones_like(jnp.asarray(tokens)),
+        logprobs = -np.random.default_rng(calls[-1]).random(tokens.shape, np.float32)
+        samples = SampleOutput(jnp.asarray(tokens), jnp.asarray(logprobs), jnp.ones_like(jnp.asarray(tokens)),
                                jnp.full(rows, max_new_tokens), jnp.asarray(prompt_tokens), jnp.asarray(prompt_mask))
         return Rollout(samples, ["7"] * rows, np.full(rows, max_new_tokens))
 
     monkeypatch.setattr(grpo_module, "rollout", fake)
     return calls
+
+
+def test_plain_and_dynamic_batches_choose_the_same_widths(monkeypatch):
+    """One width rule (`rollout.prompt_width`, `rollout.completion_width`): for the same prompts and completion
+    lengths, plain GRPO's batch (rollout, `trim_to_longest`) and dynamic sampling's (`assemble`) have the same
+    columns. Expected widths by hand: at least 64 completion columns, multiples of 32 from 64 tokens, of 64 from
+    128, never more than the sampler's 150; the longer prompt's 85 tokens pad to 96 columns (multiples of 16 from
+    64 tokens)."""
+    longest = {}
+
+    def fake(graphdef, params, tokenizer, prompts, rng, *, repeat, max_prompt_length, max_new_tokens, mesh, **_):
+        prompt_tokens, prompt_mask = pad_left(prompts, tokenizer.pad_id, width=prompt_width(
+            max(map(len, prompts)), max_prompt_length), repeat=repeat)
+        lengths = np.array([longest["n"], 3, 5, 2] * (len(prompt_tokens) // 4))
+        mask = (np.arange(max_new_tokens) < lengths[:, None]).astype(np.int32)
+        samples = SampleOutput(jnp.asarray(mask * 5), jnp.zeros(mask.shape), jnp.asarray(mask), jnp.asarray(lengths),
+                               jnp.asarray(prompt_tokens), jnp.asarray(prompt_mask))
+        return Rollout(samples, ["7"] * len(lengths), lengths)
+
+    monkeypatch.setattr(grpo_module, "rollout", fake)
+    data = examples([1, 1], words=[3, 9])
+    widths = {}
+    for dynamic in (False, True):
+        grpo = stage(FakeRewards(distinct=True), dynamic_sampling=dynamic, max_new_tokens=150)
+        state = train_state_from_model(new_model(), optax.identity(), grpo.mesh)
+        grpo.set_reference(state)
+        for n in (1, 9, 64, 70, 100, 130, 150):
+            longest["n"] = n
+            (batch,), _ = grpo.make_batches(state, data, jax.random.key(0))
+            widths[dynamic, n] = (batch.tokens.shape[1] - batch.completion_columns, batch.completion_columns)
+    renderer = grpo.renderer
+    tokens = max(len(renderer.encode(text)) for text in renderer.texts(data, grpo.task))
+    assert tokens == 85
+    prompt = 96
+    assert [widths[True, n] for n in (1, 9, 64, 70, 100, 130, 150)] == \
+        [widths[False, n] for n in (1, 9, 64, 70, 100, 130, 150)] == \
+        [(prompt, 64), (prompt, 64), (prompt, 64), (prompt, 96), (prompt, 128), (prompt, 150), (prompt, 150)]
 
 
 def prompt_lengths(batch) -> list[int]:
@@ -171,6 +213,45 @@ def test_saturated_groups_are_replaced_carried_and_at_last_masked(fake_rollout):
     np.testing.assert_array_equal(third.completion_mask, 0)  # masked: no token enters the loss
     np.testing.assert_array_equal(third.advantages, 0)
     assert iterator.state()["index"] == 0 and iterator.state()["epoch"] == 1  # 20 prompts drawn: all of epoch 0
+
+
+def test_the_carry_survives_a_checkpoint(fake_rollout):
+    """The groups carried past a step go into the data's state (the checkpoint's host JSON): a new stage that
+    restores it trains the next step exactly as the uninterrupted one, the sampler's log-probs of the carried
+    groups included (num_iterations 2 keeps them); a state from a run with other settings is refused."""
+    flags = [1, 1, 1, 0,   0, 0, 0, 0,   0, 0, 0, 1,   0, 0, 0, 0]
+    options = dict(dynamic_sampling=True, oversample=2.0, dynamic_sampling_rounds=2, num_iterations=2)
+    data = examples(flags, words=[2 * i + 1 for i in range(len(flags))])
+
+    def start(**more):
+        grpo = stage(FakeRewards(), **options, **more)
+        iterator = grpo.prompt_iterator(data, seed=0)
+        for position, index in enumerate(iterator.epoch_order(0)):
+            data[index]["mixed"] = bool(flags[position])
+        state = train_state_from_model(new_model(), optax.identity(), grpo.mesh)
+        grpo.set_reference(state)
+        return grpo, iterator, state
+
+    grpo, iterator, state = start()
+    grpo.make_batches(state, next(iterator), jax.random.key(0))
+    saved = json.loads(json.dumps(iterator.state()))  # as the checkpoint writes and reads it
+    assert saved["carry"] is not None and len(saved["carry"]["prompts"]) == 1
+    uninterrupted = grpo.make_batches(state, next(iterator), jax.random.key(1))
+
+    grpo, iterator, state = start()
+    iterator.restore(saved)
+    resumed = grpo.make_batches(state, next(iterator), jax.random.key(1))
+    assert resumed[1]["dynamic/groups_from_last_step"] == 1 and resumed[1]["dynamic/groups_masked"] == 0
+    assert {k: v for k, v in resumed[1].items() if not k.startswith("time/")} == \
+        {k: v for k, v in uninterrupted[1].items() if not k.startswith("time/")}
+    for a, b in zip(uninterrupted[0], resumed[0]):
+        for name in ("tokens", "attention_mask", "completion_mask", "advantages", "old_logps"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert np.asarray(resumed[0][0].old_logps).any()  # the carried log-probs are the sampler's, not zeros
+
+    grpo, iterator, state = start(num_generations=4)
+    with pytest.raises(ValueError, match="num_generations=2 .* max_new_tokens=8"):
+        iterator.restore(saved)
 
 
 def test_without_the_iterator_a_second_round_says_what_to_do(fake_rollout):
@@ -221,27 +302,78 @@ def test_the_loop_trains_full_carried_and_masked_steps_without_compiling_again(t
             for d in dynamic] == [(1, 3, 3, 1, 0), (2, 6, 1, 0, 0), (2, 6, 0, 0, 2)]
 
 
-# ---- two processes: a global decision, each process its own whole groups ------------------------------
+# ---- the carry survives a checkpoint; two processes choose as one --------------------------------------
 
-@pytest.mark.slow  # two JAX processes; the global decision is also checked in one process
-def test_on_two_processes_each_trains_its_own_whole_groups_and_they_decide_together(tmp_path):
-    """P = 2 groups, one per process; 4 prompts a round, process 0 samples the first 2, process 1 the last 2
-    (flags in `multiprocess_dynamic_sampling.FLAGS`). Step 1: process 0 keeps both of its groups (trains the
-    first, carries the second), process 1 none, so both sample a second round, where process 1 finds one.
-    Step 2: process 0 trains its carried group; process 1 finds none in two rounds and masks its share.
-    Both log the same counts (summed over processes); a one-process run would train the first two groups."""
-    wait(launch("tests.support.multiprocess_dynamic_sampling", ["--out", str(tmp_path)], processes=2, devices=1,
-                log_dir=tmp_path, name="two_processes"), timeout=600)
-    first, second = (json.loads((tmp_path / f"process_{i}.json").read_text()) for i in (0, 1))
-    length = first["length"]  # of the prompt at each data position
-    assert [s["prompt_lengths"] for s in first["steps"]] == [[length[0]], [length[1]]]
-    assert second["steps"][0]["prompt_lengths"] == [length[7]]
-    assert [s["masked"] for s in first["steps"]] == [[False], [False]]
-    assert [s["masked"] for s in second["steps"]] == [[False], [True]]
-    assert first["steps"][0]["all_advantages_nonzero"] and second["steps"][0]["all_advantages_nonzero"]
-    assert all(s["rows"] == 4 and s["local_rows"] == 2 for s in first["steps"] + second["steps"])
-    for step in range(2):
-        assert first["steps"][step]["dynamic"] == second["steps"][step]["dynamic"]
-    assert [(d["dynamic/rounds"], d["dynamic/groups_kept"], d["dynamic/groups_carried"], d["dynamic/groups_masked"],
-             d["dynamic/groups_from_last_step"]) for d in (s["dynamic"] for s in first["steps"])] == [
-        (2, 3, 1, 0, 0), (2, 0, 0, 1, 1)]
+def training_run(workdir, params=None) -> tuple[list[dict], dict]:
+    """A run's metrics.jsonl rows (timings left out), and its final parameters (`params`, or params.npz
+    beside the workdir)."""
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    rows = [{k: v for k, v in row.items() if not k.startswith("time/") and k != "step_seconds"} for row in rows]
+    return rows, jax.device_get(params) if params is not None else dict(np.load(workdir.parent / "params.npz"))
+
+
+@pytest.mark.slow  # three runs of the tiny model through the loop, each compiling: 164 s on 2 busy cores
+def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path):
+    """3 steps (`multiprocess_dynamic_sampling.FLAGS`: step 2 carries two groups to step 3) through `run_training`
+    with the real sampler, once straight through and once stopped by SIGTERM after step 2 (its checkpoint) and
+    relaunched with a new stage: the same metrics and the same parameters, bit for bit."""
+
+    def run(workdir, stop_after=None):
+        grpo, loop, optimizer = stage_and_loop(FakeRewards(), **{**SECTION, "steps": 3, "save_every": 1})
+        data = examples(FLAGS, words=[2 * i + 1 for i in range(len(FLAGS))])
+        iterator = grpo.prompt_iterator(data, seed=0)
+        for position, index in enumerate(iterator.epoch_order(0)):
+            data[index]["mixed"] = bool(FLAGS[position])
+        grpo.set_reference(train_state_from_model(new_model(), optax.identity(), grpo.mesh))
+        made = []
+
+        def make_batches(state, examples, rng):
+            made.append(1)
+            if len(made) == stop_after:  # a scheduler's notice during the step: the loop saves it and stops
+                signal.raise_signal(signal.SIGTERM)
+            return grpo.make_batches(state, examples, rng)
+
+        result = run_training(loop, workdir=workdir, model=new_model(), optimizer=optimizer.optimizer(loop.steps),
+                              loss_fn=grpo.objective(), data=iterator, make_batches=make_batches, mesh=grpo.mesh,
+                              progress=False)
+        return result, training_run(workdir, params=result.state.params)
+
+    _, (straight, straight_params) = run(tmp_path / "straight")
+    stopped, _ = run(tmp_path / "resumed", stop_after=2)
+    assert not stopped.completed
+    _, (resumed, resumed_params) = run(tmp_path / "resumed")
+    assert [row["dynamic/groups_from_last_step"] for row in straight] == [0, 1, 2]  # the checkpoint held two
+    assert resumed == straight
+    jax.tree.map(np.testing.assert_array_equal, resumed_params, straight_params)
+
+
+@pytest.mark.slow  # three JAX processes (1 + 2), 284 s on 2 cores shared with a training run (load ~6)
+def test_two_processes_choose_and_train_the_groups_one_process_would(tmp_path):
+    """4 steps through `run_training` in which groups are filtered, carried, dropped and masked
+    (`multiprocess_dynamic_sampling.FLAGS`: process 0 would keep one group of step 1, process 1 two),
+    as 1 process x 2 devices and as 2 processes x 1 device: the same groups in the same order, each
+    process training its half, so the metrics (1e-5 relative) and the parameters (1e-5) agree."""
+    runs = {}
+    for name, processes, devices in (("one", 1, 2), ("two", 2, 1)):
+        (tmp_path / name).mkdir()
+        runs[name] = launch("tests.support.multiprocess_dynamic_sampling", ["--out", str(tmp_path / name)],
+                            processes=processes, devices=devices, log_dir=tmp_path, name=name)
+    for run in runs.values():
+        wait(run, timeout=600)
+    (one, one_params), (two, two_params) = (training_run(tmp_path / name / "run") for name in ("one", "two"))
+    counts = [tuple(row[f"dynamic/{k}"] for k in ("rounds", "groups_kept", "groups_carried", "groups_dropped",
+                                                  "groups_masked", "groups_from_last_step")) for row in one]
+    assert counts == EXPECTED
+    assert [set(row) for row in two] == [set(row) for row in one]
+    for step, (a, b) in enumerate(zip(two, one), 1):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), f"step {step}: {key}"
+    assert set(two_params) == set(one_params)
+    worst = max(float(np.abs(two_params[k] - one_params[k]).max()) for k in one_params)
+    assert worst <= 1e-5, f"parameters differ by up to {worst:.1e}"
+    initial = {"/".join(map(str, path)): np.asarray(v)
+               for path, v in nnx.to_flat_state(nnx.state(new_model(), nnx.Param))}
+    moved = max(float(np.abs(one_params[k] - initial[k]).max()) for k in one_params)
+    assert moved > 1e-3  # the steps trained: the runs agree on updates, not on an unchanged model
+    print(f"losses {[row['loss'] for row in one]} vs {[row['loss'] for row in two]}; "
+          f"parameters differ by up to {worst:.1e}, moved by up to {moved:.1e}")
